@@ -1,0 +1,89 @@
+// studio: the desktop studio (no arguments or `studio gui`), or the headless engine:
+//   studio --batch CONFIG [--run-dir DIR] [--resume]     run a config's stages
+//   studio info SOURCE [--json]                           model summary with exact parameter counts
+//   studio validate CONFIG                                check a config
+//   studio prune RUN_OR_CHECKPOINT [--out DIR]            physically remove closed heads
+//   studio bench SOURCE [...]                             inference speed: dense vs masked vs pruned
+//   studio devices [--json]                               CUDA devices this build can use
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "commands.h"
+#include "launcher.h"
+#ifdef STUDIO_WITH_GUI
+#include "studio_gui.h"
+#endif
+
+int main(int argc, char ** argv) {
+    studio::launcher_set_argv(argc, argv);
+#ifdef STUDIO_WITH_GUI
+    if (argc == 1 || std::strcmp(argv[1], "gui") == 0) return studio::studio_gui_main(argc > 1 ? argc - 1 : argc, argc > 1 ? argv + 1 : argv);
+    if (std::strcmp(argv[1], "plot-sweep") == 0) return studio::studio_plot_sweep_main(argc - 1, argv + 1);
+#endif
+
+    CLI::App app{"Head Pruning Studio: trains Transformer LMs, learns which attention heads to remove, removes them, benchmarks."};
+    app.require_subcommand(0, 1);
+    std::string batch_config, run_dir;
+    bool resume = false, no_progress = false;
+    app.add_option("--batch", batch_config, "Run the stages of CONFIG headless")->check(CLI::ExistingFile);
+    app.add_option("--run-dir", run_dir, "Run directory (default: <runs_dir>/<name>)");
+    app.add_flag("--resume", resume, "Continue the run in the run directory from its last complete checkpoint");
+    app.add_flag("--no-progress", no_progress, "No live progress line");
+
+    auto * info = app.add_subcommand("info", "Model summary with exact parameter counts");
+    std::string info_source;
+    bool info_json = false;
+    info->add_option("source", info_source, "Config file, run folder or pruned/ folder")->required();
+    info->add_flag("--json", info_json, "Print JSON");
+
+    auto * validate = app.add_subcommand("validate", "Check a config (the GUI's validator)");
+    std::string validate_path;
+    validate->add_option("config", validate_path, "Config file")->required();
+
+    auto * prune = app.add_subcommand("prune", "Physically remove the closed heads of a gated run or checkpoint");
+    std::string prune_source, prune_out;
+    prune->add_option("source", prune_source, "Run folder or checkpoint folder")->required();
+    prune->add_option("--out", prune_out, "Output folder (default: <run>/pruned)");
+
+    auto * bench = app.add_subcommand("bench", "Inference speed of dense, masked and pruned models");
+    studio::BenchCommand bc;
+    bench->add_option("source", bc.source, "Run folder (its models) or config file (random weights, bench.head_lists)")->required();
+    bench->add_option("--batch-sizes", bc.batch_sizes, "Batch sizes, e.g. 1,4,32,128")->delimiter(',');
+    bench->add_option("--devices", bc.devices, "cpu,cuda")->delimiter(',');
+    bench->add_option("--dtypes", bc.dtypes, "fp32,bf16")->delimiter(',');
+    bench->add_option("--variants", bc.variants, "dense,masked,pruned")->delimiter(',');
+    bench->add_option("--repetitions,-r", bc.repetitions, "Repetitions per row (default: config, 5)");
+    bench->add_option("--steps", bc.steps, "Segments per repetition");
+    bench->add_option("--warmup", bc.warmup, "Untimed segments first");
+    bench->add_option("--with-loss", bc.with_loss, "1: include the adaptive-softmax loss (the reference's workload), 0: stop before it");
+    bench->add_option("--out", bc.out_dir, "Folder for bench.json/csv/md (default: <run>/bench)");
+    bench->add_option("--output,-o", bc.format, "stdout format: md, csv or json")->check(CLI::IsMember({"md", "csv", "json"}));
+
+    auto * devices = app.add_subcommand("devices", "CUDA devices this build and machine can use");
+    bool devices_json = false;
+    devices->add_flag("--json", devices_json, "Print JSON");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError & e) {
+        return app.exit(e);
+    }
+    if (*info) return studio::info_command(info_source, info_json);
+    if (*validate) return studio::validate_command(validate_path);
+    if (*prune) return studio::prune_command(prune_source, prune_out);
+    if (*bench) return studio::bench_command(bc);
+    if (*devices) return studio::devices_command(devices_json);
+    if (!batch_config.empty()) {
+        studio::BatchOptions options;
+        options.config_path = batch_config;
+        options.run_dir = run_dir;
+        options.resume = resume;
+        options.progress = !no_progress;
+        return studio::run_batch(options);
+    }
+    std::printf("%s", app.help().c_str());
+    return 0;
+}

@@ -1,0 +1,56 @@
+// Adaptive input embedding and adaptive softmax with the reference's tying (reference-model.md section 1.5),
+// or a plain (optionally tied) embedding + softmax when there are no cutoffs. One module owns both halves so a
+// tied tensor is one parameter, counted and saved once.
+#pragma once
+
+#include <vector>
+
+#include <torch/types.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+
+namespace studio {
+
+struct AdaptiveIOOptions {
+    AdaptiveIOOptions(int64_t vocab_size, int64_t hidden_dim) : vocab_size_(vocab_size), hidden_dim_(hidden_dim) {}
+    TORCH_ARG(int64_t, vocab_size);
+    TORCH_ARG(int64_t, hidden_dim);
+    TORCH_ARG(std::vector<int64_t>, cutoffs);  ///< empty = plain softmax
+    TORCH_ARG(double, div_value) = 4.0;
+    TORCH_ARG(bool, tie_weight) = true;
+    TORCH_ARG(bool, tie_proj) = true;
+};
+
+class AdaptiveIOImpl : public torch::nn::Cloneable<AdaptiveIOImpl> {
+public:
+    explicit AdaptiveIOImpl(AdaptiveIOOptions options);
+    void reset() override;
+    void pretty_print(std::ostream & stream) const override;
+
+    /// ids (B,T) int64 -> (B,T,D), unscaled. word_drop > 0 drops whole vocabulary rows (kept rows scaled 1/(1-p)).
+    torch::Tensor embed(const torch::Tensor & ids, double word_drop);
+    /// hidden (N,D), target (N,) -> log p(target) (N,), float32.
+    torch::Tensor target_log_prob(const torch::Tensor & hidden, const torch::Tensor & target);
+
+    int64_t num_clusters() const { return (int64_t) bounds.size() - 1; }
+    /// Parameters of the input side (embedding tables and their projections), and of the output side not tied to it.
+    int64_t input_parameter_count() const;
+    int64_t output_parameter_count() const;
+
+    AdaptiveIOOptions options;
+    std::vector<int64_t> bounds;                 ///< cluster boundaries: 0, cutoffs..., vocab_size
+    std::vector<int64_t> widths;                 ///< embedding width per cluster
+    std::vector<torch::Tensor> emb;              ///< (n_i, d_i)
+    std::vector<torch::Tensor> in_proj;          ///< (D, d_i): d_i -> D; empty for a plain softmax
+    torch::Tensor out_head_proj;                 ///< (D, D), never tied; adaptive only
+    std::vector<torch::Tensor> out_weight;       ///< (n_i, d_i); the emb tensor when tied
+    std::vector<torch::Tensor> out_bias;         ///< (n_i,)
+    std::vector<torch::Tensor> out_tail_proj;    ///< (d_i, D) for tails: D -> d_i; in_proj[i]^T when tied
+    torch::Tensor cluster_weight, cluster_bias;  ///< (C, D), (C,): head-softmax logits of the tail clusters
+
+private:
+    torch::Tensor tail_projection(size_t cluster) const; // (d_i, D) weight for linear(): D -> d_i
+};
+TORCH_MODULE(AdaptiveIO);
+
+} // namespace studio

@@ -1,0 +1,238 @@
+#include "bench.h"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "checkpoint.h"
+#include "device.h"
+#include "events.h"
+#include "pipeline.h"
+#include "prune.h"
+#include "run_dir.h"
+#include "safetensors.h"
+#include "trainer.h"
+
+namespace studio {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+int64_t layer_params_without_gates(const LanguageModelImpl & model) {
+    const auto c = model.parameter_counts();
+    return c.layers - c.gates;
+}
+
+int64_t total_heads(const ModelConfig & m) {
+    int64_t n = 0;
+    for (int64_t l = 0; l < m.num_layers; ++l) n += m.heads_in_layer(l);
+    return n;
+}
+
+BenchModel make_bench_model(const std::string & variant, LanguageModel model, bool gates_on, bool scaling) {
+    BenchModel b;
+    b.variant = variant;
+    b.model = model;
+    b.gates.enabled = gates_on;
+    b.gates.output_scaling = scaling;
+    b.heads = 0;
+    if (gates_on) {
+        for (const auto & row : model->gate_open()) for (bool o : row) b.heads += o ? 1 : 0;
+    } else {
+        b.heads = total_heads(model->config);
+    }
+    b.layer_params = layer_params_without_gates(*model);
+    return b;
+}
+
+} // namespace
+
+std::vector<BenchModel> bench_models_from_run(const std::string & run_dir, const Config & config) {
+    std::vector<BenchModel> models;
+    auto source = run_latest_checkpoint(run_dir, "gate");
+    if (!source) source = run_latest_checkpoint(run_dir, "train");
+    if (!source) throw std::runtime_error("bench: " + run_dir + " has no checkpoint; train it first or bench a config");
+    auto loaded = checkpoint_load(source->path);
+    LanguageModel model(loaded.model_config);
+    checkpoint_load_model(loaded, *model, false);
+    model->configure_gates_constants_only(config.gate);
+    model->eval();
+    auto wants = [&](const std::string & v) { return std::find(config.bench.variants.begin(), config.bench.variants.end(), v) != config.bench.variants.end(); };
+    if (wants("dense")) models.push_back(make_bench_model("dense", model, false, false));
+    if (wants("masked") && model->has_gates()) {
+        // The same weights again, so the dense and masked rows do not share a module that a dtype change would alter twice.
+        LanguageModel masked(loaded.model_config);
+        checkpoint_load_model(loaded, *masked, false);
+        masked->configure_gates_constants_only(config.gate);
+        models.push_back(make_bench_model("masked", masked, true, config.gate.output_scaling));
+    }
+    if (wants("pruned") && fs::exists(fs::path(run_pruned_dir(run_dir)) / "model.safetensors")) {
+        models.push_back(make_bench_model("pruned", pruned_load(run_pruned_dir(run_dir)), false, false));
+    }
+    return models;
+}
+
+std::vector<BenchModel> bench_models_from_config(const Config & config) {
+    if (config.model.vocab_size <= 0) throw ConfigError("config error: model.vocab_size: set it to bench random weights (no dataset is read)");
+    torch::NoGradGuard no_grad;
+    std::vector<BenchModel> models;
+    ModelConfig dense_config = config.model;
+    dense_config.head_gates = false;
+    models.push_back(make_bench_model("dense", LanguageModel(dense_config), false, false));
+    for (const auto & heads : config.bench.head_lists) {
+        int64_t kept = 0;
+        for (auto h : heads) kept += h;
+        const std::string suffix = "-" + std::to_string(kept);
+        ModelConfig gated = config.model;
+        gated.head_gates = true;
+        LanguageModel masked(gated);
+        std::vector<std::vector<int64_t>> keep;
+        for (size_t l = 0; l < heads.size(); ++l) {
+            auto & la = masked->layer_list[l]->attention->gate->log_alpha;
+            la.fill_(-10.0);
+            la.narrow(0, 0, heads[l]).fill_(10.0);
+            std::vector<int64_t> k;
+            for (int64_t h = 0; h < heads[l]; ++h) k.push_back(h);
+            keep.push_back(k);
+        }
+        bool wants_masked = std::find(config.bench.variants.begin(), config.bench.variants.end(), "masked") != config.bench.variants.end();
+        bool wants_pruned = std::find(config.bench.variants.begin(), config.bench.variants.end(), "pruned") != config.bench.variants.end();
+        auto pruned = prune_heads(*masked, keep, false);
+        if (wants_masked) models.push_back(make_bench_model("masked" + suffix, masked, true, false));
+        if (wants_pruned) models.push_back(make_bench_model("pruned" + suffix, pruned.model, false, false));
+    }
+    return models;
+}
+
+std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const BenchConfig & bench, const ModelConfig & shape, bool verbose) {
+    torch::NoGradGuard no_grad;
+    std::vector<BenchRow> rows;
+    for (const auto & device_name : bench.devices) {
+        const torch::Device device = device_resolve(device_name);
+        for (const auto & dtype_name : bench.dtypes) {
+            const auto dtype = dtype_name == "bf16" ? torch::kBFloat16 : torch::kFloat;
+            for (auto & m : models) {
+                m.model->to(device, dtype);
+                m.model->eval();
+                for (auto batch : bench.batch_sizes) {
+                    BenchRow row;
+                    row.variant = m.variant;
+                    row.heads_kept = m.heads;
+                    row.layer_params = m.layer_params;
+                    row.batch = batch;
+                    row.tgt_len = shape.tgt_len;
+                    row.mem_len = shape.mem_len;
+                    row.dtype = dtype_name;
+                    row.device = device_name;
+                    row.with_loss = bench.with_loss;
+                    torch::manual_seed(1234);
+                    auto ids = torch::randint(0, shape.vocab_size, {batch, shape.tgt_len + 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
+                    auto input = ids.narrow(1, 0, shape.tgt_len);
+                    auto target = bench.with_loss ? ids.narrow(1, 1, shape.tgt_len) : torch::Tensor();
+                    std::vector<torch::Tensor> memory;
+                    auto step = [&]() {
+                        auto out = m.model->forward(input, target, memory, m.gates);
+                        memory = out.memory;
+                    };
+                    for (int64_t w = 0; w < bench.warmup; ++w) step();
+                    DeviceTimer timer(device);
+                    for (int64_t r = 0; r < bench.repetitions; ++r) {
+                        timer.start();
+                        for (int64_t s = 0; s < bench.steps; ++s) step();
+                        row.samples_ms.push_back(timer.stop_ms() / (double) bench.steps);
+                    }
+                    bench_summarise(row);
+                    if (verbose) std::fprintf(stderr, "[bench] %-12s %-4s %-5s batch %4lld: %.3f ms/step\n", row.variant.c_str(), device_name.c_str(),
+                                              dtype_name.c_str(), (long long) batch, row.median_ms);
+                    rows.push_back(row);
+                }
+                m.model->to(torch::kCPU, torch::kFloat);
+            }
+        }
+    }
+    bench_compare(rows);
+    return rows;
+}
+
+void bench_write(const std::string & out_dir, const std::vector<BenchRow> & rows, const json & meta) {
+    fs::create_directories(out_dir);
+    file_write_atomic((fs::path(out_dir) / "bench.json").string(), json{{"meta", meta}, {"rows", bench_json(rows)}}.dump(2));
+    file_write_atomic((fs::path(out_dir) / "bench.csv").string(), bench_csv(rows));
+    file_write_atomic((fs::path(out_dir) / "bench.md").string(), bench_markdown(rows));
+}
+
+namespace {
+json bench_meta(const std::string & source) {
+    const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+    char date[32];
+    std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+    char host[256] = {0};
+    ::gethostname(host, sizeof host - 1);
+    return json{{"source", source}, {"date", date}, {"host", host}, {"cuda_devices", cuda_device_count()},
+                {"torch", TORCH_VERSION}, {"threads", torch::get_num_threads()}};
+}
+} // namespace
+
+void bench_run_stage(RunContext & ctx) {
+    auto models = bench_models_from_run(ctx.run_dir, ctx.config);
+    auto rows = bench_measure(models, ctx.config.bench, ctx.config.model, ctx.progress);
+    bench_write(run_bench_dir(ctx.run_dir), rows, bench_meta(ctx.run_dir));
+    ctx.event("bench", {{"rows", bench_json(rows)}});
+    std::fprintf(stderr, "%s", bench_markdown(rows).c_str());
+}
+
+int bench_command(const BenchCommand & command) {
+    Config config;
+    bool from_run = false;
+    try {
+        if (fs::is_directory(command.source)) {
+            config = config_load(run_config_path(command.source));
+            from_run = true;
+        } else {
+            config = config_load(command.source);
+        }
+        if (!command.batch_sizes.empty()) config.bench.batch_sizes = command.batch_sizes;
+        if (!command.devices.empty()) config.bench.devices = command.devices;
+        if (!command.dtypes.empty()) config.bench.dtypes = command.dtypes;
+        if (!command.variants.empty()) config.bench.variants = command.variants;
+        if (command.repetitions > 0) config.bench.repetitions = command.repetitions;
+        if (command.steps > 0) config.bench.steps = command.steps;
+        if (command.warmup >= 0) config.bench.warmup = command.warmup;
+        if (command.with_loss >= 0) config.bench.with_loss = command.with_loss == 1;
+        config = config_from_json(config_to_json(config)); // re-validate the overridden values
+        for (const auto & d : config.bench.devices) {
+            if (d == "cuda" && cuda_device_count() == 0) throw ConfigError("bench error: --devices cuda: this build or machine has no CUDA GPU");
+        }
+    } catch (const std::exception & e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 2;
+    }
+    try {
+        auto models = from_run ? bench_models_from_run(command.source, config) : bench_models_from_config(config);
+        auto rows = bench_measure(models, config.bench, config.model, true);
+        const std::string out_dir = !command.out_dir.empty() ? command.out_dir
+                                    : from_run ? run_bench_dir(command.source)
+                                               : (fs::path(config.runs_dir) / config.name / "bench").string();
+        bench_write(out_dir, rows, bench_meta(command.source));
+        if (from_run) {
+            EventWriter events(run_events_path(command.source));
+            events.write("bench", {{"rows", bench_json(rows)}});
+        }
+        if (command.format == "csv") std::printf("%s", bench_csv(rows).c_str());
+        else if (command.format == "json") std::printf("%s\n", bench_json(rows).dump(2).c_str());
+        else std::printf("%s", bench_markdown(rows).c_str());
+        std::fprintf(stderr, "written to %s/bench.{md,csv,json}\n", out_dir.c_str());
+        return 0;
+    } catch (const std::exception & e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}
+
+} // namespace studio

@@ -1,0 +1,151 @@
+#include "communicator.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <stdexcept>
+
+#include <torch/torch.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef STUDIO_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+namespace studio {
+
+namespace {
+
+int64_t env_int(const char * name, int64_t fallback) {
+    const char * v = std::getenv(name);
+    if (!v || !*v) return fallback;
+    char * end = nullptr;
+    const long long parsed = std::strtoll(v, &end, 10);
+    if (*end != '\0') throw std::runtime_error(std::string("environment: ") + name + "=" + v + " is not an integer");
+    return parsed;
+}
+
+// Buckets of ~25 MB, as DDP uses: few collectives, none too large.
+constexpr int64_t kBucketElements = 25 * 1024 * 1024 / 4;
+
+class ProcessGroupCommunicator : public Communicator {
+public:
+    ProcessGroupCommunicator(c10::intrusive_ptr<c10d::Store> store, c10::intrusive_ptr<c10d::ProcessGroup> group, int64_t rank, int64_t world)
+        : store_(std::move(store)), group_(std::move(group)), rank_(rank), world_(world) {}
+
+    int64_t rank() const override { return rank_; }
+    int64_t world_size() const override { return world_; }
+
+    void average_gradients(const std::vector<torch::Tensor> & params) override {
+        std::vector<torch::Tensor> bucket;
+        int64_t elements = 0;
+        auto flush = [&]() {
+            if (bucket.empty()) return;
+            std::vector<torch::Tensor> flat{torch::cat(bucket)};
+            run(group_->allreduce(flat));
+            flat[0].div_((double) world_);
+            int64_t offset = 0;
+            for (auto & g : bucket_grads_) {
+                g.copy_(flat[0].narrow(0, offset, g.numel()).view_as(g));
+                offset += g.numel();
+            }
+            bucket.clear();
+            bucket_grads_.clear();
+            elements = 0;
+        };
+        for (const auto & p : params) {
+            if (!p.grad().defined()) continue;
+            auto g = p.grad();
+            bucket.push_back(g.reshape({-1}));
+            bucket_grads_.push_back(g);
+            elements += g.numel();
+            if (elements >= kBucketElements) flush();
+        }
+        flush();
+    }
+
+    void sum(torch::Tensor & tensor) override {
+        std::vector<torch::Tensor> v{tensor};
+        run(group_->allreduce(v));
+    }
+
+    void barrier() override { run(group_->barrier()); }
+
+    void check_all_ok(bool ok, const std::string & what) override {
+        auto flag = torch::full({1}, ok ? 0.0f : 1.0f, torch::TensorOptions().device(device_for_collectives()));
+        sum(flag);
+        if (flag.item<float>() > 0) throw std::runtime_error(what + " failed on " + std::to_string((int) flag.item<float>()) + " rank(s)");
+    }
+
+    torch::Device device_for_collectives() const { return device_; }
+    torch::Device device_ = torch::kCPU;
+
+private:
+    void run(const c10::intrusive_ptr<c10d::Work> & work) {
+        try {
+            work->wait();
+        } catch (const std::exception & e) {
+            std::string message = e.what();
+            const auto nl = message.find('\n');
+            throw std::runtime_error("distributed: rank " + std::to_string(rank_) + " lost contact with the other ranks (" +
+                                     message.substr(0, nl) + "); another rank has probably died — see its log");
+        }
+    }
+
+    c10::intrusive_ptr<c10d::Store> store_;
+    c10::intrusive_ptr<c10d::ProcessGroup> group_;
+    int64_t rank_, world_;
+    std::vector<torch::Tensor> bucket_grads_;
+};
+
+} // namespace
+
+RankInfo rank_info_from_env() {
+    RankInfo info;
+    info.rank = env_int("RANK", 0);
+    info.world_size = env_int("WORLD_SIZE", 1);
+    info.local_rank = env_int("LOCAL_RANK", info.rank);
+    if (const char * addr = std::getenv("MASTER_ADDR"); addr && *addr) info.master_addr = addr;
+    info.master_port = env_int("MASTER_PORT", 29500);
+    if (info.world_size < 1 || info.rank < 0 || info.rank >= info.world_size) {
+        throw std::runtime_error("environment: RANK=" + std::to_string(info.rank) + " is not in [0, WORLD_SIZE=" + std::to_string(info.world_size) + ")");
+    }
+    return info;
+}
+
+std::unique_ptr<Communicator> communicator_create(const RankInfo & info, const torch::Device & device, int64_t timeout_s) {
+    if (info.world_size == 1) return std::make_unique<Communicator>();
+    const auto timeout = std::chrono::milliseconds(timeout_s * 1000);
+    c10d::TCPStoreOptions options;
+    options.port = (uint16_t) info.master_port;
+    options.isServer = info.rank == 0;
+    options.numWorkers = (size_t) info.world_size;
+    options.waitWorkers = true;
+    options.timeout = timeout;
+    c10::intrusive_ptr<c10d::Store> store;
+    try {
+        store = c10::make_intrusive<c10d::TCPStore>(info.master_addr, options);
+    } catch (const std::exception & e) {
+        throw std::runtime_error("distributed: rank " + std::to_string(info.rank) + " could not meet the others at " + info.master_addr + ":" +
+                                 std::to_string(info.master_port) + " within " + std::to_string(timeout_s) + " s (check MASTER_ADDR/MASTER_PORT)");
+    }
+    c10::intrusive_ptr<c10d::ProcessGroup> group;
+    if (device.is_cuda()) {
+#ifdef STUDIO_NCCL
+        auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+        nccl_options->timeout = timeout;
+        group = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, (int) info.rank, (int) info.world_size, nccl_options);
+#else
+        throw std::runtime_error("distributed: this build has no NCCL; rebuild against a CUDA LibTorch with NCCL (scripts/gpu-check.sh shows how)");
+#endif
+    } else {
+        auto gloo_options = c10d::ProcessGroupGloo::Options::create();
+        gloo_options->timeout = timeout;
+        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(info.master_addr));
+        group = c10::make_intrusive<c10d::ProcessGroupGloo>(store, (int) info.rank, (int) info.world_size, gloo_options);
+    }
+    auto communicator = std::make_unique<ProcessGroupCommunicator>(store, group, info.rank, info.world_size);
+    communicator->device_ = device;
+    return communicator;
+}
+
+} // namespace studio

@@ -1,0 +1,55 @@
+// Device and precision helpers: everything that differs between Debian's CPU LibTorch 1.13 and the CUDA LibTorch
+// of PyTorch 2.x is guarded here, once.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <torch/types.h>
+
+namespace studio {
+
+int64_t cuda_device_count();
+/// "cpu", "cuda" or "auto" (+ local rank) -> a device; throws ConfigError if CUDA is asked for and absent.
+torch::Device device_resolve(const std::string & name, int64_t local_rank = 0);
+/// Waits for queued GPU work (for timing); no-op on CPU.
+void device_synchronize(const torch::Device & device);
+/// Peak bytes allocated on a CUDA device since the last reset; 0 on CPU.
+int64_t device_peak_memory(const torch::Device & device);
+void device_reset_peak_memory(const torch::Device & device);
+
+/// bf16 autocast on CUDA for the guard's lifetime (weights stay fp32); does nothing when disabled or on CPU.
+class AutocastGuard {
+public:
+    AutocastGuard(const torch::Device & device, bool bf16);
+    ~AutocastGuard();
+    AutocastGuard(const AutocastGuard &) = delete;
+    AutocastGuard & operator=(const AutocastGuard &) = delete;
+
+private:
+    bool active_ = false;
+    bool previous_ = false;
+};
+
+/// Wall time of GPU work: CUDA events on CUDA, a steady clock after synchronising on the CPU.
+class DeviceTimer {
+public:
+    explicit DeviceTimer(const torch::Device & device);
+    ~DeviceTimer();
+    DeviceTimer(const DeviceTimer &) = delete;
+    DeviceTimer & operator=(const DeviceTimer &) = delete;
+    void start();
+    double stop_ms();
+
+private:
+    torch::Device device_;
+    double start_s_ = 0;
+    void * events_ = nullptr; // CUDA event pair (CUDA builds)
+};
+
+/// Seeds the default generators (CPU and the current CUDA device) for one training step, from (seed, stream, step):
+/// dropout masks are then a function of the step, so a resumed run draws exactly what an uninterrupted one did.
+void seed_step(uint64_t seed, uint64_t stream, uint64_t step);
+uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c);
+
+} // namespace studio

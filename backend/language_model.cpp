@@ -1,0 +1,272 @@
+#include "language_model.h"
+
+#include <cmath>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+namespace studio {
+
+namespace F = torch::nn::functional;
+
+torch::Tensor sinusoid_positions(int64_t S, int64_t D, const torch::TensorOptions & options) {
+    auto pos = torch::arange(S - 1, -1, -1.0, options.dtype(torch::kFloat));                       // (S,)
+    auto inv_freq = 1.0 / torch::pow(10000.0, torch::arange(0, D, 2, options.dtype(torch::kFloat)) / (double) D); // (D/2,)
+    auto angles = torch::outer(pos, inv_freq);                                                      // (S,D/2)
+    return torch::stack({torch::sin(angles), torch::cos(angles)}, -1).view({S, D});                // (S,D) interleaved
+}
+
+torch::Tensor attention_keep_mask(int64_t T, int64_t M, bool same_length, const torch::Device & device) {
+    auto i = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(1);     // (T,1)
+    auto j = torch::arange(T + M, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0); // (1,S)
+    auto keep = j <= i + M;
+    if (same_length) keep = keep.logical_and(j >= i);
+    return keep;                                                                                    // (T,S)
+}
+
+LanguageModelImpl::LanguageModelImpl(ModelConfig config_) : config(std::move(config_)) {
+    reset();
+}
+
+void LanguageModelImpl::reset() {
+    const auto & c = config;
+    TORCH_CHECK(c.vocab_size > 0, "model: vocab_size is not set (it comes from the dataset or model.vocab_size)");
+    const int64_t D = c.hidden_dim, dh = c.resolved_head_dim(), L = c.num_layers;
+    const bool all_attention = c.type == ModelType::AllAttention;
+    const bool shared_bias = c.resolved_share_r_bias();
+    io = register_module("io", AdaptiveIO(AdaptiveIOOptions(c.vocab_size, D).cutoffs(c.cutoffs).div_value(c.div_value)
+                                              .tie_weight(c.tie_weight).tie_proj(c.tie_proj)));
+    layers = register_module("layers", torch::nn::ModuleList());
+    layer_list.clear();
+    for (int64_t l = 0; l < L; ++l) {
+        auto attention = RelativeAttentionOptions(D, c.heads_in_layer(l), dh)
+                             .persistent(all_attention ? c.feedforward_dim : 0)
+                             .own_r_bias(!shared_bias)
+                             .gated(c.head_gates)
+                             .attn_drop(c.attn_drop);
+        auto layer = TransformerLayer(TransformerLayerOptions(attention)
+                                          .feedforward_dim(all_attention ? 0 : c.feedforward_dim)
+                                          .proj_drop(c.proj_drop)
+                                          .ff_drop(c.resolved_ff_drop()));
+        layers->push_back(layer);
+        layer_list.push_back(layer);
+    }
+    if (all_attention) pos_emb = register_parameter("pos_emb", torch::empty({c.max_len, D}));
+    if (shared_bias) {
+        u_bias = register_parameter("u_bias", torch::zeros({c.num_heads * dh}));
+        v_bias = register_parameter("v_bias", torch::zeros({c.num_heads * dh}));
+    }
+    if (!all_attention) out_norm = register_module("out_norm", OffsetLayerNorm(D));
+
+    torch::NoGradGuard no_grad;
+    if (all_attention) {
+        // reference-model.md 1.7: tables and I/O projections U(-s1, s1); q/k/v/r, the cluster logits and the
+        // persistent vectors U(-s2, s2); biases 0, gains 1.
+        const double s1 = std::sqrt(1.0 / (double) D), s2 = std::sqrt(1.0 / (double) (D * L));
+        for (auto & p : io->parameters()) if (p.dim() == 2) p.uniform_(-s1, s1);
+        if (io->cluster_weight.defined()) io->cluster_weight.uniform_(-s2, s2);
+        pos_emb.uniform_(-s1, s1);
+        for (auto & layer : layer_list) {
+            auto & a = *layer->attention;
+            for (auto * w : {&a.q_weight, &a.k_weight, &a.v_weight, &a.r_weight, &a.mem_k, &a.mem_v}) {
+                if (w->defined() && w->numel() > 0) w->uniform_(-s2, s2);
+            }
+            if (a.o_weight.numel() > 0) a.o_weight.uniform_(-s1, s1);
+        }
+    } else {
+        // Huang et al. 2020 (T-Fixup), as the reference library initialises its Transformer-XL.
+        const double s_ff = 0.67 * std::pow((double) L, -0.25), s_v = s_ff * std::sqrt(2.0);
+        for (auto & e : io->emb) e.normal_(0.0, std::pow((double) D, -0.5));
+        for (auto & p : io->in_proj) torch::nn::init::xavier_uniform_(p);
+        if (io->out_head_proj.defined()) torch::nn::init::xavier_uniform_(io->out_head_proj);
+        for (auto & p : io->out_tail_proj) if (p.defined()) torch::nn::init::xavier_uniform_(p);
+        if (io->cluster_weight.defined()) torch::nn::init::xavier_uniform_(io->cluster_weight);
+        for (auto & layer : layer_list) {
+            auto & a = *layer->attention;
+            torch::nn::init::xavier_uniform_(layer->ff1_weight, s_ff);
+            torch::nn::init::xavier_uniform_(layer->ff2_weight, s_ff);
+            if (a.q_weight.numel() == 0) continue;
+            torch::nn::init::xavier_uniform_(a.q_weight);
+            torch::nn::init::xavier_uniform_(a.k_weight);
+            torch::nn::init::xavier_uniform_(a.r_weight);
+            torch::nn::init::xavier_uniform_(a.v_weight, s_v);
+            torch::nn::init::xavier_uniform_(a.o_weight, s_ff);
+        }
+    }
+}
+
+void LanguageModelImpl::pretty_print(std::ostream & stream) const {
+    stream << "studio::LanguageModel(" << (config.type == ModelType::AllAttention ? "all_attention" : "transformer_xl")
+           << ", layers=" << config.num_layers << ", hidden=" << config.hidden_dim << ")";
+}
+
+std::vector<torch::Tensor> LanguageModelImpl::initial_memory(int64_t batch, const torch::TensorOptions & options) const {
+    std::vector<torch::Tensor> memory;
+    for (int64_t l = 0; l < config.num_layers; ++l) memory.push_back(torch::zeros({batch, config.mem_len, config.hidden_dim}, options));
+    return memory;
+}
+
+LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Tensor & target,
+                                    const std::vector<torch::Tensor> & memory_in, const GateSettings & gates) {
+    const int64_t B = input.size(0), T = input.size(1), D = config.hidden_dim;
+    const bool all_attention = config.type == ModelType::AllAttention;
+    const auto float_options = pos_emb.defined() ? pos_emb.options() : io->emb[0].options();
+    const auto memory = memory_in.empty() ? initial_memory(B, float_options) : memory_in;
+    TORCH_CHECK((int64_t) memory.size() == config.num_layers, "model: memory has ", memory.size(), " layers, the model ", config.num_layers);
+    const int64_t M = memory[0].size(1), S = T + M;
+    auto input_drop = F::DropoutFuncOptions().p(config.input_drop).training(is_training());
+
+    auto h = io->embed(input, config.word_drop);                                          // (B,T,D)
+    torch::Tensor pos;                                                                    // (S,D)
+    if (all_attention) {
+        TORCH_CHECK(S <= config.max_len, "model: ", S, " keys exceed the position table's ", config.max_len, " rows");
+        h = F::dropout(h, input_drop) * std::sqrt((double) D);                            // scaled after dropout
+        pos = F::dropout(pos_emb, input_drop).narrow(0, config.max_len - S, S);
+    } else {
+        h = F::dropout(h * std::sqrt((double) D), input_drop);
+        pos = F::dropout(sinusoid_positions(S, D, h.options()).to(h.dtype()), input_drop);
+    }
+    auto keep = attention_keep_mask(T, M, config.same_length, input.device());
+
+    std::unique_ptr<at::Generator> generator;
+    if (gates.enabled && is_training() && has_gates()) {
+        generator = std::make_unique<at::Generator>(at::make_generator<at::CPUGeneratorImpl>(gates.noise_seed));
+    }
+    LMOutput out;
+    for (int64_t l = 0; l < config.num_layers; ++l) {
+        // The memory of layer l is its own input, carried to the next segment.
+        if (M > 0) out.memory.push_back(torch::cat({memory[l], h}, 1).narrow(1, T, M).detach()); // (B,M,D)
+        else out.memory.push_back(memory[l]);
+        auto & layer = layer_list[(size_t) l];
+        GateControl control;
+        control.enabled = gates.enabled;
+        control.output_scaling = gates.output_scaling;
+        if (generator && layer->attention->gate) {
+            control.noise = torch::rand({layer->attention->options.num_heads()}, *generator);
+        }
+        torch::Tensor closed;
+        h = layer->forward(h, memory[l], pos, keep, u_bias, v_bias, control, &closed);
+        if (closed.defined()) out.closed = out.closed.defined() ? out.closed + closed : closed;
+    }
+    if (all_attention) {
+        h = F::dropout(h, F::DropoutFuncOptions().p(config.proj_drop).training(is_training()));
+    } else {
+        h = out_norm->forward(h);
+    }
+    h = F::dropout(h, F::DropoutFuncOptions().p(config.output_drop).training(is_training()));
+    if (!target.defined()) {
+        out.hidden = h;   // no softmax asked for (the benchmark's loss-free workload)
+        return out;
+    }
+    out.target_log_prob = io->target_log_prob(h.reshape({B * T, D}), target.reshape({B * T})).view({B, T});
+    return out;
+}
+
+ParameterCounts LanguageModelImpl::parameter_counts() const {
+    ParameterCounts counts;
+    for (const auto & p : parameters()) counts.total += p.numel();
+    counts.embedding = io->input_parameter_count();
+    counts.softmax = io->output_parameter_count();
+    for (const auto & layer : layer_list) {
+        int64_t n = 0;
+        for (const auto & p : layer->parameters()) n += p.numel();
+        counts.per_layer.push_back(n);
+        counts.layers += n;
+        counts.heads.push_back(layer->attention->options.num_heads());
+        counts.per_head.push_back(layer->attention->parameters_per_head());
+        if (layer->attention->gate) counts.gates += layer->attention->gate->log_alpha.numel();
+    }
+    counts.other = counts.total - counts.layers - counts.embedding - counts.softmax;
+    return counts;
+}
+
+bool LanguageModelImpl::has_gates() const {
+    for (const auto & layer : layer_list) if (layer->attention->gate) return true;
+    return false;
+}
+
+void LanguageModelImpl::configure_gates(const HardConcreteGateOptions & options) {
+    for (auto & layer : layer_list) {
+        if (!layer->attention->gate) continue;
+        auto o = options;
+        o.num_heads(layer->attention->options.num_heads());
+        layer->attention->gate->configure(o);
+    }
+}
+
+void LanguageModelImpl::configure_gates_constants_only(const GateConfig & gate) {
+    for (auto & layer : layer_list) {
+        if (!layer->attention->gate) continue;
+        auto o = HardConcreteGateOptions(layer->attention->options.num_heads()).beta(gate.beta).gamma(gate.gamma).zeta(gate.zeta);
+        layer->attention->gate->configure(o, /*reinitialise=*/false);
+    }
+}
+
+torch::Tensor LanguageModelImpl::l0() const {
+    torch::Tensor total;
+    for (const auto & layer : layer_list) {
+        if (!layer->attention->gate) continue;
+        auto term = layer->attention->gate->l0();
+        total = total.defined() ? total + term : term;
+    }
+    return total.defined() ? total : torch::zeros({});
+}
+
+torch::Tensor LanguageModelImpl::expected_sparsity() const {
+    torch::Tensor open;
+    int64_t heads = 0;
+    for (const auto & layer : layer_list) {
+        if (!layer->attention->gate) continue;
+        auto p = layer->attention->gate->p_open().sum();
+        open = open.defined() ? open + p : p;
+        heads += layer->attention->options.num_heads();
+    }
+    if (!open.defined()) return torch::zeros({});
+    return 1.0 - open / (double) heads;
+}
+
+namespace {
+template <typename T, typename Fn>
+std::vector<std::vector<T>> per_head(const std::vector<TransformerLayer> & layers, Fn value) {
+    std::vector<std::vector<T>> result;
+    for (const auto & layer : layers) {
+        std::vector<T> row;
+        if (layer->attention->gate) {
+            auto t = value(*layer->attention->gate).detach().to(torch::kCPU).to(torch::kFloat).contiguous();
+            for (int64_t h = 0; h < t.numel(); ++h) row.push_back((T) (t.template data_ptr<float>()[h]));
+        }
+        result.push_back(row);
+    }
+    return result;
+}
+} // namespace
+
+std::vector<std::vector<float>> LanguageModelImpl::gate_log_alpha() const {
+    return per_head<float>(layer_list, [](const HardConcreteGateImpl & g) { return g.log_alpha; });
+}
+std::vector<std::vector<float>> LanguageModelImpl::gate_p_open() const {
+    return per_head<float>(layer_list, [](const HardConcreteGateImpl & g) { return g.p_open(); });
+}
+std::vector<std::vector<bool>> LanguageModelImpl::gate_open() const {
+    auto rows = per_head<float>(layer_list, [](const HardConcreteGateImpl & g) { return g.open_mask(); });
+    std::vector<std::vector<bool>> open;
+    for (auto & row : rows) open.emplace_back(row.begin(), row.end());
+    return open;
+}
+
+double LanguageModelImpl::hard_sparsity() const {
+    int64_t closed = 0, total = 0;
+    for (const auto & row : gate_open()) {
+        for (bool o : row) closed += o ? 0 : 1;
+        total += (int64_t) row.size();
+    }
+    return total ? (double) closed / (double) total : 0.0;
+}
+
+std::vector<torch::Tensor> LanguageModelImpl::gate_parameters() const {
+    std::vector<torch::Tensor> result;
+    for (const auto & layer : layer_list) if (layer->attention->gate) result.push_back(layer->attention->gate->log_alpha);
+    return result;
+}
+
+} // namespace studio

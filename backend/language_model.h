@@ -1,0 +1,93 @@
+// The language model: All-attention (persistent vectors, learned position table, per-layer u/v) or Transformer-XL
+// (ReLU feed-forward, sinusoidal positions, shared u/v, final LayerNorm), both with segment memory and adaptive
+// input/softmax (reference-model.md sections 1 and 1b).
+#pragma once
+
+#include <vector>
+
+#include <torch/types.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+#include <torch/nn/modules/container/modulelist.h>
+
+#include "adaptive_io.h"
+#include "config.h"
+#include "transformer_layer.h"
+
+namespace studio {
+
+/// Parameter counts, tied tensors counted once.
+struct ParameterCounts {
+    int64_t total = 0;
+    int64_t layers = 0;                 ///< all transformer layers (gates included when the model has them)
+    int64_t embedding = 0;              ///< input embedding tables and their projections
+    int64_t softmax = 0;                ///< output side not tied to the input
+    int64_t other = 0;                  ///< position table, shared u/v, final norm
+    int64_t gates = 0;
+    std::vector<int64_t> per_layer;
+    std::vector<int64_t> per_head;      ///< parameters one head of each layer carries
+    std::vector<int64_t> heads;         ///< heads per layer
+};
+
+/// How the head gates act in a forward pass.
+struct GateSettings {
+    bool enabled = false;               ///< multiply head outputs by their gates
+    bool output_scaling = false;        ///< technique 3
+    uint64_t noise_seed = 0;            ///< training samples draw their uniform noise from this seed (same on every rank)
+};
+
+struct LMOutput {
+    torch::Tensor target_log_prob;      ///< (B,T) float32 log p(target)
+    std::vector<torch::Tensor> memory;  ///< per layer (B,M,D), detached: the next segment's memory
+    torch::Tensor closed;               ///< scalar: closed gates in this forward (undefined when gates are off)
+    torch::Tensor hidden;               ///< (B,T,D) final hidden state, set only when no target was given
+};
+
+class LanguageModelImpl : public torch::nn::Cloneable<LanguageModelImpl> {
+public:
+    explicit LanguageModelImpl(ModelConfig config);
+    void reset() override;
+    void pretty_print(std::ostream & stream) const override;
+
+    /// input, target (B,T) int64 (target undefined: stop before the softmax); memory from the previous segment, or empty for zeros (the first segment).
+    LMOutput forward(const torch::Tensor & input, const torch::Tensor & target, const std::vector<torch::Tensor> & memory,
+                     const GateSettings & gates = {});
+
+    /// Zero memory for a batch of B rows (what the first segment attends to).
+    std::vector<torch::Tensor> initial_memory(int64_t batch, const torch::TensorOptions & options) const;
+    ParameterCounts parameter_counts() const;
+
+    bool has_gates() const;
+    /// Set the gate constants and re-initialise every log_alpha (the start of a gating stage).
+    void configure_gates(const HardConcreteGateOptions & options);
+    /// Only the constants (beta, gamma, zeta) of the config's gate section: a loaded model's eval rule then matches.
+    void configure_gates_constants_only(const GateConfig & gate);
+    /// Sum over all gates of P(gate != 0): the L0 term.
+    torch::Tensor l0() const;
+    /// Expected fraction of closed heads under the training distribution (differentiable).
+    torch::Tensor expected_sparsity() const;
+    /// log_alpha, P(open) and the eval open/closed decision per layer, per head (plain data for events).
+    std::vector<std::vector<float>> gate_log_alpha() const;
+    std::vector<std::vector<float>> gate_p_open() const;
+    std::vector<std::vector<bool>> gate_open() const;
+    /// Fraction of heads closed by the deterministic eval rule.
+    double hard_sparsity() const;
+    /// The gate tensors and every other parameter, for separate optimizer groups.
+    std::vector<torch::Tensor> gate_parameters() const;
+
+    ModelConfig config;
+    AdaptiveIO io{nullptr};
+    torch::nn::ModuleList layers{nullptr};
+    std::vector<TransformerLayer> layer_list;
+    torch::Tensor pos_emb;              ///< (max_len, D), All-attention
+    torch::Tensor u_bias, v_bias;       ///< (H*dh,) shared by all layers when share_r_bias
+    OffsetLayerNorm out_norm{nullptr};  ///< Transformer-XL
+};
+TORCH_MODULE(LanguageModel);
+
+/// Sinusoidal embeddings of the distances S-1 .. 0, sin and cos interleaved: (S, D).
+torch::Tensor sinusoid_positions(int64_t S, int64_t D, const torch::TensorOptions & options);
+/// keep (T, S): query i sees key j iff j <= i + M, and with same_length also j >= i.
+torch::Tensor attention_keep_mask(int64_t T, int64_t M, bool same_length, const torch::Device & device);
+
+} // namespace studio

@@ -1,0 +1,232 @@
+#include "pipeline.h"
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <torch/torch.h>
+
+#include "bench.h"
+#include "checkpoint.h"
+#include "device.h"
+#include "launcher.h"
+#include "model_info.h"
+#include "prune.h"
+#include "run_dir.h"
+#include "trainer.h"
+
+namespace studio {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop.store(true); }
+
+LanguageModel load_model_from_checkpoint(const std::string & path, const torch::Device & device) {
+    auto loaded = checkpoint_load(path);
+    LanguageModel model(loaded.model_config);
+    checkpoint_load_model(loaded, *model, false);
+    model->to(device);
+    return model;
+}
+
+void stage_gate(RunContext & ctx, const Corpus & corpus) {
+    ModelConfig gated = ctx.config.model;
+    gated.head_gates = true;
+    LanguageModel model(gated);
+    const bool resuming_gate = ctx.resume && run_latest_checkpoint(ctx.run_dir, "gate");
+    if (!resuming_gate) {
+        const std::string source = ctx.config.gate.checkpoint.empty() ? resolve_checkpoint(ctx.run_dir, "train")
+                                                                       : resolve_checkpoint(ctx.config.gate.checkpoint, "train");
+        auto loaded = checkpoint_load(source);
+        if (!loaded.state.complete && ctx.config.gate.checkpoint.empty()) {
+            throw std::runtime_error("gate: the train stage of this run did not finish (" + source + "); resume it first");
+        }
+        checkpoint_load_model(loaded, *model, /*allow_missing_gates=*/true);
+        ctx.event("gate_source", {{"checkpoint", source}});
+    }
+    // Technique 2: every gate starts at init_log_alpha with the stage's constants.
+    model->configure_gates(HardConcreteGateOptions(ctx.config.model.num_heads).init_log_alpha(ctx.config.gate.init_log_alpha)
+                               .beta(ctx.config.gate.beta).gamma(ctx.config.gate.gamma).zeta(ctx.config.gate.zeta));
+    model->to(ctx.device);
+    run_training_stage(ctx, "gate", model, corpus);
+}
+
+std::string final_checkpoint(const RunContext & ctx) {
+    if (auto gate = run_latest_checkpoint(ctx.run_dir, "gate")) return gate->path;
+    if (auto train = run_latest_checkpoint(ctx.run_dir, "train")) return train->path;
+    if (!ctx.config.gate.checkpoint.empty()) return resolve_checkpoint(ctx.config.gate.checkpoint, "train");
+    throw std::runtime_error("no checkpoint in " + ctx.run_dir + " to prune or evaluate: add \"train\" to stages");
+}
+
+void stage_prune(RunContext & ctx, const json & resolved) {
+    if (ctx.rank() != 0) return;
+    const std::string source = final_checkpoint(ctx);
+    auto model = load_model_from_checkpoint(source, torch::kCPU);
+    model->configure_gates_constants_only(ctx.config.gate);
+    const bool scaled = model->has_gates() && ctx.config.gate.output_scaling && !model->config.output_scale_folded;
+    auto pruned = prune_heads(*model, open_heads(*model), scaled);
+    json summary = prune_write(run_pruned_dir(ctx.run_dir), pruned, *model, resolved);
+    summary["source"] = source;
+    ctx.event("prune", summary);
+    std::fprintf(stderr, "[prune] kept %lld of %lld heads: layer parameters %s -> %s, total %s -> %s (%s)\n",
+                 (long long) [&] { int64_t n = 0; for (auto h : pruned.model->config.heads_per_layer) n += h; return n; }(),
+                 (long long) [&] { int64_t n = 0; for (int64_t l = 0; l < model->config.num_layers; ++l) n += model->config.heads_in_layer(l); return n; }(),
+                 with_commas(summary["layer_params_before"]).c_str(), with_commas(summary["layer_params_after"]).c_str(),
+                 with_commas(summary["params_before"]).c_str(), with_commas(summary["params_after"]).c_str(), run_pruned_dir(ctx.run_dir).c_str());
+}
+
+void stage_eval(RunContext & ctx, const Corpus & corpus) {
+    std::vector<std::pair<std::string, LanguageModel>> models;
+    auto trained = load_model_from_checkpoint(final_checkpoint(ctx), ctx.device);
+    trained->configure_gates_constants_only(ctx.config.gate);
+    models.emplace_back(trained->has_gates() ? "gated" : "dense", trained);
+    if (fs::exists(fs::path(run_pruned_dir(ctx.run_dir)) / "model.safetensors")) {
+        auto pruned = pruned_load(run_pruned_dir(ctx.run_dir));
+        pruned->to(ctx.device);
+        models.emplace_back("pruned", pruned);
+    }
+    for (auto & [name, model] : models) {
+        for (const auto & split : ctx.config.eval.splits) {
+            auto r = evaluate(*model, corpus.split(split), ctx.config.eval.batch_size, ctx, stage_gate_settings(ctx.config, "eval", *model));
+            ctx.event("eval", {{"stage", "eval"}, {"model", name}, {"split", split}, {"loss", r.loss}, {"ppl", r.ppl}, {"tokens", r.tokens}});
+            if (ctx.rank() == 0) std::fprintf(stderr, "[eval] %-6s %-5s loss %.4f ppl %.3f (%lld tokens)\n", name.c_str(), split.c_str(), r.loss, r.ppl, (long long) r.tokens);
+        }
+    }
+}
+
+} // namespace
+
+std::string resolve_checkpoint(const std::string & path_or_run, const std::string & stage) {
+    if (fs::exists(fs::path(path_or_run) / "state.json")) return path_or_run;
+    if (auto latest = run_latest_checkpoint(path_or_run, stage)) return latest->path;
+    if (auto any = run_latest_checkpoint(path_or_run, "")) return any->path;
+    throw std::runtime_error("no checkpoint at " + path_or_run + " (name a checkpoint folder or a run folder holding checkpoints/)");
+}
+
+int run_batch(const BatchOptions & options) {
+    Config config;
+    RankInfo rank;
+    try {
+        config = config_load(options.config_path);
+        rank = rank_info_from_env();
+        config_check_environment(config, cuda_device_count());
+    } catch (const std::exception & e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 2;
+    }
+    if (config.gpus > 1 && rank.world_size == 1 && !launcher_is_child()) {
+        return launcher_run_siblings(config.gpus, config.device != "cpu");
+    }
+
+    RunContext ctx;
+    ctx.config = config;
+    ctx.resume = options.resume;
+    ctx.stop = &g_stop;
+    ctx.progress = options.progress;
+    ctx.run_dir = options.run_dir.empty() ? (fs::path(config.runs_dir) / config.name).string() : options.run_dir;
+    std::unique_ptr<EventWriter> events;
+    std::unique_ptr<Communicator> comm;
+    Corpus corpus;
+    try {
+        ctx.device = device_resolve(config.device, rank.local_rank);
+        ctx.bf16 = ctx.device.is_cuda() && config.precision != "fp32";
+        if (rank.rank == 0 && fs::exists(run_events_path(ctx.run_dir)) && !options.resume) {
+            throw ConfigError("run error: " + ctx.run_dir + " already holds a run; pass --resume to continue it, or choose another --run-dir or name");
+        }
+        const bool needs_data = config.has_stage("train") || config.has_stage("gate") || config.has_stage("eval");
+        if (needs_data) {
+            corpus = corpus_load(config_data_folder(config));
+            if (ctx.config.model.vocab_size == 0) ctx.config.model.vocab_size = corpus.vocab.size();
+            if (ctx.config.model.vocab_size != corpus.vocab.size()) {
+                throw ConfigError("config error: model.vocab_size: " + std::to_string(ctx.config.model.vocab_size) + " does not match the " +
+                                  std::to_string(corpus.vocab.size()) + "-word vocabulary of " + corpus.folder + " (set it to 0 to take the dataset's)");
+            }
+            for (auto c : ctx.config.model.cutoffs) {
+                if (c >= corpus.vocab.size()) throw ConfigError("config error: model.cutoffs: " + std::to_string(c) + " is not below the vocabulary size " + std::to_string(corpus.vocab.size()));
+            }
+        } else if (ctx.config.model.vocab_size == 0 && config.has_stage("bench")) {
+            throw ConfigError("config error: model.vocab_size: set it (a bench-only run reads no dataset)");
+        }
+    } catch (const ConfigError & e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 2;
+    } catch (const DataError & e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 2;
+    } catch (const std::exception & e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+
+    std::signal(SIGTERM, on_signal);
+    std::signal(SIGINT, on_signal);
+    int64_t last_step = 0;
+    try {
+        comm = communicator_create(rank, ctx.device);
+        ctx.comm = comm.get();
+        const json resolved = config_to_json(ctx.config);
+        if (rank.rank == 0) {
+            fs::create_directories(ctx.run_dir);
+            file_write_atomic(run_config_path(ctx.run_dir), resolved.dump(2));
+            events = std::make_unique<EventWriter>(run_events_path(ctx.run_dir));
+            ctx.events = events.get();
+            json model = model_info(ctx.config.model);
+            ctx.event("run_start", {{"name", config.name}, {"stages", config.stages}, {"device", ctx.device.is_cuda() ? "cuda" : "cpu"},
+                                    {"world_size", rank.world_size}, {"resumed", options.resume}, {"config", resolved},
+                                    {"model", {{"type", model["type"]}, {"num_layers", model["num_layers"]}, {"heads_per_layer", model["heads_per_layer"]},
+                                               {"params_total", model["params_total"]}, {"params_layers", model["params_layers"]}}}});
+        }
+        if (ctx.comm) ctx.comm->barrier();
+        torch::manual_seed(config.seed);
+        for (const auto & stage : config.stages) {
+            if (g_stop.load()) break;
+            if (stage == "train") {
+                LanguageModel model(ctx.config.model);
+                model->to(ctx.device);
+                if (run_training_stage(ctx, "train", model, corpus) == StageOutcome::Stopped) break;
+            } else if (stage == "gate") {
+                stage_gate(ctx, corpus);
+            } else if (stage == "prune") {
+                ctx.event("stage_start", {{"stage", "prune"}});
+                stage_prune(ctx, resolved);
+                ctx.event("stage_end", {{"stage", "prune"}, {"status", "ok"}});
+            } else if (stage == "eval") {
+                ctx.event("stage_start", {{"stage", "eval"}});
+                stage_eval(ctx, corpus);
+                ctx.event("stage_end", {{"stage", "eval"}, {"status", "ok"}});
+            } else if (stage == "bench") {
+                ctx.event("stage_start", {{"stage", "bench"}});
+                if (rank.rank == 0) bench_run_stage(ctx);
+                ctx.event("stage_end", {{"stage", "bench"}, {"status", "ok"}});
+            }
+            if (ctx.comm) ctx.comm->barrier();
+        }
+        if (auto latest = run_latest_checkpoint(ctx.run_dir, "")) last_step = latest->step;
+        if (g_stop.load()) {
+            ctx.event("run_end", {{"status", "stopped"}, {"step", last_step}});
+            std::fprintf(stderr, "\nstopped; continue with: studio --batch %s --run-dir %s --resume\n", options.config_path.c_str(), ctx.run_dir.c_str());
+            return 3;
+        }
+        ctx.event("run_end", {{"status", "ok"}, {"step", last_step}});
+        return 0;
+    } catch (const std::exception & e) {
+        std::string message = e.what();
+        const auto nl = message.find('\n');
+        if (nl != std::string::npos) message = message.substr(0, nl);
+        std::fprintf(stderr, "\nerror: %s\n", message.c_str());
+        try {
+            ctx.event("error", {{"message", message}});
+            ctx.event("run_end", {{"status", "error"}, {"step", last_step}});
+        } catch (...) {
+        }
+        return 1;
+    }
+}
+
+} // namespace studio

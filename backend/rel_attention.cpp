@@ -1,0 +1,112 @@
+#include "rel_attention.h"
+
+#include <cmath>
+
+#include <torch/torch.h>
+
+namespace studio {
+
+namespace F = torch::nn::functional;
+
+torch::Tensor rel_shift(const torch::Tensor & x) {
+    auto sizes = x.sizes().vec();                                            // (..., T, S)
+    const int64_t T = sizes[sizes.size() - 2], S = sizes.back();
+    auto pad_sizes = sizes;
+    pad_sizes.back() = 1;
+    auto padded = torch::cat({torch::zeros(pad_sizes, x.options()), x}, -1); // (..., T, S+1)
+    auto view_sizes = sizes;
+    view_sizes[view_sizes.size() - 2] = S + 1;
+    view_sizes.back() = T;
+    padded = padded.view(view_sizes);                                        // (..., S+1, T)
+    return padded.narrow(-2, 1, S).reshape(sizes);                           // (..., T, S)
+}
+
+RelativeAttentionImpl::RelativeAttentionImpl(RelativeAttentionOptions options_) : options(std::move(options_)) {
+    reset();
+}
+
+void RelativeAttentionImpl::reset() {
+    const int64_t D = options.hidden_dim(), H = options.num_heads(), dh = options.head_dim(), N = options.persistent();
+    q_weight = register_parameter("q_weight", torch::empty({H * dh, D}));
+    k_weight = register_parameter("k_weight", torch::empty({H * dh, D}));
+    v_weight = register_parameter("v_weight", torch::empty({H * dh, D}));
+    r_weight = register_parameter("r_weight", torch::empty({H * dh, D}));
+    if (options.own_r_bias()) {
+        u_bias = register_parameter("u_bias", torch::zeros({H * dh}));
+        v_bias = register_parameter("v_bias", torch::zeros({H * dh}));
+    }
+    if (N > 0) {
+        mem_k = register_parameter("mem_k", torch::empty({H, N, dh}));
+        mem_v = register_parameter("mem_v", torch::empty({H, N, dh}));
+    }
+    o_weight = register_parameter("o_weight", torch::empty({D, H * dh}));
+    o_bias = register_parameter("o_bias", torch::zeros({D}));
+    if (options.gated() && H > 0) gate = register_module("gate", HardConcreteGate(HardConcreteGateOptions(H)));
+    torch::NoGradGuard no_grad;
+    const double s = 1.0 / std::sqrt((double) D);
+    for (auto & p : parameters(/*recurse=*/false)) if (p.dim() >= 2 && p.numel() > 0) p.uniform_(-s, s);
+}
+
+void RelativeAttentionImpl::pretty_print(std::ostream & stream) const {
+    stream << "studio::RelativeAttention(hidden=" << options.hidden_dim() << ", heads=" << options.num_heads()
+           << ", head_dim=" << options.head_dim() << ", persistent=" << options.persistent()
+           << ", own_r_bias=" << options.own_r_bias() << ", gated=" << options.gated() << ")";
+}
+
+int64_t RelativeAttentionImpl::parameters_per_head() const {
+    const int64_t D = options.hidden_dim(), dh = options.head_dim();
+    return 5 * dh * D + (options.own_r_bias() ? 2 * dh : 0) + 2 * options.persistent() * dh + (gate ? 1 : 0);
+}
+
+AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const torch::Tensor & mem_n, const torch::Tensor & pos,
+                                               const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
+                                               const GateControl & gates) {
+    const int64_t B = x_n.size(0), T = x_n.size(1), H = options.num_heads(), dh = options.head_dim();
+    AttentionOutput result;
+    if (H == 0) {
+        // No heads left: the output projection of nothing is its bias.
+        result.out = o_bias.to(x_n.dtype()).expand({B, T, options.hidden_dim()});
+        return result;
+    }
+    auto kv_in = mem_n.size(1) > 0 ? torch::cat({mem_n, x_n}, 1) : x_n;   // (B,S,D)
+    const int64_t S = kv_in.size(1);
+    const double scale = 1.0 / std::sqrt((double) dh);
+    auto q = F::linear(x_n, q_weight).view({B, T, H, dh}).transpose(1, 2);     // (B,H,T,dh)
+    auto k = F::linear(kv_in, k_weight).view({B, S, H, dh}).transpose(1, 2);   // (B,H,S,dh)
+    auto val = F::linear(kv_in, v_weight).view({B, S, H, dh}).transpose(1, 2); // (B,H,S,dh)
+    auto r = F::linear(pos, r_weight).view({S, H, dh}).transpose(0, 1);        // (H,S,dh)
+    const auto & ub = options.own_r_bias() ? u_bias : u;
+    const auto & vb = options.own_r_bias() ? v_bias : v;
+    auto ac = torch::matmul(q + ub.view({1, H, 1, dh}).to(q.dtype()), k.transpose(-1, -2));          // (B,H,T,S)
+    auto bd = rel_shift(torch::matmul(q + vb.view({1, H, 1, dh}).to(q.dtype()), r.transpose(-1, -2))); // (B,H,T,S)
+    auto scores = ((ac + bd) * scale).to(torch::kFloat).masked_fill(keep.logical_not(), -INFINITY);
+    if (options.persistent() > 0) {
+        // q . mem_k without the 1/sqrt(dh) factor and without u/v, as the reference computes it.
+        auto persistent_scores = torch::matmul(q, mem_k.to(q.dtype()).transpose(-1, -2)).to(torch::kFloat); // (B,H,T,N)
+        scores = torch::cat({scores, persistent_scores}, -1);                // (B,H,T,S+N)
+    }
+    auto probs = F::dropout(torch::softmax(scores, -1), F::DropoutFuncOptions().p(options.attn_drop()).training(is_training()))
+                     .to(val.dtype());
+    torch::Tensor heads;                                                     // (B,H,T,dh)
+    if (options.persistent() > 0) {
+        auto persistent_values = (mem_v * std::sqrt((double) options.persistent())).to(val.dtype()); // (H,N,dh)
+        heads = torch::matmul(probs.narrow(-1, 0, S), val) + torch::matmul(probs.narrow(-1, S, options.persistent()), persistent_values);
+    } else {
+        heads = torch::matmul(probs, val);
+    }
+    if (gates.enabled && gate) {
+        auto sample = gate->forward(gates.noise);
+        auto weight = sample.gate;                                           // (H,)
+        if (gates.output_scaling) {
+            auto factor = ((double) H / ((double) H - sample.closed.to(torch::kDouble) + 1e-3)).clamp(1.0, (double) H);
+            weight = weight * factor.to(weight.dtype()).detach();
+        }
+        heads = heads * weight.view({1, H, 1, 1}).to(heads.dtype());
+        result.closed = sample.closed;
+    }
+    auto merged = heads.transpose(1, 2).reshape({B, T, H * dh});             // (B,T,H*dh)
+    result.out = F::linear(merged, o_weight, o_bias);                        // (B,T,D)
+    return result;
+}
+
+} // namespace studio

@@ -1,0 +1,65 @@
+// Relative multi-head attention of Transformer-XL with segment memory, optional persistent key/value vectors per
+// head (All-attention, Sukhbaatar et al. 2019) and an optional hard-concrete gate per head
+// (reference-model.md sections 1.4 and 2). Every layer may have its own head count, including 0.
+#pragma once
+
+#include <torch/types.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+
+#include "hard_concrete.h"
+
+namespace studio {
+
+struct RelativeAttentionOptions {
+    RelativeAttentionOptions(int64_t hidden_dim, int64_t num_heads, int64_t head_dim)
+        : hidden_dim_(hidden_dim), num_heads_(num_heads), head_dim_(head_dim) {}
+    TORCH_ARG(int64_t, hidden_dim);
+    TORCH_ARG(int64_t, num_heads);        ///< heads of this layer (0 = the layer keeps only its residual path)
+    TORCH_ARG(int64_t, head_dim);
+    TORCH_ARG(int64_t, persistent) = 0;   ///< persistent key/value vectors per head; 0 = plain Transformer-XL
+    TORCH_ARG(bool, own_r_bias) = true;   ///< this layer's own u/v biases (else the model passes shared ones)
+    TORCH_ARG(bool, gated) = false;       ///< build a hard-concrete gate per head
+    TORCH_ARG(double, attn_drop) = 0.0;
+};
+
+/// How the gates act in one forward.
+struct GateControl {
+    bool enabled = false;          ///< multiply each head's output by its gate (the gating stage and gated eval)
+    bool output_scaling = false;   ///< technique 3: scale open heads by clamp(H / (H - closed + 1e-3), 1, H)
+    torch::Tensor noise;           ///< (H,) uniform noise for a training sample; undefined = deterministic eval gate
+};
+
+struct AttentionOutput {
+    torch::Tensor out;     ///< (B,T,D) after the output projection (its bias included)
+    torch::Tensor closed;  ///< scalar count of closed gates in this forward (undefined when gates are off)
+};
+
+class RelativeAttentionImpl : public torch::nn::Cloneable<RelativeAttentionImpl> {
+public:
+    explicit RelativeAttentionImpl(RelativeAttentionOptions options);
+    void reset() override;
+    void pretty_print(std::ostream & stream) const override;
+
+    /// x_n (B,T,D) and mem_n (B,M,D) are layer-normed; pos (S,D) with S = M+T encodes distances S-1 .. 0;
+    /// keep (T,S) bool; u, v (H*dh,) used when the layer has no biases of its own.
+    AttentionOutput forward(const torch::Tensor & x_n, const torch::Tensor & mem_n, const torch::Tensor & pos,
+                            const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
+                            const GateControl & gates);
+
+    /// Parameters that belong to head h (its q/k/v/r rows, u/v slice, persistent vectors, output columns, gate).
+    int64_t parameters_per_head() const;
+
+    RelativeAttentionOptions options;
+    torch::Tensor q_weight, k_weight, v_weight, r_weight; ///< (H*dh, D) each, no bias
+    torch::Tensor u_bias, v_bias;                         ///< (H*dh,) when own_r_bias
+    torch::Tensor mem_k, mem_v;                           ///< (H, N, dh) when persistent > 0
+    torch::Tensor o_weight, o_bias;                       ///< (D, H*dh), (D,)
+    HardConcreteGate gate{nullptr};
+};
+TORCH_MODULE(RelativeAttention);
+
+/// Transformer-XL's relative shift: out[.., i, j] = x[.., i, j + T-1-i] for the valid (unmasked) entries.
+torch::Tensor rel_shift(const torch::Tensor & x);
+
+} // namespace studio

@@ -1,0 +1,56 @@
+// One pre-norm layer: x + Dropout(Attention(LN(x), LN(memory))), then for Transformer-XL a ReLU feed-forward
+// x + Dropout(W2 Dropout(ReLU(W1 LN2(x)))). All-attention layers have no feed-forward: their persistent vectors
+// take its place (reference-model.md sections 1.3 and 1b).
+#pragma once
+
+#include <torch/types.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+
+#include "rel_attention.h"
+
+namespace studio {
+
+/// LayerNorm whose gain is stored as an offset from 1 (gain = 1 + weight, weight initialised to 0), as the reference
+/// stores it: LAMB's trust ratio and weight decay see |weight| = 0 at the start.
+struct OffsetLayerNormImpl : torch::nn::Cloneable<OffsetLayerNormImpl> {
+    explicit OffsetLayerNormImpl(int64_t dim, double eps = 1e-5) : dim(dim), eps(eps) { reset(); }
+    void reset() override {
+        weight = register_parameter("weight", torch::zeros({dim}));
+        bias = register_parameter("bias", torch::zeros({dim}));
+    }
+    torch::Tensor forward(const torch::Tensor & x);
+    int64_t dim;
+    double eps;
+    torch::Tensor weight, bias;
+};
+TORCH_MODULE(OffsetLayerNorm);
+
+struct TransformerLayerOptions {
+    TransformerLayerOptions(RelativeAttentionOptions attention) : attention_(std::move(attention)) {}
+    TORCH_ARG(RelativeAttentionOptions, attention);
+    TORCH_ARG(int64_t, feedforward_dim) = 0; ///< 0 = no feed-forward (All-attention)
+    TORCH_ARG(double, proj_drop) = 0.0;
+    TORCH_ARG(double, ff_drop) = 0.0;
+};
+
+class TransformerLayerImpl : public torch::nn::Cloneable<TransformerLayerImpl> {
+public:
+    explicit TransformerLayerImpl(TransformerLayerOptions options);
+    void reset() override;
+    void pretty_print(std::ostream & stream) const override;
+
+    /// x (B,T,D), memory (B,M,D) -> (B,T,D); closed gets this layer's closed-gate count when gates act.
+    torch::Tensor forward(const torch::Tensor & x, const torch::Tensor & memory, const torch::Tensor & pos,
+                          const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
+                          const GateControl & gates, torch::Tensor * closed = nullptr);
+
+    TransformerLayerOptions options;
+    OffsetLayerNorm norm{nullptr};
+    RelativeAttention attention{nullptr};
+    OffsetLayerNorm ff_norm{nullptr};            ///< Transformer-XL only
+    torch::Tensor ff1_weight, ff1_bias, ff2_weight, ff2_bias;
+};
+TORCH_MODULE(TransformerLayer);
+
+} // namespace studio

@@ -1,0 +1,242 @@
+// The model against computations written independently here: exact reference parameter counts, the relative shift,
+// relative attention with persistent vectors (a per-element loop), the adaptive softmax (a full distribution that
+// sums to one), memory, masks and gradients.
+#include <torch/torch.h>
+
+#include <QTest>
+
+#include <cmath>
+
+#include "language_model.h"
+#include "model_info.h"
+
+using namespace studio;
+
+namespace {
+
+ModelConfig tiny(ModelType type) {
+    ModelConfig m;
+    m.type = type;
+    m.num_layers = 2;
+    m.num_heads = 2;
+    m.hidden_dim = 8;
+    m.feedforward_dim = 6;
+    m.vocab_size = 40;
+    m.cutoffs = {10, 25};
+    m.div_value = 2;
+    m.max_len = 16;
+    m.tgt_len = 4;
+    m.mem_len = 3;
+    m.attn_drop = m.proj_drop = m.input_drop = m.output_drop = m.word_drop = 0;
+    return m;
+}
+
+ModelConfig reference(ModelType type) {
+    ModelConfig m;   // the defaults are the reference's 16 x 8 x 512 model
+    m.type = type;
+    m.vocab_size = 267735;
+    m.head_gates = type == ModelType::AllAttention;
+    return m;
+}
+
+} // namespace
+
+class TestModel : public QObject {
+    Q_OBJECT
+
+private Q_SLOTS:
+    void initTestCase() { torch::manual_seed(0); }
+
+    void reference_parameter_counts() {
+        auto all = model_info(reference(ModelType::AllAttention));
+        QCOMPARE(all["params_total"].get<int64_t>(), int64_t(74170642));
+        QCOMPARE(all["params_layers"].get<int64_t>(), int64_t(54567040));
+        QCOMPARE(all["params_embedding"].get<int64_t>(), int64_t(18810040));
+        QCOMPARE(all["params_softmax"].get<int64_t>(), int64_t(531418));
+        QCOMPARE(all["params_other"].get<int64_t>(), int64_t(262144));
+        QCOMPARE(all["layers"][0]["params"].get<int64_t>(), int64_t(3410440));
+        QCOMPARE(all["layers"][0]["params_per_head"].get<int64_t>(), int64_t(426113));
+        auto txl = model_info(reference(ModelType::TransformerXL));
+        QCOMPARE(txl["params_total"].get<int64_t>(), int64_t(73951378));
+        QCOMPARE(txl["params_layers"].get<int64_t>(), int64_t(54607872));
+        QCOMPARE(txl["layers"][0]["params_per_head"].get<int64_t>(), int64_t(163840));
+        // Section 6 of reference-model.md: 106 heads kept, no gates, max_len 384.
+        auto pruned = reference(ModelType::AllAttention);
+        pruned.head_gates = false;
+        pruned.max_len = 384;
+        pruned.heads_per_layer = {8, 3, 7, 6, 6, 6, 6, 7, 6, 7, 8, 8, 7, 8, 7, 6};
+        auto p = model_info(pruned);
+        QCOMPARE(p["params_layers"].get<int64_t>(), int64_t(45192448));
+        QCOMPARE(p["params_total"].get<int64_t>(), int64_t(64730514));
+        pruned.heads_per_layer = {5, 2, 5, 4, 3, 4, 4, 4, 4, 4, 4, 4, 3, 3, 3, 3};
+        QCOMPARE(model_info(pruned)["params_layers"].get<int64_t>(), int64_t(25165184));
+    }
+
+    void rel_shift_moves_each_row_by_its_distance() {
+        const int64_t T = 3, S = 5;
+        auto x = torch::arange(T * S, torch::kFloat).view({1, 1, T, S});
+        auto y = rel_shift(x);
+        for (int64_t i = 0; i < T; ++i) {
+            for (int64_t j = 0; j < S; ++j) {
+                if (j + T - 1 - i < S) QCOMPARE(y[0][0][i][j].item<float>(), x[0][0][i][j + T - 1 - i].item<float>());
+            }
+        }
+    }
+
+    void keep_mask() {
+        auto keep = attention_keep_mask(3, 2, true, torch::kCPU);
+        auto expected = torch::tensor({1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1}, torch::kBool).view({3, 5});
+        QVERIFY(torch::equal(keep, expected));
+        auto causal = attention_keep_mask(2, 1, false, torch::kCPU);
+        QVERIFY(torch::equal(causal, torch::tensor({1, 1, 0, 1, 1, 1}, torch::kBool).view({2, 3})));
+    }
+
+    void sinusoids_are_interleaved_and_reversed() {
+        auto pos = sinusoid_positions(3, 4, torch::TensorOptions());
+        // Row r encodes distance S-1-r; column 2k is sin(d / 10000^(2k/D)), column 2k+1 its cosine.
+        QVERIFY(std::abs(pos[0][0].item<float>() - std::sin(2.0f)) < 1e-6);
+        QVERIFY(std::abs(pos[0][1].item<float>() - std::cos(2.0f)) < 1e-6);
+        QVERIFY(std::abs(pos[1][2].item<float>() - std::sin(1.0f / 100.0f)) < 1e-6);
+        QCOMPARE(pos[2][1].item<float>(), 1.0f);
+    }
+
+    void relative_attention_matches_a_loop() {
+        const int64_t D = 6, H = 2, dh = 3, N = 4, B = 2, T = 3, M = 2, S = T + M;
+        RelativeAttention attention(RelativeAttentionOptions(D, H, dh).persistent(N).own_r_bias(true));
+        torch::NoGradGuard no_grad;
+        for (auto & p : attention->parameters()) p.uniform_(-0.5, 0.5);
+        auto x = torch::randn({B, T, D}), mem = torch::randn({B, M, D}), pos = torch::randn({S, D});
+        auto keep = attention_keep_mask(T, M, true, torch::kCPU);
+        auto got = attention->forward(x, mem, pos, keep, {}, {}, GateControl{}).out;   // (B,T,D)
+
+        auto & a = *attention;
+        auto kv = torch::cat({mem, x}, 1);
+        auto expected = torch::zeros({B, T, H * dh}, torch::kDouble);
+        for (int64_t b = 0; b < B; ++b) {
+            for (int64_t h = 0; h < H; ++h) {
+                auto rows = torch::indexing::Slice(h * dh, (h + 1) * dh);
+                auto Wq = a.q_weight.index({rows}).to(torch::kDouble), Wk = a.k_weight.index({rows}).to(torch::kDouble);
+                auto Wv = a.v_weight.index({rows}).to(torch::kDouble), Wr = a.r_weight.index({rows}).to(torch::kDouble);
+                auto u = a.u_bias.index({rows}).to(torch::kDouble), v = a.v_bias.index({rows}).to(torch::kDouble);
+                for (int64_t i = 0; i < T; ++i) {
+                    auto q = torch::mv(Wq, x[b][i].to(torch::kDouble));
+                    std::vector<double> logits, values_index;
+                    std::vector<torch::Tensor> values;
+                    for (int64_t j = 0; j < S; ++j) {
+                        if (j < i || j > i + M) continue;                 // same_length window
+                        const int64_t distance = M + i - j;              // query at M+i, key at j
+                        auto k = torch::mv(Wk, kv[b][j].to(torch::kDouble));
+                        auto r = torch::mv(Wr, pos[S - 1 - distance].to(torch::kDouble));
+                        logits.push_back(((q + u).dot(k) + (q + v).dot(r)).item<double>() / std::sqrt((double) dh));
+                        values.push_back(torch::mv(Wv, kv[b][j].to(torch::kDouble)));
+                    }
+                    for (int64_t n = 0; n < N; ++n) {
+                        logits.push_back(q.dot(a.mem_k[h][n].to(torch::kDouble)).item<double>());   // unscaled, no u/v
+                        values.push_back(a.mem_v[h][n].to(torch::kDouble) * std::sqrt((double) N));
+                    }
+                    double max = -1e300, sum = 0;
+                    for (double l : logits) max = std::max(max, l);
+                    for (double l : logits) sum += std::exp(l - max);
+                    auto o = torch::zeros({dh}, torch::kDouble);
+                    for (size_t c = 0; c < logits.size(); ++c) o += values[c] * (std::exp(logits[c] - max) / sum);
+                    expected[b][i].index_put_({rows}, o);
+                }
+            }
+        }
+        auto projected = torch::matmul(expected, a.o_weight.to(torch::kDouble).t()) + a.o_bias.to(torch::kDouble);
+        QVERIFY2(torch::allclose(got.to(torch::kDouble), projected, 1e-5, 1e-5),
+                 std::to_string((got.to(torch::kDouble) - projected).abs().max().item<double>()).c_str());
+    }
+
+    void adaptive_softmax_is_a_distribution() {
+        for (bool tie : {true, false}) {
+            AdaptiveIO io(AdaptiveIOOptions(40, 8).cutoffs({10, 25}).div_value(2).tie_weight(tie).tie_proj(tie));
+            torch::NoGradGuard no_grad;
+            for (auto & p : io->parameters()) p.uniform_(-0.5, 0.5);
+            auto hidden = torch::randn({3, 8});
+            // log p(w) for every word w: each row must sum to one.
+            auto all = torch::zeros({3, 40});
+            for (int64_t w = 0; w < 40; ++w) all.select(1, w).copy_(io->target_log_prob(hidden, torch::full({3}, w, torch::kLong)));
+            QVERIFY(torch::allclose(all.exp().sum(1), torch::ones({3}), 1e-5, 1e-5));
+            // Word 30 (cluster 2) independently: head softmax over 10 words + 2 clusters, then the tail's own softmax.
+            auto hp = torch::matmul(hidden, io->out_head_proj.t());
+            auto head = torch::log_softmax(torch::cat({torch::matmul(hp, io->out_weight[0].t()) + io->out_bias[0],
+                                                       torch::matmul(hp, io->cluster_weight.t()) + io->cluster_bias}, 1), 1);
+            auto tail_hidden = tie ? torch::matmul(hidden, io->in_proj[2]) : torch::matmul(hidden, io->out_tail_proj[1].t());
+            auto tail = torch::log_softmax(torch::matmul(tail_hidden, (tie ? io->emb[2] : io->out_weight[2]).t()) + io->out_bias[2], 1);
+            auto expected = head.select(1, 11) + tail.select(1, 5);
+            QVERIFY(torch::allclose(all.select(1, 30), expected, 1e-5, 1e-5));
+        }
+        // Tying: the output of cluster i shares its tensor with the input table.
+        AdaptiveIO tied(AdaptiveIOOptions(40, 8).cutoffs({10, 25}).div_value(2));
+        QVERIFY(tied->out_weight[1].is_same(tied->emb[1]));
+        QCOMPARE(tied->widths, (std::vector<int64_t>{8, 4, 2}));
+    }
+
+    void plain_softmax_without_cutoffs() {
+        AdaptiveIO io(AdaptiveIOOptions(12, 4));
+        auto hidden = torch::randn({2, 4});
+        torch::NoGradGuard no_grad;
+        auto lp = io->target_log_prob(hidden, torch::tensor({3, 7}, torch::kLong));
+        auto expected = torch::log_softmax(torch::matmul(hidden, io->emb[0].t()) + io->out_bias[0], 1);
+        QVERIFY(torch::allclose(lp, torch::stack({expected[0][3], expected[1][7]}), 1e-6, 1e-6));
+        auto e = io->embed(torch::tensor({{3, 7}}, torch::kLong), 0.0);
+        QVERIFY(torch::equal(e[0][1], io->emb[0][7]));
+    }
+
+    void forward_shapes_memory_and_gradients() {
+        for (auto type : {ModelType::AllAttention, ModelType::TransformerXL}) {
+            auto config = tiny(type);
+            config.heads_per_layer = {2, 1};
+            config.share_r_bias = false;   // per-layer head counts need per-layer u/v
+            LanguageModel model(config);
+            // Inputs and targets in every cluster, so every table and projection must get a gradient.
+            auto input = ((torch::arange(12) * 3 + 1) % 40).view({3, 4}), target = ((torch::arange(12) * 7 + 2) % 40).view({3, 4});
+            auto out = model->forward(input, target, {});
+            QCOMPARE(out.target_log_prob.sizes().vec(), (std::vector<int64_t>{3, 4}));
+            QCOMPARE((int64_t) out.memory.size(), int64_t(2));
+            QCOMPARE(out.memory[1].sizes().vec(), (std::vector<int64_t>{3, 3, 8}));
+            QVERIFY(!out.memory[0].requires_grad());
+            (-out.target_log_prob.mean()).backward();
+            int64_t without = 0;
+            for (const auto & p : model->named_parameters()) {
+                if (!p.value().grad().defined() || p.value().grad().abs().sum().item<double>() == 0) {
+                    ++without;
+                    qWarning("no gradient: %s", p.key().c_str());
+                }
+            }
+            QCOMPARE(without, int64_t(0));
+            // The memory of layer 0 is the scaled embedding of the last M tokens: feed a second segment with it.
+            auto second = model->forward(input, target, out.memory);
+            QVERIFY(torch::isfinite(second.target_log_prob).all().item<bool>());
+        }
+    }
+
+    void memory_is_each_layers_input() {
+        auto config = tiny(ModelType::AllAttention);
+        LanguageModel model(config);
+        model->eval();
+        torch::NoGradGuard no_grad;
+        auto input = torch::randint(0, 40, {1, 4}, torch::kLong);
+        auto out = model->forward(input, input, {});
+        auto embedded = model->io->embed(input, 0.0) * std::sqrt(8.0);
+        QVERIFY(torch::allclose(out.memory[0], embedded.narrow(1, 1, 3)));
+    }
+
+    void dropout_only_in_training() {
+        auto config = tiny(ModelType::AllAttention);
+        config.attn_drop = config.proj_drop = config.input_drop = config.output_drop = config.word_drop = 0.3;
+        LanguageModel model(config);
+        auto input = torch::randint(0, 40, {2, 4}, torch::kLong);
+        model->eval();
+        torch::NoGradGuard no_grad;
+        auto a = model->forward(input, input, {}).target_log_prob, b = model->forward(input, input, {}).target_log_prob;
+        QVERIFY(torch::equal(a, b));
+        model->train();
+        auto c = model->forward(input, input, {}).target_log_prob, d = model->forward(input, input, {}).target_log_prob;
+        QVERIFY(!torch::equal(c, d));
+    }
+};
+
+QTEST_GUILESS_MAIN(TestModel)
+#include "test_model.moc"
