@@ -35,7 +35,7 @@ LanguageModel load_model_from_checkpoint(const std::string & path, const torch::
     return model;
 }
 
-void stage_gate(RunContext & ctx, const Corpus & corpus) {
+StageOutcome stage_gate(RunContext & ctx, const Corpus & corpus) {
     ModelConfig gated = ctx.config.model;
     gated.head_gates = true;
     LanguageModel model(gated);
@@ -54,7 +54,7 @@ void stage_gate(RunContext & ctx, const Corpus & corpus) {
     model->configure_gates(HardConcreteGateOptions(ctx.config.model.num_heads).init_log_alpha(ctx.config.gate.init_log_alpha)
                                .beta(ctx.config.gate.beta).gamma(ctx.config.gate.gamma).zeta(ctx.config.gate.zeta));
     model->to(ctx.device);
-    run_training_stage(ctx, "gate", model, corpus);
+    return run_training_stage(ctx, "gate", model, corpus);
 }
 
 std::string final_checkpoint(const RunContext & ctx) {
@@ -184,14 +184,15 @@ int run_batch(const BatchOptions & options) {
         }
         if (ctx.comm) ctx.comm->barrier();
         torch::manual_seed(config.seed);
+        bool stopped = false;
         for (const auto & stage : config.stages) {
-            if (g_stop.load()) break;
+            if (g_stop.load() || stopped) break;
             if (stage == "train") {
                 LanguageModel model(ctx.config.model);
                 model->to(ctx.device);
-                if (run_training_stage(ctx, "train", model, corpus) == StageOutcome::Stopped) break;
+                stopped = run_training_stage(ctx, "train", model, corpus) == StageOutcome::Stopped;
             } else if (stage == "gate") {
-                stage_gate(ctx, corpus);
+                stopped = stage_gate(ctx, corpus) == StageOutcome::Stopped;
             } else if (stage == "prune") {
                 ctx.event("stage_start", {{"stage", "prune"}});
                 stage_prune(ctx, resolved);
@@ -208,7 +209,7 @@ int run_batch(const BatchOptions & options) {
             if (ctx.comm) ctx.comm->barrier();
         }
         if (auto latest = run_latest_checkpoint(ctx.run_dir, "")) last_step = latest->step;
-        if (g_stop.load()) {
+        if (g_stop.load() || stopped) {
             ctx.event("run_end", {{"status", "stopped"}, {"step", last_step}});
             std::fprintf(stderr, "\nstopped; continue with: studio --batch %s --run-dir %s --resume\n", options.config_path.c_str(), ctx.run_dir.c_str());
             return 3;

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <unistd.h>
 
 #include <torch/torch.h>
@@ -154,8 +155,11 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
     int64_t window_steps = 0;
     const uint64_t stage_stream = gating ? 2 : 1;
 
+    // Tests and the kill-test script stop a run at an exact step, as a SIGTERM there would.
+    const char * stop_env = std::getenv("STUDIO_STOP_AT_STEP");
+    const int64_t stop_at = stop_env && *stop_env ? std::atoll(stop_env) : -1;
     while (state.step < total_steps) {
-        if (ctx.stop && ctx.stop->load()) {
+        if ((ctx.stop && ctx.stop->load()) || state.step == stop_at) {
             save_checkpoint();
             ctx.event("stage_end", {{"stage", stage}, {"status", "stopped"}});
             return StageOutcome::Stopped;

@@ -1,0 +1,198 @@
+// The studio executable end to end on WikiText-2: exact resume after a stop, config and input errors with their
+// exit codes, a non-finite loss, and train -> gate -> prune -> eval with the pruned model's perplexity equal to the
+// gated model's.
+#include <QDir>
+#include <QFile>
+#include <QProcess>
+#include <QRegularExpression>
+#include <QTemporaryDir>
+#include <QTest>
+
+#include <cmath>
+#include <fstream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "events.h"
+
+using nlohmann::json;
+
+namespace {
+
+struct Result {
+    int code = -1;
+    QString out, err;
+};
+
+Result studio_run(const QStringList & args, const QMap<QString, QString> & env = {}) {
+    QProcess p;
+    auto environment = QProcessEnvironment::systemEnvironment();
+    environment.insert("STUDIO_DATA", STUDIO_TEST_DATA);
+    for (auto it = env.begin(); it != env.end(); ++it) environment.insert(it.key(), it.value());
+    p.setProcessEnvironment(environment);
+    p.start(STUDIO_BINARY, args);
+    p.waitForFinished(600000);
+    return {p.exitStatus() == QProcess::NormalExit ? p.exitCode() : -1, QString::fromUtf8(p.readAllStandardOutput()),
+            QString::fromUtf8(p.readAllStandardError())};
+}
+
+json tiny_config(const std::string & name) {
+    return {{"name", name}, {"stages", {"train"}}, {"seed", 11}, {"device", "cpu"},
+            {"model", {{"type", "all_attention"}, {"num_layers", 2}, {"num_heads", 2}, {"hidden_dim", 16}, {"feedforward_dim", 8},
+                       {"max_len", 16}, {"tgt_len", 8}, {"mem_len", 8}, {"cutoffs", {1000, 5000}},
+                       {"attn_drop", 0.1}, {"proj_drop", 0.1}, {"input_drop", 0.1}, {"output_drop", 0.1}, {"word_drop", 0.1}}},
+            {"train", {{"steps", 12}, {"batch_size", 4}, {"log_interval", 1}, {"checkpoint_interval", 4},
+                       {"optimizer", {{"lr", 0.01}}}, {"schedule", {{"warmup_steps", 2}, {"min_lr", 0.001}}}}},
+            {"eval", {{"batch_size", 64}, {"splits", {"valid"}}}}};
+}
+
+QString write_config(const QTemporaryDir & dir, const json & config) {
+    const QString path = dir.path() + "/" + QString::fromStdString(config["name"].get<std::string>()) + ".json";
+    std::ofstream(path.toStdString()) << config.dump(2);
+    return path;
+}
+
+// Last logged loss of every step of a stage (a resumed run logs its steps again after the checkpoint).
+std::map<int64_t, double> losses(const QString & run_dir, const std::string & stage) {
+    std::map<int64_t, double> by_step;
+    for (const auto & e : studio::events_read_all((run_dir + "/events.jsonl").toStdString())) {
+        if (e["event"] == "train" && e["stage"] == stage) by_step[e["step"].get<int64_t>()] = e["loss"].get<double>();
+    }
+    return by_step;
+}
+
+} // namespace
+
+class TestPipeline : public QObject {
+    Q_OBJECT
+    QTemporaryDir dir;
+
+private Q_SLOTS:
+    void info_prints_the_reference_counts() {
+        auto r = studio_run({"info", STUDIO_SOURCE_DIR "/configs/wt103_all_16l_train.json"});
+        QCOMPARE(r.code, 0);
+        QVERIFY(r.out.contains("transformer layers         54,567,040"));
+        QVERIFY(r.out.contains("total                      74,170,642"));
+        auto j = studio_run({"info", STUDIO_SOURCE_DIR "/configs/wt103_txl_16l_train.json", "--json"});
+        auto info = json::parse(j.out.toStdString());
+        QCOMPARE(info["params_layers"].get<int64_t>(), int64_t(54607872));
+        QCOMPARE(info["params_total"].get<int64_t>(), int64_t(73951378));
+    }
+
+    void bad_input_stops_before_work() {
+        json bad = tiny_config("bad");
+        bad["model"]["num_heads"] = 3;
+        auto r = studio_run({"--batch", write_config(dir, bad), "--run-dir", dir.path() + "/bad"});
+        QCOMPARE(r.code, 2);
+        QCOMPARE(r.err.trimmed(), QString("config error: model.num_heads: 3 does not divide hidden_dim 16"));
+        QVERIFY(!QDir(dir.path() + "/bad").exists());
+
+        json missing = tiny_config("nodata");
+        missing["data"] = {{"dir", "/nonexistent"}};
+        r = studio_run({"--batch", write_config(dir, missing)});
+        QCOMPARE(r.code, 2);
+        QCOMPARE(r.err.trimmed(), QString("config error: data.dir: dataset folder /nonexistent/wikitext-2 does not exist (set data.dir or $STUDIO_DATA; scripts/fetch-wikitext.sh downloads WikiText)"));
+
+        json gpu = tiny_config("gpu");
+        gpu["device"] = "cuda";
+        r = studio_run({"--batch", write_config(dir, gpu)});
+        QCOMPARE(r.code, 2);
+        QVERIFY(r.err.startsWith("config error: device: \"cuda\" was asked for but this build or machine has no CUDA GPU"));
+
+        json vocab = tiny_config("vocab");
+        vocab["model"]["vocab_size"] = 267735;
+        vocab["model"]["cutoffs"] = {20000, 40000};
+        r = studio_run({"--batch", write_config(dir, vocab), "--run-dir", dir.path() + "/vocab"});
+        QCOMPARE(r.code, 2);
+        QVERIFY2(r.err.startsWith("config error: model.vocab_size: 267735 does not match the 33278-word vocabulary of"), qPrintable(r.err));
+
+        r = studio_run({"validate", write_config(dir, bad)});
+        QCOMPARE(r.code, 2);
+        r = studio_run({"validate", write_config(dir, tiny_config("good"))});
+        QCOMPARE(r.code, 0);
+    }
+
+    void stopped_run_resumes_exactly() {
+        const QString config = write_config(dir, tiny_config("resume"));
+        const QString whole = dir.path() + "/whole", split = dir.path() + "/split";
+        QCOMPARE(studio_run({"--batch", config, "--run-dir", whole, "--no-progress"}).code, 0);
+        auto stopped = studio_run({"--batch", config, "--run-dir", split, "--no-progress"}, {{"STUDIO_STOP_AT_STEP", "6"}});
+        QCOMPARE(stopped.code, 3);
+        QVERIFY(stopped.err.contains("--resume"));
+        // Without --resume the run directory is protected.
+        auto refused = studio_run({"--batch", config, "--run-dir", split});
+        QCOMPARE(refused.code, 2);
+        QVERIFY(refused.err.contains("already holds a run; pass --resume"));
+        QCOMPARE(studio_run({"--batch", config, "--run-dir", split, "--resume", "--no-progress"}).code, 0);
+        auto a = losses(whole, "train"), b = losses(split, "train");
+        QCOMPARE((int) a.size(), 12);
+        QCOMPARE((int) b.size(), 12);
+        for (auto & [step, loss] : a) QVERIFY2(std::abs(loss - b[step]) <= 1e-6, qPrintable(QString("step %1: %2 vs %3").arg(step).arg(loss).arg(b[step])));
+        // And the end states agree: the same validation perplexity.
+        double ppl_a = 0, ppl_b = 0;
+        for (auto & e : studio::events_read_all((whole + "/events.jsonl").toStdString())) if (e["event"] == "eval") ppl_a = e["ppl"];
+        for (auto & e : studio::events_read_all((split + "/events.jsonl").toStdString())) if (e["event"] == "eval") ppl_b = e["ppl"];
+        QVERIFY(std::abs(ppl_a - ppl_b) <= 1e-6 * ppl_a);
+    }
+
+    void non_finite_loss_stops_with_the_step() {
+        json config = tiny_config("nan");
+        config["train"]["optimizer"] = {{"name", "adam"}, {"lr", 1e30}};
+        config["train"]["schedule"] = {{"name", "constant"}};
+        config["train"]["clip_grad_norm"] = 0;
+        auto r = studio_run({"--batch", write_config(dir, config), "--run-dir", dir.path() + "/nan", "--no-progress"});
+        QCOMPARE(r.code, 1);
+        QVERIFY2(r.err.contains(QRegularExpression("error: train: loss or gradient is not finite at step \\d+ \\(last good checkpoint: .*\\); lower the learning rate")), qPrintable(r.err));
+        bool error_event = false;
+        for (auto & e : studio::events_read_all((dir.path() + "/nan/events.jsonl").toStdString())) {
+            if (e["event"] == "run_end") QCOMPARE(e["status"].get<std::string>(), std::string("error"));
+            if (e["event"] == "error") error_event = true;
+        }
+        QVERIFY(error_event);
+    }
+
+    void train_gate_prune_eval() {
+        json config = tiny_config("gated");
+        config["stages"] = {"train", "gate", "prune", "eval"};
+        config["train"]["checkpoint_interval"] = 0;
+        config["gate"] = {{"steps", 30}, {"l0_coefficient", 0.5}, {"l0_warmup", 5}, {"l0_unit", "steps"}, {"log_interval", 5},
+                          {"gates_interval", 10}, {"optimizer", {{"lr", 0.01}}}};
+        const QString run = dir.path() + "/gated";
+        auto r = studio_run({"--batch", write_config(dir, config), "--run-dir", run, "--no-progress"});
+        QVERIFY2(r.code == 0, qPrintable(r.err));
+        std::map<std::string, double> ppl;
+        json prune;
+        int gates_events = 0;
+        for (auto & e : studio::events_read_all((run + "/events.jsonl").toStdString())) {
+            if (e["event"] == "eval" && e["stage"] == "eval") ppl[e["model"].get<std::string>()] = e["ppl"];
+            if (e["event"] == "prune") prune = e;
+            if (e["event"] == "gates") {
+                ++gates_events;
+                QCOMPARE((int) e["log_alpha"].size(), 2);
+                QCOMPARE((int) e["p_open"][1].size(), 2);
+            }
+            if (e["event"] == "train" && e["stage"] == "gate") {
+                QVERIFY(e.contains("expected_sparsity") && e.contains("hard_sparsity") && e["l0"].get<double>() > 0);
+            }
+        }
+        QVERIFY(gates_events >= 3);
+        QVERIFY(ppl.count("gated") && ppl.count("pruned"));
+        QVERIFY2(std::abs(ppl["gated"] - ppl["pruned"]) <= 1e-4 * ppl["gated"], qPrintable(QString("%1 vs %2").arg(ppl["gated"]).arg(ppl["pruned"])));
+        QVERIFY(prune["layer_params_after"].get<int64_t>() <= prune["layer_params_before"].get<int64_t>());
+        QVERIFY(QFile::exists(run + "/pruned/model.safetensors"));
+        QVERIFY(QFile::exists(run + "/pruned/heads.json"));
+        // studio info on the pruned folder counts the smaller model.
+        auto info = json::parse(studio_run({"info", run + "/pruned", "--json"}).out.toStdString());
+        QCOMPARE(info["params_layers"].get<int64_t>(), prune["layer_params_after"].get<int64_t>());
+        // studio prune gives the same model from the run folder.
+        auto again = studio_run({"prune", run, "--out", dir.path() + "/pruned-again"});
+        QCOMPARE(again.code, 0);
+        QFile a(run + "/pruned/model.safetensors"), b(dir.path() + "/pruned-again/model.safetensors");
+        QVERIFY(a.open(QIODevice::ReadOnly) && b.open(QIODevice::ReadOnly));
+        QCOMPARE(a.readAll(), b.readAll());
+    }
+};
+
+QTEST_GUILESS_MAIN(TestPipeline)
+#include "test_pipeline.moc"

@@ -1,0 +1,217 @@
+// Training machinery against independent computations: LAMB as the reference writes it, Adam against LibTorch's,
+// the ordered batcher and its rank shards, and checkpoints (round trip, corruption, foreign and mismatched files).
+#include <torch/torch.h>
+
+#include <QDir>
+#include <QFile>
+#include <QTemporaryDir>
+#include <QTest>
+
+#include <cmath>
+
+#include "checkpoint.h"
+#include "language_model.h"
+#include "lm_batcher.h"
+#include "optimizer.h"
+#include "run_dir.h"
+
+using namespace studio;
+
+class TestTraining : public QObject {
+    Q_OBJECT
+
+    static ModelConfig small() {
+        ModelConfig m;
+        m.num_layers = 2;
+        m.num_heads = 2;
+        m.hidden_dim = 8;
+        m.feedforward_dim = 4;
+        m.vocab_size = 30;
+        m.cutoffs = {10};
+        m.max_len = 8;
+        m.tgt_len = 3;
+        m.mem_len = 2;
+        return m;
+    }
+
+private Q_SLOTS:
+    void initTestCase() { torch::manual_seed(3); }
+
+    void lamb_matches_the_reference_formula() {
+        auto w = torch::randn({3, 4}, torch::requires_grad()), zero = torch::zeros({4}, torch::requires_grad());
+        OptimizerConfig config;
+        config.lr = 0.01;
+        config.weight_decay = 0.1;
+        Optimizer opt(config, {ParamGroup{"decay", {w}, 1.0, 0.1}, ParamGroup{"gates", {zero}, 10.0, 0.0}});
+        auto w0 = w.detach().clone();
+        std::vector<torch::Tensor> grads{torch::randn({3, 4}), torch::randn({3, 4})};
+        auto m = torch::zeros({3, 4}), v = torch::zeros({3, 4});
+        auto expected = w0.clone();
+        for (int step = 0; step < 2; ++step) {
+            w.mutable_grad() = grads[(size_t) step].clone();
+            zero.mutable_grad() = torch::ones({4});
+            opt.step(0.01);
+            // m, v without bias correction; update = m / (sqrt(v) + eps) + wd * p; trust = clamp(|p|, 0, 10) / (|update| + eps).
+            m = 0.9 * m + 0.1 * grads[(size_t) step];
+            v = 0.999 * v + 0.001 * grads[(size_t) step] * grads[(size_t) step];
+            auto update = m / (v.sqrt() + 1e-8) + 0.1 * expected;
+            const double trust = std::min(10.0, expected.norm().item<double>()) / (update.norm().item<double>() + 1e-8);
+            expected = expected - 0.01 * trust * update;
+            QVERIFY(torch::allclose(w.detach(), expected, 1e-6, 1e-7));
+        }
+        // A zero tensor has |p| = 0, so its trust ratio is 1; the gate group's lr is 10x.
+        const double first = -0.01 * 10 * (0.1 / (std::sqrt(0.001) + 1e-8));
+        Optimizer fresh(config, {ParamGroup{"gates", {torch::zeros({2}, torch::requires_grad())}, 10.0, 0.0}});
+        auto p = fresh.groups()[0].params[0];
+        p.mutable_grad() = torch::ones({2});
+        fresh.step(0.01);
+        QVERIFY(std::abs(p.detach()[0].item<double>() - first) < 1e-6);
+    }
+
+    void adam_matches_libtorch() {
+        auto a = torch::randn({5}, torch::requires_grad()), b = a.detach().clone().requires_grad_(true);
+        OptimizerConfig config;
+        config.name = "adam";
+        config.lr = 0.05;
+        Optimizer ours(config, {ParamGroup{"decay", {a}, 1.0, 0.0}});
+        torch::optim::Adam theirs({b}, torch::optim::AdamOptions(0.05).betas({0.9, 0.999}).eps(1e-8));
+        for (int step = 0; step < 3; ++step) {
+            auto g = torch::randn({5});
+            a.mutable_grad() = g.clone();
+            b.mutable_grad() = g.clone();
+            ours.step(0.05);
+            theirs.step();
+            QVERIFY(torch::allclose(a.detach(), b.detach(), 1e-6, 1e-7));
+        }
+    }
+
+    void optimizer_state_round_trips() {
+        auto w = torch::randn({4}, torch::requires_grad());
+        OptimizerConfig config;
+        Optimizer opt(config, {ParamGroup{"decay", {w}, 1.0, 0.0}});
+        w.mutable_grad() = torch::ones({4});
+        opt.step(0.1);
+        auto state = opt.state();
+        Optimizer other(config, {ParamGroup{"decay", {w}, 1.0, 0.0}});
+        other.load_state(state, "x");
+        for (auto & [k, t] : other.state()) QVERIFY2(torch::equal(t, state.at(k)), k.c_str());
+    }
+
+    void parameter_groups_follow_the_reference() {
+        ModelConfig m = small();
+        m.head_gates = true;
+        LanguageModel model(m);
+        auto groups = make_param_groups(*model, 0.01, 10.0);
+        QCOMPARE((int) groups.size(), 3);
+        QCOMPARE(groups[1].name, std::string("no_decay"));
+        QCOMPARE((int) groups[1].params.size(), 4);   // two LayerNorms x (gain, bias)
+        QCOMPARE(groups[2].lr_scale, 10.0);
+        QCOMPARE((int) groups[2].params.size(), 2);   // one gate vector per layer
+        QCOMPARE(groups[0].weight_decay, 0.01);
+    }
+
+    void batcher_rows_shards_and_targets() {
+        std::vector<int32_t> tokens(103);
+        for (int i = 0; i < 103; ++i) tokens[(size_t) i] = i;
+        LMBatcher whole(tokens, 4, 10);           // rows of 25 tokens: [0..24], [25..49], ...
+        QCOMPARE(whole.row_length(), int64_t(25));
+        QCOMPARE(whole.num_batches(), int64_t(3)); // 24 predictions per row: 10 + 10 + 4
+        auto last = whole.batch(2, torch::kCPU);
+        QCOMPARE(last.input.size(1), int64_t(4));
+        QCOMPARE(last.input[1][0].item<int64_t>(), int64_t(45));
+        QCOMPARE(last.target[1][3].item<int64_t>(), int64_t(49));
+        // Rank 1 of 2 holds rows 2 and 3 of the single-rank layout.
+        LMBatcher shard(tokens, 4, 10, 1, 2);
+        QVERIFY(torch::equal(shard.batch(0, torch::kCPU).input, whole.batch(0, torch::kCPU).input.narrow(0, 2, 2)));
+        // Rolls are per global row: the shard rolls exactly like the same rows of the whole.
+        whole.roll_for_epoch(5, 1);
+        shard.roll_for_epoch(5, 1);
+        QVERIFY(torch::equal(shard.batch(1, torch::kCPU).target, whole.batch(1, torch::kCPU).target.narrow(0, 2, 2)));
+        auto rolled = whole.batch(0, torch::kCPU).input;
+        LMBatcher plain(tokens, 4, 10);
+        QVERIFY(!torch::equal(rolled, plain.batch(0, torch::kCPU).input));
+        // A roll is a rotation of the row: the same tokens.
+        QCOMPARE(std::get<0>(torch::sort(rolled[0])).sum().item<int64_t>() > 0, true);
+    }
+
+    void checkpoint_round_trip_and_refusals() {
+        QTemporaryDir dir;
+        const std::string run = dir.path().toStdString();
+        LanguageModel model(small());
+        OptimizerConfig oc;
+        Optimizer opt(oc, make_param_groups(*model, 0.0, 1.0));
+        TrainingState state;
+        state.step = 400;
+        state.tokens = 1234;
+        const std::string staging = checkpoint_staging_dir(run, "train", 400);
+        checkpoint_write_memory(staging, 0, model->initial_memory(2, torch::TensorOptions()));
+        const std::string path = checkpoint_commit(run, staging, *model, &opt, state, 2);
+        QCOMPARE(path, run + "/checkpoints/train-00000400");
+        QVERIFY(!QDir(QString::fromStdString(staging)).exists());
+        auto loaded = checkpoint_load(path, 0);
+        QCOMPARE(loaded.state.step, int64_t(400));
+        QCOMPARE(loaded.state.tokens, int64_t(1234));
+        LanguageModel other(small());
+        checkpoint_load_model(loaded, *other, false);
+        for (auto & [name, t] : module_state(*other)) QVERIFY2(torch::equal(t, module_state(*model).at(name)), name.c_str());
+        QCOMPARE((int) checkpoint_memory(loaded, 2, torch::kCPU).size(), 2);
+
+        auto refused = [&](const std::string & checkpoint, const ModelConfig & config, const std::string & message) {
+            try {
+                auto c = checkpoint_load(checkpoint);
+                LanguageModel target(config);
+                checkpoint_load_model(c, *target, false);
+                QFAIL(("accepted: " + message).c_str());
+            } catch (const FormatError & e) {
+                QCOMPARE(QString::fromStdString(e.what()), QString::fromStdString(message));
+            }
+        };
+        ModelConfig fewer = small();
+        fewer.heads_per_layer = {2, 1};
+        fewer.share_r_bias = false;
+        refused(path, fewer, "checkpoint " + path + ": layer 1 has 2 heads, config says 1");
+        ModelConfig txl = small();
+        txl.type = ModelType::TransformerXL;
+        refused(path, txl, "checkpoint " + path + ": model type is all_attention, config says transformer_xl");
+
+        // A flipped bit in the weights is caught by the manifest checksum.
+        QFile weights(QString::fromStdString(path + "/model.safetensors"));
+        QVERIFY(weights.open(QIODevice::ReadWrite));
+        weights.seek(weights.size() - 3);
+        char byte = 0;
+        weights.getChar(&byte);
+        weights.seek(weights.size() - 3);
+        weights.putChar((char) (byte ^ 0x10));
+        weights.close();
+        refused(path, small(), "checkpoint " + path + ": model.safetensors does not match its checksum (corrupt or truncated)");
+        weights.resize(100);
+        refused(path, small(), "checkpoint " + path + ": model.safetensors does not match its checksum (corrupt or truncated)");
+
+        // Something that is not ours.
+        QDir().mkpath(QString::fromStdString(run + "/foreign"));
+        QFile foreign(QString::fromStdString(run + "/foreign/state.json"));
+        QVERIFY(foreign.open(QIODevice::WriteOnly));
+        foreign.write("{\"epoch\": 3}");
+        foreign.close();
+        refused(run + "/foreign", small(), "checkpoint " + run + "/foreign: not a Head Pruning Studio checkpoint (foreign file)");
+    }
+
+    void checkpoints_rotate_and_keep_the_final_one() {
+        QTemporaryDir dir;
+        const std::string run = dir.path().toStdString();
+        LanguageModel model(small());
+        for (int64_t step : {100, 200, 300, 400}) {
+            TrainingState state;
+            state.step = step;
+            state.complete = step == 100;   // pretend an earlier stage's final checkpoint
+            checkpoint_commit(run, checkpoint_staging_dir(run, "train", step), *model, nullptr, state, 2);
+        }
+        auto left = run_list_checkpoints(run, "train");
+        QCOMPARE((int) left.size(), 3);
+        QCOMPARE(left[0].step, int64_t(100));
+        QCOMPARE(left[2].step, int64_t(400));
+    }
+};
+
+QTEST_GUILESS_MAIN(TestTraining)
+#include "test_training.moc"
