@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <unistd.h>
+
 #include <torch/torch.h>
 
 #include "checkpoint.h"

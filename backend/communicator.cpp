@@ -5,8 +5,13 @@
 #include <stdexcept>
 
 #include <torch/torch.h>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/version.h>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+// The pip LibTorch ships no Gloo headers: CUDA builds reduce through NCCL only.
+#ifndef STUDIO_CUDA
+#define STUDIO_GLOO 1
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
 #ifdef STUDIO_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
@@ -14,6 +19,13 @@
 namespace studio {
 
 namespace {
+
+// LibTorch 2 split the process group into a front (ProcessGroup) and per-device backends (ProcessGroupGloo/NCCL).
+#if TORCH_VERSION_MAJOR >= 2
+using GroupHandle = c10::intrusive_ptr<c10d::Backend>;
+#else
+using GroupHandle = c10::intrusive_ptr<c10d::ProcessGroup>;
+#endif
 
 int64_t env_int(const char * name, int64_t fallback) {
     const char * v = std::getenv(name);
@@ -29,7 +41,7 @@ constexpr int64_t kBucketElements = 25 * 1024 * 1024 / 4;
 
 class ProcessGroupCommunicator : public Communicator {
 public:
-    ProcessGroupCommunicator(c10::intrusive_ptr<c10d::Store> store, c10::intrusive_ptr<c10d::ProcessGroup> group, int64_t rank, int64_t world)
+    ProcessGroupCommunicator(c10::intrusive_ptr<c10d::Store> store, GroupHandle group, int64_t rank, int64_t world)
         : store_(std::move(store)), group_(std::move(group)), rank_(rank), world_(world) {}
 
     int64_t rank() const override { return rank_; }
@@ -92,7 +104,7 @@ private:
     }
 
     c10::intrusive_ptr<c10d::Store> store_;
-    c10::intrusive_ptr<c10d::ProcessGroup> group_;
+    GroupHandle group_;
     int64_t rank_, world_;
     std::vector<torch::Tensor> bucket_grads_;
 };
@@ -128,7 +140,7 @@ std::unique_ptr<Communicator> communicator_create(const RankInfo & info, const t
         throw std::runtime_error("distributed: rank " + std::to_string(info.rank) + " could not meet the others at " + info.master_addr + ":" +
                                  std::to_string(info.master_port) + " within " + std::to_string(timeout_s) + " s (check MASTER_ADDR/MASTER_PORT)");
     }
-    c10::intrusive_ptr<c10d::ProcessGroup> group;
+    GroupHandle group;
     if (device.is_cuda()) {
 #ifdef STUDIO_NCCL
         auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
@@ -138,10 +150,17 @@ std::unique_ptr<Communicator> communicator_create(const RankInfo & info, const t
         throw std::runtime_error("distributed: this build has no NCCL; rebuild against a CUDA LibTorch with NCCL (scripts/gpu-check.sh shows how)");
 #endif
     } else {
+#ifndef STUDIO_GLOO
+        throw std::runtime_error("distributed: CPU ranks need Gloo, which this CUDA build lacks; set device \"cuda\"");
+#else
         auto gloo_options = c10d::ProcessGroupGloo::Options::create();
         gloo_options->timeout = timeout;
-        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(info.master_addr));
+        // Loopback when the ranks share this machine; otherwise the interface that reaches MASTER_ADDR.
+        const bool local = info.master_addr == "127.0.0.1" || info.master_addr == "localhost";
+        gloo_options->devices.push_back(local ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                              : c10d::ProcessGroupGloo::createDefaultDevice());
         group = c10::make_intrusive<c10d::ProcessGroupGloo>(store, (int) info.rank, (int) info.world_size, gloo_options);
+#endif
     }
     auto communicator = std::make_unique<ProcessGroupCommunicator>(store, group, info.rank, info.world_size);
     communicator->device_ = device;

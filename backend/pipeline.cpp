@@ -83,9 +83,12 @@ void stage_prune(RunContext & ctx, const json & resolved) {
 
 void stage_eval(RunContext & ctx, const Corpus & corpus) {
     std::vector<std::pair<std::string, LanguageModel>> models;
-    auto trained = load_model_from_checkpoint(final_checkpoint(ctx), ctx.device);
+    const std::string source = final_checkpoint(ctx);
+    auto trained = load_model_from_checkpoint(source, ctx.device);
     trained->configure_gates_constants_only(ctx.config.gate);
-    models.emplace_back(trained->has_gates() ? "gated" : "dense", trained);
+    // Gates act only once a gate stage has trained them; a baseline's untouched gates are ignored.
+    const bool gated = trained->has_gates() && fs::path(source).filename().string().rfind("gate-", 0) == 0;
+    models.emplace_back(gated ? "gated" : "dense", trained);
     if (fs::exists(fs::path(run_pruned_dir(ctx.run_dir)) / "model.safetensors")) {
         auto pruned = pruned_load(run_pruned_dir(ctx.run_dir));
         pruned->to(ctx.device);
@@ -93,7 +96,10 @@ void stage_eval(RunContext & ctx, const Corpus & corpus) {
     }
     for (auto & [name, model] : models) {
         for (const auto & split : ctx.config.eval.splits) {
-            auto r = evaluate(*model, corpus.split(split), ctx.config.eval.batch_size, ctx, stage_gate_settings(ctx.config, "eval", *model));
+            GateSettings gates = stage_gate_settings(ctx.config, "eval", *model);
+            gates.enabled = gates.enabled && name == "gated";
+            gates.output_scaling = gates.output_scaling && gates.enabled;
+            auto r = evaluate(*model, corpus.split(split), ctx.config.eval.batch_size, ctx, gates);
             ctx.event("eval", {{"stage", "eval"}, {"model", name}, {"split", split}, {"loss", r.loss}, {"ppl", r.ppl}, {"tokens", r.tokens}});
             if (ctx.rank() == 0) std::fprintf(stderr, "[eval] %-6s %-5s loss %.4f ppl %.3f (%lld tokens)\n", name.c_str(), split.c_str(), r.loss, r.ppl, (long long) r.tokens);
         }
