@@ -43,8 +43,14 @@ public:
 
     void read(const std::string & key, int64_t & out) {
         if (auto * v = find(key)) {
-            if (v->is_number_float() && std::floor(v->get<double>()) == v->get<double>()) { out = (int64_t) v->get<double>(); return; }
+            if (v->is_number_float()) {
+                // 1e3 is an integer to a person; 1e300 is one no int64 holds (casting it is undefined behaviour).
+                const double d = v->get<double>();
+                if (std::floor(d) == d && d >= -9223372036854775808.0 && d < 9223372036854775808.0) { out = (int64_t) d; return; }
+                if (std::floor(d) == d) fail(field(key), "integer out of range");
+            }
             if (!v->is_number_integer()) fail(field(key), "expected an integer, got " + type_name(*v));
+            if (v->is_number_unsigned() && v->get<uint64_t>() > (uint64_t) INT64_MAX) fail(field(key), "integer out of range");
             out = v->get<int64_t>();
         }
     }
@@ -218,6 +224,12 @@ void read_model(Section s, ModelConfig & m) {
     if (m.vocab_size < 0) fail(s.field("vocab_size"), "must be >= 0 (0 = from the dataset)");
     if (m.tgt_len <= 0) fail(s.field("tgt_len"), "must be at least 1, got " + std::to_string(m.tgt_len));
     if (m.mem_len < 0) fail(s.field("mem_len"), "must be >= 0, got " + std::to_string(m.mem_len));
+    // Bounds first, so that no sum below can overflow.
+    for (auto [name, value] : {std::make_pair("num_layers", m.num_layers), std::make_pair("num_heads", m.num_heads),
+                               std::make_pair("hidden_dim", m.hidden_dim), std::make_pair("feedforward_dim", m.feedforward_dim),
+                               std::make_pair("tgt_len", m.tgt_len), std::make_pair("mem_len", m.mem_len), std::make_pair("max_len", m.max_len)}) {
+        if (value > (int64_t) 1 << 24) fail(s.field(name), std::to_string(value) + " is beyond any model this engine can hold");
+    }
     if (m.type == ModelType::AllAttention && m.tgt_len + m.mem_len > m.max_len) {
         fail(s.field("max_len"), std::to_string(m.max_len) + " is shorter than tgt_len + mem_len = " + std::to_string(m.tgt_len + m.mem_len) + " (the position table needs a row per key)");
     }

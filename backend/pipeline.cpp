@@ -81,7 +81,11 @@ void stage_prune(RunContext & ctx, const json & resolved) {
                  with_commas(summary["params_before"]).c_str(), with_commas(summary["params_after"]).c_str(), run_pruned_dir(ctx.run_dir).c_str());
 }
 
-void stage_eval(RunContext & ctx, const Corpus & corpus) {
+void stage_eval(RunContext & ctx_in, const Corpus & corpus) {
+    // Reported perplexities are computed in fp32: they must not depend on bf16 rounding, so that the gated and the
+    // pruned model (which round differently) agree to 1e-4 relative.
+    RunContext ctx = ctx_in;
+    ctx.bf16 = false;
     std::vector<std::pair<std::string, LanguageModel>> models;
     const std::string source = final_checkpoint(ctx);
     auto trained = load_model_from_checkpoint(source, ctx.device);

@@ -69,28 +69,32 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         return result;
     }
     auto kv_in = mem_n.size(1) > 0 ? torch::cat({mem_n, x_n}, 1) : x_n;   // (B,S,D)
-    const int64_t S = kv_in.size(1);
+    const int64_t S = kv_in.size(1), N = options.persistent();
     const double scale = 1.0 / std::sqrt((double) dh);
-    auto q = F::linear(x_n, q_weight).view({B, T, H, dh}).transpose(1, 2);     // (B,H,T,dh)
-    auto k = F::linear(kv_in, k_weight).view({B, S, H, dh}).transpose(1, 2);   // (B,H,S,dh)
-    auto val = F::linear(kv_in, v_weight).view({B, S, H, dh}).transpose(1, 2); // (B,H,S,dh)
-    auto r = F::linear(pos, r_weight).view({S, H, dh}).transpose(0, 1);        // (H,S,dh)
+    // Head-major layout (H,B,...): the position and persistent terms are the same for every batch row, so they
+    // become H matrix products over B*T rows instead of B*H small ones.
+    auto q = F::linear(x_n, q_weight).view({B, T, H, dh}).permute({2, 0, 1, 3});     // (H,B,T,dh)
+    auto k = F::linear(kv_in, k_weight).view({B, S, H, dh}).permute({2, 0, 1, 3});   // (H,B,S,dh)
+    auto val = F::linear(kv_in, v_weight).view({B, S, H, dh}).permute({2, 0, 1, 3}); // (H,B,S,dh)
+    auto r = F::linear(pos, r_weight).view({S, H, dh}).transpose(0, 1);              // (H,S,dh)
     const auto & ub = options.own_r_bias() ? u_bias : u;
     const auto & vb = options.own_r_bias() ? v_bias : v;
-    auto ac = torch::matmul(q + ub.view({1, H, 1, dh}).to(q.dtype()), k.transpose(-1, -2));          // (B,H,T,S)
-    auto bd = rel_shift(torch::matmul(q + vb.view({1, H, 1, dh}).to(q.dtype()), r.transpose(-1, -2))); // (B,H,T,S)
+    auto ac = torch::matmul(q + ub.view({H, 1, 1, dh}).to(q.dtype()), k.transpose(-1, -2));           // (H,B,T,S)
+    auto q_rows = (q + vb.view({H, 1, 1, dh}).to(q.dtype())).reshape({H, B * T, dh});                // (H,B*T,dh)
+    auto bd = rel_shift(torch::matmul(q_rows, r.transpose(-1, -2)).view({H, B, T, S}));               // (H,B,T,S)
     auto scores = ((ac + bd) * scale).to(torch::kFloat).masked_fill(keep.logical_not(), -INFINITY);
-    if (options.persistent() > 0) {
+    if (N > 0) {
         // q . mem_k without the 1/sqrt(dh) factor and without u/v, as the reference computes it.
-        auto persistent_scores = torch::matmul(q, mem_k.to(q.dtype()).transpose(-1, -2)).to(torch::kFloat); // (B,H,T,N)
-        scores = torch::cat({scores, persistent_scores}, -1);                // (B,H,T,S+N)
+        auto persistent_scores = torch::matmul(q.reshape({H, B * T, dh}), mem_k.to(q.dtype()).transpose(-1, -2)); // (H,B*T,N)
+        scores = torch::cat({scores, persistent_scores.view({H, B, T, N}).to(torch::kFloat)}, -1);             // (H,B,T,S+N)
     }
     auto probs = F::dropout(torch::softmax(scores, -1), F::DropoutFuncOptions().p(options.attn_drop()).training(is_training()))
                      .to(val.dtype());
-    torch::Tensor heads;                                                     // (B,H,T,dh)
-    if (options.persistent() > 0) {
-        auto persistent_values = (mem_v * std::sqrt((double) options.persistent())).to(val.dtype()); // (H,N,dh)
-        heads = torch::matmul(probs.narrow(-1, 0, S), val) + torch::matmul(probs.narrow(-1, S, options.persistent()), persistent_values);
+    torch::Tensor heads;                                                     // (H,B,T,dh)
+    if (N > 0) {
+        auto persistent_values = (mem_v * std::sqrt((double) N)).to(val.dtype());                         // (H,N,dh)
+        auto persistent_part = torch::matmul(probs.narrow(-1, S, N).reshape({H, B * T, N}), persistent_values); // (H,B*T,dh)
+        heads = torch::matmul(probs.narrow(-1, 0, S), val) + persistent_part.view({H, B, T, dh});
     } else {
         heads = torch::matmul(probs, val);
     }
@@ -101,10 +105,10 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
             auto factor = ((double) H / ((double) H - sample.closed.to(torch::kDouble) + 1e-3)).clamp(1.0, (double) H);
             weight = weight * factor.to(weight.dtype()).detach();
         }
-        heads = heads * weight.view({1, H, 1, 1}).to(heads.dtype());
+        heads = heads * weight.view({H, 1, 1, 1}).to(heads.dtype());
         result.closed = sample.closed;
     }
-    auto merged = heads.transpose(1, 2).reshape({B, T, H * dh});             // (B,T,H*dh)
+    auto merged = heads.permute({1, 2, 0, 3}).reshape({B, T, H * dh});      // (B,T,H*dh)
     result.out = F::linear(merged, o_weight, o_bias);                        // (B,T,D)
     return result;
 }

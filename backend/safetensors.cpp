@@ -81,6 +81,7 @@ SafeTensorFile safetensors_parse(const std::string & bytes, const std::string & 
         for (const auto & d : entry["shape"]) {
             if (!d.is_number_unsigned() && !(d.is_number_integer() && d.get<int64_t>() >= 0)) bad(source, "tensor " + name + " has a negative or non-integer dimension");
             const uint64_t dim = d.get<uint64_t>();
+            if (dim > (uint64_t) INT64_MAX) bad(source, "tensor " + name + " has a dimension above 2^63 - 1");
             if (dim != 0 && elements > (UINT64_MAX / dim)) bad(source, "tensor " + name + " shape overflows");
             elements *= dim;
             t.shape.push_back((int64_t) dim);

@@ -7,6 +7,10 @@
 #include <unistd.h>
 
 #include <torch/torch.h>
+#include <torch/version.h>
+#if TORCH_VERSION_MAJOR < 2
+#include <torch/csrc/autograd/profiler_legacy.h>
+#endif
 
 #include "device.h"
 #include "lm_batcher.h"
@@ -158,7 +162,20 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
     // Tests and the kill-test script stop a run at an exact step, as a SIGTERM there would.
     const char * stop_env = std::getenv("STUDIO_STOP_AT_STEP");
     const int64_t stop_at = stop_env && *stop_env ? std::atoll(stop_env) : -1;
+    // STUDIO_PROFILE=trace.json records steps 5-14 as a Chrome trace (chrome://tracing) to find the hot spots.
+    const char * profile_path = std::getenv("STUDIO_PROFILE");
+#if TORCH_VERSION_MAJOR < 2
+    std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+#endif
     while (state.step < total_steps) {
+#if TORCH_VERSION_MAJOR < 2
+        if (profile_path && *profile_path && ctx.rank() == 0) {
+            if (state.step == 5) profile = std::make_unique<torch::autograd::profiler::RecordProfile>(profile_path);
+            if (state.step == 15) profile.reset();
+        }
+#else
+        (void) profile_path;
+#endif
         if ((ctx.stop && ctx.stop->load()) || state.step == stop_at) {
             save_checkpoint();
             ctx.event("stage_end", {{"stage", stage}, {"status", "stopped"}});

@@ -71,7 +71,7 @@ void put_ids(std::ofstream & out, const std::vector<int32_t> & ids) {
 }
 bool get_ids(std::ifstream & in, std::vector<int32_t> & ids, uint64_t limit, int64_t vocab) {
     uint64_t n = 0;
-    if (!get(in, n) || n > limit) return false;
+    if (!get(in, n) || n > limit / sizeof(int32_t)) return false;
     ids.resize(n);
     if (!in.read((char *) ids.data(), (std::streamsize) (n * sizeof(int32_t)))) return false;
     for (auto id : ids) if (id < 0 || id >= vocab) return false;
@@ -86,7 +86,8 @@ bool cache_read(const std::string & path, const std::string & signature, Corpus 
     uint64_t magic = 0, words = 0;
     std::string sig;
     if (!get(in, magic) || magic != kCacheMagic || !get_string(in, sig, 4096) || sig != signature) return false;
-    if (!get(in, words) || words > file_size) return false;
+    // Every word needs at least its 8-byte length: a corrupt count must not make us allocate beyond the file.
+    if (!get(in, words) || words > file_size / 8) return false;
     corpus.vocab.words.resize(words);
     for (auto & w : corpus.vocab.words) if (!get_string(in, w, file_size)) return false;
     corpus.vocab.ids.clear();

@@ -45,6 +45,25 @@ for e in ev:
 PY
 }
 
+# Gating at three l0 coefficients from the trained 16-layer run (issue [gates] 9): heads kept, parameters, valid
+# perplexity of the gated and the pruned model. Needs `train` first in the same call (a fresh machine is bare).
+gate() {
+  for l0 in ${L0S:-0.01 0.02 0.04}; do
+    log "gate wt2-all-16l at l0 $l0"
+    python3 - "$l0" <<'PY'
+import json, sys
+l0 = sys.argv[1]
+c = json.load(open("configs/wt2_all_16l_gating.json"))
+c["name"] = "wt2-all-16l-gate-" + l0
+c["gate"]["l0_coefficient"] = float(l0)
+json.dump(c, open("/tmp/gate-%s.json" % l0, "w"), indent=2)
+PY
+    $STUDIO --batch /tmp/gate-$l0.json --run-dir runs-gpu/gate-$l0 --no-progress 2>&1 | grep -E "^\[(prune|eval)\]|error" | tee -a "$OUT/summary.txt"
+    cp runs-gpu/gate-$l0/events.jsonl "$OUT/gate-$l0-events.jsonl" 2>/dev/null
+    cp runs-gpu/gate-$l0/pruned/heads.json "$OUT/gate-$l0-heads.json" 2>/dev/null
+  done
+}
+
 bench() {
   log "bench wt103 reference shapes, random weights"
   $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --batch-sizes 1,4,32,128 --dtypes fp32,bf16 \
@@ -56,7 +75,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && train && bench || status=1 ;;
-    build|smoke|train|bench) $step || status=1 ;;
+    build|smoke|train|gate|bench) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
