@@ -51,26 +51,12 @@ int prune_command(const std::string & source, const std::string & out_dir) {
             if (auto gate = run_latest_checkpoint(source, "gate")) return gate->path;
             return resolve_checkpoint(source, "train");
         }();
-        auto loaded = checkpoint_load(checkpoint);
-        LanguageModel model(loaded.model_config);
-        checkpoint_load_model(loaded, *model, false);
         // The run's gate settings decide the eval rule and whether output scaling is folded.
         const fs::path run_dir = fs::path(checkpoint).parent_path().parent_path();
         Config config;
-        json run_config = config_to_json(config);
-        if (fs::exists(run_config_path(run_dir.string()))) {
-            config = config_load(run_config_path(run_dir.string()));
-            run_config = config_to_json(config);
-        }
-        model->configure_gates_constants_only(config.gate);
-        const bool scaled = model->has_gates() && config.gate.output_scaling && !model->config.output_scale_folded;
-        auto pruned = prune_heads(*model, open_heads(*model), scaled);
+        if (fs::exists(run_config_path(run_dir.string()))) config = config_load(run_config_path(run_dir.string()));
         const std::string out = out_dir.empty() ? run_pruned_dir(run_dir.string()) : out_dir;
-        json summary = prune_write(out, pruned, *model, run_config);
-        std::printf("kept %lld heads; layer parameters %s -> %s; total %s -> %s; written to %s\n",
-                    (long long) [&] { int64_t n = 0; for (auto h : pruned.model->config.heads_per_layer) n += h; return n; }(),
-                    with_commas(summary["layer_params_before"]).c_str(), with_commas(summary["layer_params_after"]).c_str(),
-                    with_commas(summary["params_before"]).c_str(), with_commas(summary["params_after"]).c_str(), out.c_str());
+        prune_checkpoint(checkpoint, config, config_to_json(config), out);
         return 0;
     } catch (const std::exception & e) {
         std::fprintf(stderr, "error: %s\n", e.what());

@@ -1,5 +1,6 @@
 #include "language_model.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -261,6 +262,30 @@ double LanguageModelImpl::hard_sparsity() const {
         total += (int64_t) row.size();
     }
     return total ? (double) closed / (double) total : 0.0;
+}
+
+int64_t LanguageModelImpl::set_closed_heads(int64_t closed) {
+    struct Head { float log_alpha; size_t layer; int64_t head; };
+    std::vector<Head> heads;
+    const auto values = gate_log_alpha();
+    for (size_t l = 0; l < values.size(); ++l) for (size_t h = 0; h < values[l].size(); ++h) heads.push_back({values[l][h], l, (int64_t) h});
+    std::stable_sort(heads.begin(), heads.end(), [](const Head & a, const Head & b) { return a.log_alpha < b.log_alpha; });
+    torch::NoGradGuard no_grad;
+    int64_t moved = 0;
+    for (size_t i = 0; i < heads.size(); ++i) {
+        auto & gate = layer_list[heads[i].layer]->attention->gate;
+        const auto & o = gate->options;
+        // The eval rule opens a gate iff log_alpha >= logit((0.5 - gamma) / (zeta - gamma)) (0 at the defaults).
+        const double t = (0.5 - o.gamma()) / (o.zeta() - o.gamma());
+        const double threshold = std::log(t / (1 - t));
+        const bool close = (int64_t) i < closed;
+        const bool is_open = heads[i].log_alpha >= threshold;
+        if (close == is_open) {
+            gate->log_alpha[heads[i].head].fill_(threshold + (close ? -1e-3 : 1e-3));
+            ++moved;
+        }
+    }
+    return moved;
 }
 
 std::vector<torch::Tensor> LanguageModelImpl::gate_parameters() const {

@@ -72,6 +72,9 @@ public:
     std::vector<std::vector<bool>> gate_open() const;
     /// Fraction of heads closed by the deterministic eval rule.
     double hard_sparsity() const;
+    /// Closes exactly `closed` heads: those with the lowest log_alpha (the gates the training was least sure to keep),
+    /// moving only the log_alpha values that sit on the wrong side of the eval threshold. Returns how many moved.
+    int64_t set_closed_heads(int64_t closed);
     /// The gate tensors and every other parameter, for separate optimizer groups.
     std::vector<torch::Tensor> gate_parameters() const;
 

@@ -66,19 +66,7 @@ std::string final_checkpoint(const RunContext & ctx) {
 
 void stage_prune(RunContext & ctx, const json & resolved) {
     if (ctx.rank() != 0) return;
-    const std::string source = final_checkpoint(ctx);
-    auto model = load_model_from_checkpoint(source, torch::kCPU);
-    model->configure_gates_constants_only(ctx.config.gate);
-    const bool scaled = model->has_gates() && ctx.config.gate.output_scaling && !model->config.output_scale_folded;
-    auto pruned = prune_heads(*model, open_heads(*model), scaled);
-    json summary = prune_write(run_pruned_dir(ctx.run_dir), pruned, *model, resolved);
-    summary["source"] = source;
-    ctx.event("prune", summary);
-    std::fprintf(stderr, "[prune] kept %lld of %lld heads: layer parameters %s -> %s, total %s -> %s (%s)\n",
-                 (long long) [&] { int64_t n = 0; for (auto h : pruned.model->config.heads_per_layer) n += h; return n; }(),
-                 (long long) [&] { int64_t n = 0; for (int64_t l = 0; l < model->config.num_layers; ++l) n += model->config.heads_in_layer(l); return n; }(),
-                 with_commas(summary["layer_params_before"]).c_str(), with_commas(summary["layer_params_after"]).c_str(),
-                 with_commas(summary["params_before"]).c_str(), with_commas(summary["params_after"]).c_str(), run_pruned_dir(ctx.run_dir).c_str());
+    ctx.event("prune", prune_checkpoint(final_checkpoint(ctx), ctx.config, resolved, run_pruned_dir(ctx.run_dir)));
 }
 
 void stage_eval(RunContext & ctx_in, const Corpus & corpus) {

@@ -1,10 +1,13 @@
 #include "prune.h"
 
 #include <filesystem>
+#include <cstdio>
 #include <fstream>
 
 #include <torch/torch.h>
 
+#include "checkpoint.h"
+#include "model_info.h"
 #include "tensor_io.h"
 
 namespace studio {
@@ -102,6 +105,23 @@ json prune_write(const std::string & out_dir, const PrunedModel & pruned, const 
     return json{{"heads_kept", pruned.heads_kept}, {"heads_per_layer", pruned.model->config.heads_per_layer},
                 {"params_before", before.total}, {"params_after", after.total},
                 {"layer_params_before", before.layers}, {"layer_params_after", after.layers}, {"path", out_dir}};
+}
+
+json prune_checkpoint(const std::string & checkpoint, const Config & config, const json & run_config, const std::string & out_dir) {
+    auto loaded = checkpoint_load(checkpoint);
+    LanguageModel model(loaded.model_config);
+    checkpoint_load_model(loaded, *model, false);
+    model->configure_gates_constants_only(config.gate);
+    const bool scaled = model->has_gates() && config.gate.output_scaling && !model->config.output_scale_folded;
+    auto pruned = prune_heads(*model, open_heads(*model), scaled);
+    json summary = prune_write(out_dir, pruned, *model, run_config);
+    summary["source"] = checkpoint;
+    auto heads = [](const ModelConfig & m) { int64_t n = 0; for (int64_t l = 0; l < m.num_layers; ++l) n += m.heads_in_layer(l); return n; };
+    std::fprintf(stderr, "[prune] kept %lld of %lld heads: layer parameters %s -> %s, total %s -> %s (%s)\n",
+                 (long long) heads(pruned.model->config), (long long) heads(model->config),
+                 with_commas(summary["layer_params_before"]).c_str(), with_commas(summary["layer_params_after"]).c_str(),
+                 with_commas(summary["params_before"]).c_str(), with_commas(summary["params_after"]).c_str(), out_dir.c_str());
+    return summary;
 }
 
 LanguageModel pruned_load(const std::string & dir) {

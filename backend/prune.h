@@ -27,6 +27,11 @@ PrunedModel prune_heads(const LanguageModelImpl & gated, const std::vector<std::
 /// with the pruned model section). Returns a JSON summary for the prune event.
 nlohmann::json prune_write(const std::string & out_dir, const PrunedModel & pruned, const LanguageModelImpl & original,
                            const nlohmann::json & run_config);
+/// The prune stage and `studio prune`: loads a checkpoint, removes the heads its gates close (eval rule of
+/// `config.gate`, output scaling folded when the config used it), writes out_dir, prints a one-line summary and
+/// returns the summary (the prune event).
+nlohmann::json prune_checkpoint(const std::string & checkpoint, const Config & config, const nlohmann::json & run_config,
+                                const std::string & out_dir);
 /// Loads a model written by prune_write (or any model.safetensors carrying its config) onto the CPU.
 LanguageModel pruned_load(const std::string & dir);
 

@@ -279,6 +279,17 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
         if (sc.eval_interval > 0 && state.step % sc.eval_interval == 0 && !last) run_eval();
         if (sc.checkpoint_interval > 0 && state.step % sc.checkpoint_interval == 0 && !last) save_checkpoint();
     }
+    if (gating && gc.target_sparsity) {
+        // The multipliers bring the expected sparsity to the target, but a few gates can end on the wrong side:
+        // the final decision closes exactly round(target x heads) heads, those with the lowest log_alpha.
+        int64_t heads = 0;
+        for (const auto & row : model->gate_open()) heads += (int64_t) row.size();
+        const double before = model->hard_sparsity();
+        const int64_t moved = model->set_closed_heads(std::llround(*gc.target_sparsity * (double) heads));
+        ctx.event("gate_projection", {{"stage", stage}, {"step", state.step}, {"hard_sparsity_before", before},
+                                      {"hard_sparsity_after", model->hard_sparsity()}, {"gates_moved", moved}});
+        ctx.event("gates", gates_event(*model, stage, state.step));
+    }
     run_eval();
     state.complete = true;
     save_checkpoint();

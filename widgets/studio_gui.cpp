@@ -1,6 +1,7 @@
 #include "studio_gui.h"
 
 #include <QApplication>
+#include <QIcon>
 #include <QCommandLineParser>
 #include <QDir>
 #include <QFileInfo>
@@ -52,6 +53,7 @@ int studio_gui_main(int argc, char ** argv) {
     AppArgs appArgs(argv[0]);
     QApplication app(appArgs.argc, appArgs.argv);
     QApplication::setApplicationName(QStringLiteral("Head Pruning Studio"));
+    QApplication::setWindowIcon(QIcon(QStringLiteral(":/studio-icon.png")));
 
     QCommandLineParser parser;
     parser.setApplicationDescription(QStringLiteral("Head Pruning Studio: launch, follow and compare runs."));
