@@ -8,15 +8,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STUDIO=${STUDIO:-build/app/studio}
-CONFIG=${CONFIG:-configs/quickstart.json}
+CONFIG=${CONFIG:-}
 SHOT=${SHOT:-docs/screenshot-studio.png}
 TIMEOUT=${TIMEOUT:-600}
 
 [[ -x "$STUDIO" ]] || { echo "gui-e2e: $STUDIO not found: build it first (cmake --build build --target studio)" >&2; exit 2; }
+RUNS=$(mktemp -d /tmp/studio-gui-e2e.XXXXXX)
+if [[ -z "$CONFIG" ]]; then
+    # The quickstart's first steps: a short train stage, then gating, so the heatmap fills within a minute.
+    CONFIG="$RUNS/quickstart-e2e.json"
+    python3 - "$CONFIG" <<'PY'
+import json, sys
+c = json.load(open("configs/quickstart.json"))
+c["name"] = "quickstart-e2e"
+c["train"].update({"steps": 40, "eval_interval": 0, "checkpoint_interval": 0, "log_interval": 5})
+c["gate"].update({"steps": 300, "log_interval": 5, "gates_interval": 5, "l0_warmup": 20})
+json.dump(c, open(sys.argv[1], "w"), indent=2)
+PY
+fi
 [[ -f "$CONFIG" ]] || { echo "gui-e2e: $CONFIG not found" >&2; exit 2; }
+export STUDIO_DATA="${STUDIO_DATA:-$(cd .. && pwd)/shared/data}"
 command -v xvfb-run >/dev/null || { echo "gui-e2e: xvfb-run missing (apt-get install xvfb xauth)" >&2; exit 2; }
 
-RUNS=$(mktemp -d /tmp/studio-gui-e2e.XXXXXX)
 echo "gui-e2e: runs in $RUNS"
 mkdir -p "$(dirname "$SHOT")"
 rm -f "$SHOT.new"
