@@ -113,6 +113,18 @@ private Q_SLOTS:
         QVERIFY(std::abs(model->expected_sparsity().item<double>() - (1 - 0.8807971)) < 1e-6);
     }
 
+    void target_projection_closes_exactly_the_lowest_gates() {
+        LanguageModel model(small(ModelType::AllAttention));
+        close_heads(*model);                                   // 7 of 12 closed
+        QCOMPARE(model->hard_sparsity(), 7.0 / 12.0);
+        QCOMPARE(model->set_closed_heads(6), int64_t(1));      // reopens the closed gate nearest the threshold (-0.1)
+        QCOMPARE(model->hard_sparsity(), 0.5);
+        QVERIFY(model->layer_list[1]->attention->gate->open_mask()[1].item<bool>());
+        QCOMPARE(model->set_closed_heads(9), int64_t(3));      // then closes the three lowest open ones: 0.001, 0.2, 0.5
+        auto open = open_heads(*model);
+        QCOMPARE(open, (std::vector<std::vector<int64_t>>{{0}, {}, {0, 1}}));
+    }
+
     void output_scaling_multiplies_open_heads() {
         const int64_t D = 8, H = 4;
         RelativeAttention attention(RelativeAttentionOptions(D, H, 2).gated(true));
