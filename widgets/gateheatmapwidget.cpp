@@ -79,13 +79,13 @@ GateHeatmapWidget::GateHeatmapWidget(QWidget * parent) : QWidget(parent) {
     closed_->setLineStyle(QCPGraph::lsNone);
     closed_->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCross, QPen(QColor(211, 47, 47), 2.2), Qt::NoBrush, 12));
     closed_->setName(tr("closed"));
-    placeholder_ = new QCPItemText(plot_);
-    placeholder_->position->setType(QCPItemPosition::ptAxisRectRatio);
-    placeholder_->position->setCoords(0.5, 0.5);
-    placeholder_->setText(tr("No gates events yet.\nThey arrive during the gate stage."));
-    placeholder_->setColor(QColor(110, 110, 110));
-    placeholder_->setBrush(QBrush(Qt::white));
-    placeholder_->setPadding(QMargins(8, 6, 8, 6));
+    emptyHint_ = new QCPItemText(plot_);
+    emptyHint_->position->setType(QCPItemPosition::ptAxisRectRatio);
+    emptyHint_->position->setCoords(0.5, 0.5);
+    emptyHint_->setText(tr("No gates events yet.\nThey arrive during the gate stage."));
+    emptyHint_->setColor(QColor(110, 110, 110));
+    emptyHint_->setBrush(QBrush(Qt::white));
+    emptyHint_->setPadding(QMargins(8, 6, 8, 6));
     addExportMenu(plot_, QStringLiteral("gates"));
     layout->addWidget(plot_, 1);
 
@@ -159,13 +159,13 @@ void GateHeatmapWidget::redraw() {
         map_->data()->clear();
         closed_->data()->clear();
         stepLabel_->setText(tr("no gates yet"));
-        placeholder_->setVisible(true);
+        emptyHint_->setVisible(true);
         plot_->yAxis2->setTickLabels(false);
         plot_->replot(QCustomPlot::rpQueuedReplot);
         return;
     }
     const GateMatrix & m = gates_[shown_];
-    placeholder_->setVisible(false);
+    emptyHint_->setVisible(false);
     const int layers = m.layers(), heads = m.maxHeads();
     map_->data()->setSize(heads, layers);
     map_->data()->setRange(QCPRange(0, heads - 1), QCPRange(0, layers - 1));

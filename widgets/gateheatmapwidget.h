@@ -46,7 +46,7 @@ private:
     QCPColorMap * map_ = nullptr;
     QCPColorScale * scale_ = nullptr;
     QCPGraph * closed_ = nullptr;
-    QCPItemText * placeholder_ = nullptr;
+    QCPItemText * emptyHint_ = nullptr;
     QComboBox * valueCombo_ = nullptr;
     QSlider * slider_ = nullptr;
     QLabel * stepLabel_ = nullptr;

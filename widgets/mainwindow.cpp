@@ -175,10 +175,10 @@ void MainWindow::setRunsDir(const QString & dir) {
 void MainWindow::openRunDir(const QString & dir) {
     const QString abs = QFileInfo(dir).absoluteFilePath();
     QMetaObject::invokeMethod(scanner_, [s = scanner_, abs] { s->addRunDir(abs); }, Qt::QueuedConnection);
-    RunSummary placeholder;
-    placeholder.dir = abs;
-    placeholder.name = QFileInfo(abs).fileName();
-    if (runs_->rowOf(abs) < 0) runs_->upsert(placeholder);
+    RunSummary pending;
+    pending.dir = abs;
+    pending.name = QFileInfo(abs).fileName();
+    if (runs_->rowOf(abs) < 0) runs_->upsert(pending);
     runsView_->selectRow(runs_->rowOf(abs));
     selectRun(abs);
     tabs_->setCurrentIndex(0);
