@@ -215,7 +215,13 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
         std::vector<torch::Tensor> all_params;
         for (const auto & g : optimizer.groups()) all_params.insert(all_params.end(), g.params.begin(), g.params.end());
         if (ctx.comm) ctx.comm->average_gradients(all_params);
-        const double ce_value = ce.item<double>();
+        // Every rank logs and judges the same number: the mean cross-entropy over all ranks' (equal) shares.
+        double ce_value = ce.item<double>();
+        if (ctx.comm && ctx.world_size() > 1) {
+            auto total = ce.detach().reshape({1}).to(torch::kFloat).clone();
+            ctx.comm->sum(total);
+            ce_value = total.item<double>() / (double) ctx.world_size();
+        }
         const double grad_norm = clip_gradients(optimizer.groups(), sc.clip_grad_norm);
         if (!std::isfinite(ce_value) || !std::isfinite(grad_norm)) {
             auto latest = run_latest_checkpoint(ctx.run_dir, stage);

@@ -1,7 +1,9 @@
 // The studio executable end to end on WikiText-2: exact resume after a stop, config and input errors with their
 // exit codes, a non-finite loss, and train -> gate -> prune -> eval with the pruned model's perplexity equal to the
 // gated model's.
+#include <QCoreApplication>
 #include <QDir>
+#include <QElapsedTimer>
 #include <QFile>
 #include <QProcess>
 #include <QRegularExpression>
@@ -134,6 +136,79 @@ private Q_SLOTS:
         for (auto & e : studio::events_read_all((whole + "/events.jsonl").toStdString())) if (e["event"] == "eval") ppl_a = e["ppl"];
         for (auto & e : studio::events_read_all((split + "/events.jsonl").toStdString())) if (e["event"] == "eval") ppl_b = e["ppl"];
         QVERIFY(std::abs(ppl_a - ppl_b) <= 1e-6 * ppl_a);
+    }
+
+    void two_gloo_ranks_follow_one_rank() {
+        // Ranks started by hand with torchrun's variables (not studio's own spawner), batch 4 split 2 + 2.
+        json config = tiny_config("ranks");
+        config["train"]["steps"] = 20;
+        config["train"]["checkpoint_interval"] = 10;
+        for (const char * p : {"attn_drop", "proj_drop", "input_drop", "output_drop", "word_drop"}) config["model"][p] = 0.0;
+        const QString path = write_config(dir, config);
+        const QString one = dir.path() + "/one-rank", two = dir.path() + "/two-ranks";
+        QCOMPARE(studio_run({"--batch", path, "--run-dir", one, "--no-progress"}).code, 0);
+        const QString port = QString::number(29600 + (QCoreApplication::applicationPid() % 300));
+        QProcess ranks[2];
+        for (int r = 0; r < 2; ++r) {
+            auto env = QProcessEnvironment::systemEnvironment();
+            env.insert("STUDIO_DATA", STUDIO_TEST_DATA);
+            env.insert("RANK", QString::number(r));
+            env.insert("LOCAL_RANK", QString::number(r));
+            env.insert("WORLD_SIZE", "2");
+            env.insert("MASTER_ADDR", "127.0.0.1");
+            env.insert("MASTER_PORT", port);
+            ranks[r].setProcessEnvironment(env);
+            ranks[r].start(STUDIO_BINARY, {"--batch", path, "--run-dir", two, "--no-progress"});
+        }
+        for (auto & p : ranks) {
+            QVERIFY(p.waitForFinished(300000));
+            QVERIFY2(p.exitCode() == 0, p.readAllStandardError().constData());
+        }
+        auto a = losses(one, "train"), b = losses(two, "train");
+        QCOMPARE((int) b.size(), 20);
+        for (auto & [step, loss] : a) QVERIFY2(std::abs(loss - b[step]) <= 1e-5, qPrintable(QString("step %1: %2 vs %3").arg(step).arg(loss).arg(b[step])));
+
+        // "gpus": 2 on the CPU: studio starts both ranks itself, with the same result.
+        config["gpus"] = 2;
+        const QString spawned = dir.path() + "/spawned";
+        auto r = studio_run({"--batch", write_config(dir, config), "--run-dir", spawned, "--no-progress"});
+        QVERIFY2(r.code == 0, qPrintable(r.err));
+        auto c = losses(spawned, "train");
+        for (auto & [step, loss] : a) QVERIFY2(std::abs(loss - c[step]) <= 1e-5, qPrintable(QString("spawned step %1").arg(step)));
+    }
+
+    void a_dead_rank_stops_the_others() {
+        json config = tiny_config("killed");
+        config["train"]["steps"] = 100000;
+        config["train"]["checkpoint_interval"] = 5;
+        const QString path = write_config(dir, config), run = dir.path() + "/killed";
+        const QString port = QString::number(29900 + (QCoreApplication::applicationPid() % 90));
+        QProcess ranks[2];
+        for (int r = 0; r < 2; ++r) {
+            auto env = QProcessEnvironment::systemEnvironment();
+            env.insert("STUDIO_DATA", STUDIO_TEST_DATA);
+            env.insert("RANK", QString::number(r));
+            env.insert("WORLD_SIZE", "2");
+            env.insert("MASTER_ADDR", "127.0.0.1");
+            env.insert("MASTER_PORT", port);
+            ranks[r].setProcessEnvironment(env);
+            ranks[r].start(STUDIO_BINARY, {"--batch", path, "--run-dir", run, "--no-progress"});
+        }
+        QTRY_VERIFY_WITH_TIMEOUT(QDir(run + "/checkpoints").entryList({"train-*"}, QDir::Dirs).size() >= 2, 120000);
+        ranks[1].kill();   // SIGKILL: no chance to say goodbye
+        QElapsedTimer timer;
+        timer.start();
+        QVERIFY(ranks[0].waitForFinished(60000));
+        QVERIFY(timer.elapsed() < 60000);
+        QCOMPARE(ranks[0].exitCode(), 1);
+        const QString err = QString::fromUtf8(ranks[0].readAllStandardError());
+        QVERIFY2(err.contains("error: distributed: rank 0 lost contact with the other ranks"), qPrintable(err));
+        // The last complete checkpoint is intact: every file its manifest names is there.
+        const auto left = QDir(run + "/checkpoints").entryList({"train-*"}, QDir::Dirs, QDir::Name);
+        QVERIFY(!left.isEmpty());
+        const QString last = run + "/checkpoints/" + left.last();
+        auto state = json::parse(std::ifstream((last + "/state.json").toStdString()));
+        for (auto it = state["manifest"].begin(); it != state["manifest"].end(); ++it) QVERIFY(QFile::exists(last + "/" + QString::fromStdString(it.key())));
     }
 
     void non_finite_loss_stops_with_the_step() {
