@@ -64,6 +64,21 @@ std::map<int64_t, double> losses(const QString & run_dir, const std::string & st
     return by_step;
 }
 
+// Two ranks of one run started by hand with torchrun's variables (not studio's own spawner).
+void start_two_ranks(QProcess (&ranks)[2], const QString & config, const QString & run_dir, const QString & port) {
+    for (int r = 0; r < 2; ++r) {
+        auto env = QProcessEnvironment::systemEnvironment();
+        env.insert("STUDIO_DATA", STUDIO_TEST_DATA);
+        env.insert("RANK", QString::number(r));
+        env.insert("LOCAL_RANK", QString::number(r));
+        env.insert("WORLD_SIZE", "2");
+        env.insert("MASTER_ADDR", "127.0.0.1");
+        env.insert("MASTER_PORT", port);
+        ranks[r].setProcessEnvironment(env);
+        ranks[r].start(STUDIO_BINARY, {"--batch", config, "--run-dir", run_dir, "--no-progress"});
+    }
+}
+
 } // namespace
 
 class TestPipeline : public QObject {
@@ -149,17 +164,7 @@ private Q_SLOTS:
         QCOMPARE(studio_run({"--batch", path, "--run-dir", one, "--no-progress"}).code, 0);
         const QString port = QString::number(29600 + (QCoreApplication::applicationPid() % 300));
         QProcess ranks[2];
-        for (int r = 0; r < 2; ++r) {
-            auto env = QProcessEnvironment::systemEnvironment();
-            env.insert("STUDIO_DATA", STUDIO_TEST_DATA);
-            env.insert("RANK", QString::number(r));
-            env.insert("LOCAL_RANK", QString::number(r));
-            env.insert("WORLD_SIZE", "2");
-            env.insert("MASTER_ADDR", "127.0.0.1");
-            env.insert("MASTER_PORT", port);
-            ranks[r].setProcessEnvironment(env);
-            ranks[r].start(STUDIO_BINARY, {"--batch", path, "--run-dir", two, "--no-progress"});
-        }
+        start_two_ranks(ranks, path, two, port);
         for (auto & p : ranks) {
             QVERIFY(p.waitForFinished(300000));
             QVERIFY2(p.exitCode() == 0, p.readAllStandardError().constData());
@@ -184,16 +189,7 @@ private Q_SLOTS:
         const QString path = write_config(dir, config), run = dir.path() + "/killed";
         const QString port = QString::number(29900 + (QCoreApplication::applicationPid() % 90));
         QProcess ranks[2];
-        for (int r = 0; r < 2; ++r) {
-            auto env = QProcessEnvironment::systemEnvironment();
-            env.insert("STUDIO_DATA", STUDIO_TEST_DATA);
-            env.insert("RANK", QString::number(r));
-            env.insert("WORLD_SIZE", "2");
-            env.insert("MASTER_ADDR", "127.0.0.1");
-            env.insert("MASTER_PORT", port);
-            ranks[r].setProcessEnvironment(env);
-            ranks[r].start(STUDIO_BINARY, {"--batch", path, "--run-dir", run, "--no-progress"});
-        }
+        start_two_ranks(ranks, path, run, port);
         QTRY_VERIFY_WITH_TIMEOUT(QDir(run + "/checkpoints").entryList({"train-*"}, QDir::Dirs).size() >= 2, 120000);
         ranks[1].kill();   // SIGKILL: no chance to say goodbye
         QElapsedTimer timer;
