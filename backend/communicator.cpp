@@ -1,5 +1,6 @@
 #include "communicator.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <stdexcept>
@@ -36,7 +37,7 @@ int64_t env_int(const char * name, int64_t fallback) {
     return parsed;
 }
 
-// Buckets of ~25 MB, as DDP uses: few collectives, none too large.
+// Chunks of ~25 MB, as DDP's buckets: few collectives, none too large.
 constexpr int64_t kBucketElements = 25 * 1024 * 1024 / 4;
 
 class ProcessGroupCommunicator : public Communicator {
@@ -47,32 +48,17 @@ public:
     int64_t rank() const override { return rank_; }
     int64_t world_size() const override { return world_; }
 
-    void average_gradients(const std::vector<torch::Tensor> & params) override {
-        std::vector<torch::Tensor> bucket;
-        int64_t elements = 0;
-        auto flush = [&]() {
-            if (bucket.empty()) return;
-            std::vector<torch::Tensor> flat{torch::cat(bucket)};
-            run(group_->allreduce(flat));
-            flat[0].div_((double) world_);
-            int64_t offset = 0;
-            for (auto & g : bucket_grads_) {
-                g.copy_(flat[0].narrow(0, offset, g.numel()).view_as(g));
-                offset += g.numel();
+    void average(const std::vector<torch::Tensor> & tensors) override {
+        // All chunks are queued before any is waited on, so NCCL streams them back to back.
+        std::vector<c10::intrusive_ptr<c10d::Work>> pending;
+        for (const auto & flat : tensors) {
+            for (int64_t offset = 0; offset < flat.numel(); offset += kBucketElements) {
+                std::vector<torch::Tensor> chunk{flat.narrow(0, offset, std::min(kBucketElements, flat.numel() - offset))};
+                pending.push_back(group_->allreduce(chunk));
             }
-            bucket.clear();
-            bucket_grads_.clear();
-            elements = 0;
-        };
-        for (const auto & p : params) {
-            if (!p.grad().defined()) continue;
-            auto g = p.grad();
-            bucket.push_back(g.reshape({-1}));
-            bucket_grads_.push_back(g);
-            elements += g.numel();
-            if (elements >= kBucketElements) flush();
         }
-        flush();
+        for (auto & work : pending) run(work);
+        for (const auto & flat : tensors) flat.div_((double) world_);
     }
 
     void sum(torch::Tensor & tensor) override {
@@ -106,7 +92,6 @@ private:
     c10::intrusive_ptr<c10d::Store> store_;
     GroupHandle group_;
     int64_t rank_, world_;
-    std::vector<torch::Tensor> bucket_grads_;
 };
 
 } // namespace

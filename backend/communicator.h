@@ -28,8 +28,8 @@ public:
     virtual ~Communicator() = default;
     virtual int64_t rank() const { return 0; }
     virtual int64_t world_size() const { return 1; }
-    /// Averages the gradients of `params` over ranks (flattened into buckets).
-    virtual void average_gradients(const std::vector<torch::Tensor> & params) { (void) params; }
+    /// Averages flat contiguous tensors (the optimizer's gradient buffers) over ranks, in place.
+    virtual void average(const std::vector<torch::Tensor> & tensors) { (void) tensors; }
     /// Sums a small tensor over ranks in place.
     virtual void sum(torch::Tensor & tensor) { (void) tensor; }
     virtual void barrier() {}

@@ -8,6 +8,12 @@
 
 #include <chrono>
 
+#include <torch/version.h>
+#if TORCH_VERSION_MAJOR < 2
+#include <torch/csrc/autograd/profiler_legacy.h>
+#else
+#include <torch/csrc/autograd/profiler_kineto.h>
+#endif
 #ifdef STUDIO_CUDA
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -121,6 +127,35 @@ uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
     x ^= x >> 27; x *= 0x94D049BB133111EBull;
     x ^= x >> 31;
     return x;
+}
+
+TraceRecorder::TraceRecorder() = default;
+TraceRecorder::~TraceRecorder() { stop(); }
+
+void TraceRecorder::start(const std::string & path) {
+    stop();
+    path_ = path;
+#if TORCH_VERSION_MAJOR < 2
+    legacy_ = new torch::autograd::profiler::RecordProfile(path);
+#else
+    namespace impl = torch::profiler::impl;
+    const impl::ProfilerConfig config(impl::ProfilerState::KINETO, false, false, false, false);
+    std::set<impl::ActivityType> activities{impl::ActivityType::CPU};
+    if (cuda_device_count() > 0) activities.insert(impl::ActivityType::CUDA);
+    torch::autograd::profiler::prepareProfiler(config, activities);
+    torch::autograd::profiler::enableProfiler(config, activities);
+#endif
+}
+
+void TraceRecorder::stop() {
+    if (path_.empty()) return;
+#if TORCH_VERSION_MAJOR < 2
+    delete static_cast<torch::autograd::profiler::RecordProfile *>(legacy_);
+    legacy_ = nullptr;
+#else
+    torch::autograd::profiler::disableProfiler()->save(path_);
+#endif
+    path_.clear();
 }
 
 void seed_step(uint64_t seed, uint64_t stream, uint64_t step) {

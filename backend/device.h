@@ -47,6 +47,21 @@ private:
     void * events_ = nullptr; // CUDA event pair (CUDA builds)
 };
 
+/// Records a Chrome trace (chrome://tracing, Perfetto) of everything between start() and stop(): LibTorch 1.x's
+/// legacy profiler, or Kineto with the CUDA kernels on LibTorch 2.x. scripts/trace_summary.py sums it by kernel.
+class TraceRecorder {
+public:
+    TraceRecorder();
+    ~TraceRecorder();
+    void start(const std::string & path);
+    void stop();
+    bool active() const { return !path_.empty(); }
+
+private:
+    std::string path_;
+    void * legacy_ = nullptr;
+};
+
 /// Seeds the default generators (CPU and the current CUDA device) for one training step, from (seed, stream, step):
 /// dropout masks are then a function of the step, so a resumed run draws exactly what an uninterrupted one did.
 void seed_step(uint64_t seed, uint64_t stream, uint64_t step);

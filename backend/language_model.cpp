@@ -129,10 +129,17 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
     }
     auto keep = attention_keep_mask(T, M, config.same_length, input.device());
 
-    std::unique_ptr<at::Generator> generator;
+    // The gate noise of all layers comes from one CPU generator seeded per step (the same on every rank and device)
+    // and crosses to the device in one asynchronous copy, not one blocking copy per layer.
+    torch::Tensor noise;                                                                  // (total heads,)
     if (gates.enabled && is_training() && has_gates()) {
-        generator = std::make_unique<at::Generator>(at::make_generator<at::CPUGeneratorImpl>(gates.noise_seed));
+        auto generator = at::make_generator<at::CPUGeneratorImpl>(gates.noise_seed);
+        int64_t heads = 0;
+        for (const auto & layer : layer_list) if (layer->attention->gate) heads += layer->attention->options.num_heads();
+        noise = torch::rand({heads}, generator);
+        if (input.device().is_cuda()) noise = noise.pin_memory().to(input.device(), /*non_blocking=*/true);
     }
+    int64_t noise_offset = 0;
     LMOutput out;
     for (int64_t l = 0; l < config.num_layers; ++l) {
         // The memory of layer l is its own input, carried to the next segment.
@@ -142,8 +149,9 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
         GateControl control;
         control.enabled = gates.enabled;
         control.output_scaling = gates.output_scaling;
-        if (generator && layer->attention->gate) {
-            control.noise = torch::rand({layer->attention->options.num_heads()}, *generator);
+        if (noise.defined() && layer->attention->gate) {
+            control.noise = noise.narrow(0, noise_offset, layer->attention->options.num_heads());
+            noise_offset += layer->attention->options.num_heads();
         }
         torch::Tensor closed;
         h = layer->forward(h, memory[l], pos, keep, u_bias, v_bias, control, &closed);

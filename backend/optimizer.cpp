@@ -1,27 +1,96 @@
 #include "optimizer.h"
 
+#include <cmath>
+
 #include <torch/torch.h>
 
 namespace studio {
 
 Optimizer::Optimizer(OptimizerConfig config, std::vector<ParamGroup> groups) : config_(std::move(config)), groups_(std::move(groups)) {
-    for (const auto & g : groups_) {
-        std::vector<torch::Tensor> m, v;
+    torch::NoGradGuard no_grad;
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+        auto & g = groups_[gi];
+        FlatGroup f;
+        int64_t total = 0;
         for (const auto & p : g.params) {
-            m.push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
-            v.push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
+            TORCH_CHECK(p.scalar_type() == g.params[0].scalar_type() && p.device() == g.params[0].device(),
+                        "optimizer: group ", g.name, " mixes dtypes or devices");
+            f.offsets.push_back(total);
+            f.numels.push_back(p.numel());
+            total += p.numel();
         }
-        exp_avg_.push_back(m);
-        exp_avg_sq_.push_back(v);
+        const auto options = g.params.empty() ? torch::TensorOptions() : g.params[0].options();
+        f.param = torch::empty({total}, options);
+        f.grad = torch::zeros({total}, options);
+        f.exp_avg = torch::zeros({total}, options);
+        f.exp_avg_sq = torch::zeros({total}, options);
+        // The tensor each element belongs to, once: a per-step repeat_interleave costs more than the whole update.
+        const auto index_type = total < (int64_t(1) << 31) ? torch::kInt : torch::kLong;
+        f.segment = torch::repeat_interleave(torch::arange((int64_t) f.numels.size(), torch::kLong), torch::tensor(f.numels, torch::kLong))
+                        .to(options.device(), index_type);
+        for (size_t i = 0; i < g.params.size(); ++i) {
+            auto & p = g.params[i];
+            auto view = f.param.narrow(0, f.offsets[i], f.numels[i]).view(p.sizes());
+            view.copy_(p);
+            p.set_data(view);   // the module's parameter now lives in the flat buffer
+            p.mutable_grad() = f.grad.narrow(0, f.offsets[i], f.numels[i]).view(p.sizes());
+            f.param_ptrs.push_back(p.data_ptr());
+        }
+        flat_.push_back(std::move(f));
+    }
+}
+
+std::vector<torch::Tensor> Optimizer::slices(const torch::Tensor & flat, size_t group) const {
+    std::vector<torch::Tensor> result;
+    const auto & f = flat_[group];
+    for (size_t i = 0; i < f.numels.size(); ++i) result.push_back(flat.narrow(0, f.offsets[i], f.numels[i]));
+    return result;
+}
+
+void Optimizer::adopt_gradients(size_t group) {
+    auto & g = groups_[group];
+    auto & f = flat_[group];
+    for (size_t i = 0; i < g.params.size(); ++i) {
+        auto & p = g.params[i];
+        TORCH_CHECK(p.data_ptr() == f.param_ptrs[i], "optimizer: parameter ", i, " of group ", g.name,
+                    " moved after the optimizer was built (build the optimizer after model->to(device))");
+        auto slot = f.grad.narrow(0, f.offsets[i], f.numels[i]);
+        const auto & grad = p.grad();
+        if (grad.defined() && grad.numel() > 0 && grad.data_ptr() == slot.data_ptr()) continue;
+        if (grad.defined()) slot.copy_(grad.reshape({-1}));
+        else slot.zero_();
+        p.mutable_grad() = slot.view(p.sizes());
     }
 }
 
 void Optimizer::zero_grad() {
-    for (auto & g : groups_) {
-        for (auto & p : g.params) {
-            if (p.mutable_grad().defined()) p.mutable_grad().zero_();
-        }
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+        adopt_gradients(gi);
+        flat_[gi].grad.zero_();
     }
+}
+
+std::vector<torch::Tensor> Optimizer::flat_gradients() {
+    std::vector<torch::Tensor> grads;
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+        adopt_gradients(gi);
+        grads.push_back(flat_[gi].grad);
+    }
+    return grads;
+}
+
+torch::Tensor Optimizer::clip_gradients(double max_norm) {
+    torch::NoGradGuard no_grad;
+    auto grads = flat_gradients();
+    if (grads.empty()) return torch::zeros({});
+    std::vector<torch::Tensor> norms;
+    for (auto & g : grads) norms.push_back(g.norm(2).to(torch::kFloat));
+    auto total = torch::stack(norms).norm(2);                                 // 0-dim
+    if (max_norm > 0) {
+        auto coefficient = (max_norm / (total + 1e-6)).clamp_max(1.0);
+        for (auto & g : grads) g.mul_(coefficient.to(g.scalar_type()));
+    }
+    return total;
 }
 
 void Optimizer::step(double lr) {
@@ -30,29 +99,26 @@ void Optimizer::step(double lr) {
     const double b1 = config_.beta1, b2 = config_.beta2, eps = config_.eps;
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
         auto & g = groups_[gi];
+        auto & f = flat_[gi];
+        if (f.numels.empty() || f.param.numel() == 0) continue;
+        adopt_gradients(gi);
         const double group_lr = lr * g.lr_scale;
-        for (size_t i = 0; i < g.params.size(); ++i) {
-            auto & p = g.params[i];
-            if (!p.grad().defined()) continue;
-            auto grad = p.grad();
-            auto & m = exp_avg_[gi][i];
-            auto & v = exp_avg_sq_[gi][i];
-            m.mul_(b1).add_(grad, 1 - b1);
-            v.mul_(b2).addcmul_(grad, grad, 1 - b2);
-            if (config_.name == "lamb") {
-                auto update = m / (v.sqrt() + eps);
-                if (g.weight_decay > 0) update.add_(p, g.weight_decay);
-                // Trust ratio without a host sync: where either norm is 0 the ratio is 1.
-                auto weight_norm = p.norm().clamp(0, 10);
-                auto update_norm = update.norm();
-                auto trust = torch::where(weight_norm.gt(0).logical_and(update_norm.gt(0)), weight_norm / (update_norm + eps),
-                                          torch::ones_like(weight_norm));
-                p.sub_(update * (trust * group_lr));
-            } else {
-                const double c1 = 1 - std::pow(b1, (double) steps_), c2 = 1 - std::pow(b2, (double) steps_);
-                if (g.weight_decay > 0) p.mul_(1 - group_lr * g.weight_decay);
-                p.addcdiv_(m, (v / c2).sqrt_().add_(eps), -group_lr / c1);
-            }
+        f.exp_avg.lerp_(f.grad, 1 - b1);                                      // m = b1 m + (1 - b1) g
+        f.exp_avg_sq.mul_(b2).addcmul_(f.grad, f.grad, 1 - b2);               // v = b2 v + (1 - b2) g^2
+        if (config_.name == "lamb") {
+            auto update = f.exp_avg / f.exp_avg_sq.sqrt().add_(eps);          // (numel,)
+            if (g.weight_decay > 0) update.add_(f.param, g.weight_decay);
+            // Per-tensor trust ratios from the segment norms, without a host sync: 1 where either norm is 0.
+            auto weight_norm = torch::stack(torch::_foreach_norm(slices(f.param, gi))).clamp(0, 10);   // (tensors,)
+            auto update_norm = torch::stack(torch::_foreach_norm(slices(update, gi)));                 // (tensors,)
+            auto trust = torch::where(weight_norm.gt(0).logical_and(update_norm.gt(0)), weight_norm / (update_norm + eps),
+                                      torch::ones_like(weight_norm));
+            auto per_element = (trust * group_lr).index_select(0, f.segment);                         // (numel,)
+            f.param.addcmul_(update, per_element, -1.0);
+        } else {
+            const double c1 = 1 - std::pow(b1, (double) steps_), c2 = 1 - std::pow(b2, (double) steps_);
+            if (g.weight_decay > 0) f.param.mul_(1 - group_lr * g.weight_decay);
+            f.param.addcdiv_(f.exp_avg, (f.exp_avg_sq / c2).sqrt_().add_(eps), -group_lr / c1);
         }
     }
 }
@@ -60,10 +126,12 @@ void Optimizer::step(double lr) {
 TensorMap Optimizer::state() const {
     TensorMap state;
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
+        const auto m = slices(flat_[gi].exp_avg, gi), v = slices(flat_[gi].exp_avg_sq, gi);
         for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
             const std::string key = groups_[gi].name + "." + std::to_string(i);
-            state[key + ".exp_avg"] = exp_avg_[gi][i];
-            state[key + ".exp_avg_sq"] = exp_avg_sq_[gi][i];
+            const auto sizes = groups_[gi].params[i].sizes();
+            state[key + ".exp_avg"] = m[i].view(sizes);
+            state[key + ".exp_avg_sq"] = v[i].view(sizes);
         }
     }
     state["steps"] = torch::full({1}, steps_, torch::kLong);
@@ -73,13 +141,15 @@ TensorMap Optimizer::state() const {
 void Optimizer::load_state(const TensorMap & state, const std::string & source) {
     torch::NoGradGuard no_grad;
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
+        const auto m = slices(flat_[gi].exp_avg, gi), v = slices(flat_[gi].exp_avg_sq, gi);
         for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
             const std::string key = groups_[gi].name + "." + std::to_string(i);
-            for (auto [suffix, target] : {std::make_pair(".exp_avg", &exp_avg_[gi][i]), std::make_pair(".exp_avg_sq", &exp_avg_sq_[gi][i])}) {
+            const auto sizes = groups_[gi].params[i].sizes();
+            for (auto [suffix, target] : {std::make_pair(".exp_avg", m[i]), std::make_pair(".exp_avg_sq", v[i])}) {
                 auto it = state.find(key + suffix);
                 if (it == state.end()) throw FormatError("checkpoint " + source + ": optimizer state " + key + suffix + " is missing");
-                if (it->second.sizes() != target->sizes()) throw FormatError("checkpoint " + source + ": optimizer state " + key + suffix + " has the wrong shape");
-                target->copy_(it->second);
+                if (it->second.sizes() != sizes) throw FormatError("checkpoint " + source + ": optimizer state " + key + suffix + " has the wrong shape");
+                target.copy_(it->second.reshape({-1}));
             }
         }
     }
@@ -101,19 +171,6 @@ std::vector<ParamGroup> make_param_groups(const torch::nn::Module & model, doubl
     std::vector<ParamGroup> groups;
     for (auto * g : {&decay, &no_decay, &gates}) if (!g->params.empty()) groups.push_back(*g);
     return groups;
-}
-
-double clip_gradients(const std::vector<ParamGroup> & groups, double max_norm) {
-    std::vector<torch::Tensor> params;
-    for (const auto & g : groups) for (const auto & p : g.params) if (p.grad().defined()) params.push_back(p);
-    if (params.empty()) return 0.0;
-    if (max_norm <= 0) {
-        torch::NoGradGuard no_grad;
-        double total = 0;
-        for (auto & p : params) total += p.grad().pow(2).sum().item<double>();
-        return std::sqrt(total);
-    }
-    return torch::nn::utils::clip_grad_norm_(params, max_norm);
 }
 
 } // namespace studio

@@ -7,10 +7,6 @@
 #include <unistd.h>
 
 #include <torch/torch.h>
-#include <torch/version.h>
-#if TORCH_VERSION_MAJOR < 2
-#include <torch/csrc/autograd/profiler_legacy.h>
-#endif
 
 #include "device.h"
 #include "lm_batcher.h"
@@ -116,7 +112,7 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
     std::vector<torch::Tensor> memory;
     if (ctx.resume) {
         if (auto latest = run_latest_checkpoint(ctx.run_dir, stage)) {
-            auto loaded = checkpoint_load(latest->path, ctx.rank());
+            auto loaded = checkpoint_load(latest->path, ctx.rank(), ctx.world_size());
             checkpoint_load_model(loaded, *model, false);
             if (!loaded.optimizer.empty()) optimizer.load_state(loaded.optimizer, loaded.path);
             memory = checkpoint_memory(loaded, config.model.num_layers, ctx.device);
@@ -164,18 +160,12 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
     const int64_t stop_at = stop_env && *stop_env ? std::atoll(stop_env) : -1;
     // STUDIO_PROFILE=trace.json records steps 5-14 as a Chrome trace (chrome://tracing) to find the hot spots.
     const char * profile_path = std::getenv("STUDIO_PROFILE");
-#if TORCH_VERSION_MAJOR < 2
-    std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
-#endif
+    TraceRecorder trace;
     while (state.step < total_steps) {
-#if TORCH_VERSION_MAJOR < 2
         if (profile_path && *profile_path && ctx.rank() == 0) {
-            if (state.step == 5) profile = std::make_unique<torch::autograd::profiler::RecordProfile>(profile_path);
-            if (state.step == 15) profile.reset();
+            if (state.step == 5) trace.start(profile_path);
+            if (state.step == 15) trace.stop();
         }
-#else
-        (void) profile_path;
-#endif
         if ((ctx.stop && ctx.stop->load()) || state.step == stop_at) {
             save_checkpoint();
             ctx.event("stage_end", {{"stage", stage}, {"status", "stopped"}});
@@ -212,17 +202,17 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
         }
         optimizer.zero_grad();
         loss.backward();
-        std::vector<torch::Tensor> all_params;
-        for (const auto & g : optimizer.groups()) all_params.insert(all_params.end(), g.params.begin(), g.params.end());
-        if (ctx.comm) ctx.comm->average_gradients(all_params);
+        if (ctx.comm) ctx.comm->average(optimizer.flat_gradients());
+        auto grad_norm_tensor = optimizer.clip_gradients(sc.clip_grad_norm);
         // Every rank logs and judges the same number: the mean cross-entropy over all ranks' (equal) shares.
-        double ce_value = ce.item<double>();
+        auto ce_mean = ce.detach().reshape({1}).to(torch::kFloat);
         if (ctx.comm && ctx.world_size() > 1) {
-            auto total = ce.detach().reshape({1}).to(torch::kFloat).clone();
-            ctx.comm->sum(total);
-            ce_value = total.item<double>() / (double) ctx.world_size();
+            ctx.comm->sum(ce_mean);
+            ce_mean = ce_mean / (double) ctx.world_size();
         }
-        const double grad_norm = clip_gradients(optimizer.groups(), sc.clip_grad_norm);
+        // The step's one read by the host: the loss and the gradient norm, for the log and the NaN check.
+        const auto host_values = torch::cat({ce_mean, grad_norm_tensor.reshape({1}).to(torch::kFloat)}).to(torch::kDouble).cpu();
+        const double ce_value = host_values[0].item<double>(), grad_norm = host_values[1].item<double>();
         if (!std::isfinite(ce_value) || !std::isfinite(grad_norm)) {
             auto latest = run_latest_checkpoint(ctx.run_dir, stage);
             const std::string last_good = latest ? latest->path : std::string("none yet");

@@ -9,6 +9,7 @@
 
 #include <cmath>
 
+#include "bench_train.h"
 #include "checkpoint.h"
 #include "language_model.h"
 #include "lm_batcher.h"
@@ -83,6 +84,18 @@ private Q_SLOTS:
             theirs.step();
             QVERIFY(torch::allclose(a.detach(), b.detach(), 1e-6, 1e-7));
         }
+    }
+
+    void train_flops_follow_the_documented_formula() {
+        // small(): D 8, 2 heads of 4, 4 persistent vectors, 2 layers, T 3 + M 2 = S 5 keys, vocabulary 30 cut at 10.
+        LanguageModel model(small());
+        // A layer: q/k/v/r/o weights 5 x 64, own u/v 16, mem_k/mem_v 64, o bias 8, LayerNorm 16 = 424; r is 64 of it.
+        const double layers = 6.0 * (424 - 64) * 2;
+        const double position = 6.0 * 64 * 2 * 5 / (2 * 3);              // once per segment of 2 x 3 tokens
+        const double head = 6.0 * (64 + 10 * 8 + 8);                     // head projection, shortlist rows, cluster logit
+        const double clusters = 6.0 * (10.0 / 30 * 64 + 20.0 / 30 * (16 + 2 * 8 + 20 * 2)); // input proj.; tail proj. + rows
+        const double attention = 18.0 * 2 * 2 * 4 * 5;
+        QCOMPARE(train_flops_per_token(*model, 2), layers + position + head + clusters + attention);
     }
 
     void optimizer_state_round_trips() {
