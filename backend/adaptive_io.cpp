@@ -67,6 +67,20 @@ torch::Tensor AdaptiveIOImpl::embed(const torch::Tensor & ids, double word_drop)
         if (drop) out = out * row_scale(emb[0].size(0), flat).to(out.dtype());
         return out.view({ids.size(0), ids.size(1), D});
     }
+    if (flat.is_cuda()) {
+        // On a GPU every cluster embeds every token (clamped ids) and a mask keeps the right one: a few wasted small
+        // products, but no nonzero() that stops the host, so the step can be queued ahead and captured in a graph.
+        torch::Tensor out;
+        for (size_t i = 0; i < emb.size(); ++i) {
+            auto in_cluster = (flat >= bounds[i]).logical_and(flat < bounds[i + 1]);                 // (N,)
+            auto local = (flat - bounds[i]).clamp(0, bounds[i + 1] - bounds[i] - 1);
+            auto e = F::embedding(local, emb[i]);                                                    // (N,d_i)
+            if (drop) e = e * row_scale(emb[i].size(0), local).to(e.dtype());
+            auto projected = F::linear(e, in_proj[i]) * in_cluster.unsqueeze(1).to(e.dtype());      // (N,D)
+            out = out.defined() ? out + projected : projected;
+        }
+        return out.view({ids.size(0), ids.size(1), D});
+    }
     auto out = torch::zeros({flat.size(0), D}, emb[0].options());
     for (size_t i = 0; i < emb.size(); ++i) {
         auto in_cluster = (flat >= bounds[i]).logical_and(flat < bounds[i + 1]);

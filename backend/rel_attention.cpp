@@ -1,12 +1,33 @@
 #include "rel_attention.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include <torch/torch.h>
+#include <torch/version.h>
 
 namespace studio {
 
 namespace F = torch::nn::functional;
+
+namespace {
+bool fused_wanted = [] {
+    const char * v = std::getenv("STUDIO_ATTENTION");
+    return !(v && std::strcmp(v, "explicit") == 0);
+}();
+} // namespace
+
+bool fused_attention_available(const torch::Device & device) {
+#if TORCH_VERSION_MAJOR >= 2
+    return device.is_cuda();
+#else
+    (void) device;
+    return false;
+#endif
+}
+void set_fused_attention(bool enabled) { fused_wanted = enabled; }
+bool fused_attention_enabled() { return fused_wanted; }
 
 torch::Tensor rel_shift(const torch::Tensor & x) {
     auto sizes = x.sizes().vec();                                            // (..., T, S)
@@ -58,6 +79,25 @@ int64_t RelativeAttentionImpl::parameters_per_head() const {
     return 5 * dh * D + (options.own_r_bias() ? 2 * dh : 0) + 2 * options.persistent() * dh + (gate ? 1 : 0);
 }
 
+torch::Tensor RelativeAttentionImpl::explicit_attention(const torch::Tensor & q, const torch::Tensor & q_u, const torch::Tensor & k,
+                                                       const torch::Tensor & val, const torch::Tensor & bd, const torch::Tensor & keep,
+                                                       double scale) {
+    const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), S = k.size(2), N = options.persistent();
+    auto ac = torch::matmul(q_u, k.transpose(-1, -2));                                                  // (H,B,T,S)
+    auto scores = ((ac + bd) * scale).to(torch::kFloat).masked_fill(keep.logical_not(), -INFINITY);
+    if (N > 0) {
+        // q . mem_k without the 1/sqrt(dh) factor and without u/v, as the reference computes it.
+        auto persistent_scores = torch::matmul(q.reshape({H, B * T, dh}), mem_k.to(q.dtype()).transpose(-1, -2)); // (H,B*T,N)
+        scores = torch::cat({scores, persistent_scores.view({H, B, T, N}).to(torch::kFloat)}, -1);             // (H,B,T,S+N)
+    }
+    auto probs = F::dropout(torch::softmax(scores, -1), F::DropoutFuncOptions().p(options.attn_drop()).training(is_training()))
+                     .to(val.dtype());
+    if (N == 0) return torch::matmul(probs, val);                                                     // (H,B,T,dh)
+    auto persistent_values = (mem_v * std::sqrt((double) N)).to(val.dtype());                         // (H,N,dh)
+    auto persistent_part = torch::matmul(probs.narrow(-1, S, N).reshape({H, B * T, N}), persistent_values); // (H,B*T,dh)
+    return torch::matmul(probs.narrow(-1, 0, S), val) + persistent_part.view({H, B, T, dh});
+}
+
 AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const torch::Tensor & mem_n, const torch::Tensor & pos,
                                                const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
                                                const GateControl & gates) {
@@ -79,25 +119,34 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     auto r = F::linear(pos, r_weight).view({S, H, dh}).transpose(0, 1);              // (H,S,dh)
     const auto & ub = options.own_r_bias() ? u_bias : u;
     const auto & vb = options.own_r_bias() ? v_bias : v;
-    auto ac = torch::matmul(q + ub.view({H, 1, 1, dh}).to(q.dtype()), k.transpose(-1, -2));           // (H,B,T,S)
     auto q_rows = (q + vb.view({H, 1, 1, dh}).to(q.dtype())).reshape({H, B * T, dh});                // (H,B*T,dh)
     auto bd = rel_shift(torch::matmul(q_rows, r.transpose(-1, -2)).view({H, B, T, S}));               // (H,B,T,S)
-    auto scores = ((ac + bd) * scale).to(torch::kFloat).masked_fill(keep.logical_not(), -INFINITY);
-    if (N > 0) {
-        // q . mem_k without the 1/sqrt(dh) factor and without u/v, as the reference computes it.
-        auto persistent_scores = torch::matmul(q.reshape({H, B * T, dh}), mem_k.to(q.dtype()).transpose(-1, -2)); // (H,B*T,N)
-        scores = torch::cat({scores, persistent_scores.view({H, B, T, N}).to(torch::kFloat)}, -1);             // (H,B,T,S+N)
-    }
-    auto probs = F::dropout(torch::softmax(scores, -1), F::DropoutFuncOptions().p(options.attn_drop()).training(is_training()))
-                     .to(val.dtype());
     torch::Tensor heads;                                                     // (H,B,T,dh)
-    if (N > 0) {
-        auto persistent_values = (mem_v * std::sqrt((double) N)).to(val.dtype());                         // (H,N,dh)
-        auto persistent_part = torch::matmul(probs.narrow(-1, S, N).reshape({H, B * T, N}), persistent_values); // (H,B*T,dh)
-        heads = torch::matmul(probs.narrow(-1, 0, S), val) + persistent_part.view({H, B, T, dh});
-    } else {
-        heads = torch::matmul(probs, val);
+#if TORCH_VERSION_MAJOR >= 2
+    if (fused_wanted && fused_attention_available(x_n.device())) {
+        // One kernel over content and persistent keys with q as the query: u . k_j joins the position term in the
+        // additive bias of the content columns, so the persistent columns (keys mem_k x sqrt(dh), which the
+        // kernel's scale cancels) need no bias at all: q . mem_k, as the reference computes it.
+        auto u_k = torch::matmul(k, ub.view({H, 1, dh, 1}).to(k.dtype())).view({H, B, 1, S});           // (H,B,1,S)
+        auto content_bias = ((bd + u_k) * scale).masked_fill(keep.logical_not(), -INFINITY);          // (H,B,T,S)
+        auto bias = content_bias, keys = k, values = val;
+        if (N > 0) {
+            // Filled slice by slice: cat with broadcast (expanded) operands takes a slow generic kernel.
+            bias = torch::empty({H, B, T, S + N}, content_bias.options());                          // (H,B,T,S+N)
+            bias.narrow(-1, S, N).zero_();
+            bias.narrow(-1, 0, S).copy_(content_bias);
+            keys = torch::empty({H, B, S + N, dh}, k.options());                                      // (H,B,S+N,dh)
+            keys.narrow(2, 0, S).copy_(k);
+            keys.narrow(2, S, N).copy_((mem_k * std::sqrt((double) dh)).to(k.dtype()).unsqueeze(1).expand({H, B, N, dh}));
+            values = torch::empty({H, B, S + N, dh}, val.options());                                  // (H,B,S+N,dh)
+            values.narrow(2, 0, S).copy_(val);
+            values.narrow(2, S, N).copy_((mem_v * std::sqrt((double) N)).to(val.dtype()).unsqueeze(1).expand({H, B, N, dh}));
+        }
+        heads = at::scaled_dot_product_attention(q, keys, values, bias.to(q.dtype()), is_training() ? options.attn_drop() : 0.0,
+                                                 /*is_causal=*/false, scale);
     }
+#endif
+    if (!heads.defined()) heads = explicit_attention(q, q + ub.view({H, 1, 1, dh}).to(q.dtype()), k, val, bd, keep, scale);
     if (gates.enabled && gate) {
         auto sample = gate->forward(gates.noise);
         auto weight = sample.gate;                                           // (H,)

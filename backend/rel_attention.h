@@ -56,8 +56,20 @@ public:
     torch::Tensor mem_k, mem_v;                           ///< (H, N, dh) when persistent > 0
     torch::Tensor o_weight, o_bias;                       ///< (D, H*dh), (D,)
     HardConcreteGate gate{nullptr};
+
+private:
+    /// Scores and probabilities materialised in fp32: the reference computation, and the path on CPU.
+    torch::Tensor explicit_attention(const torch::Tensor & q, const torch::Tensor & q_u, const torch::Tensor & k, const torch::Tensor & val,
+                                     const torch::Tensor & bd, const torch::Tensor & keep, double scale);
 };
 TORCH_MODULE(RelativeAttention);
+
+/// Whether attention may run as one fused kernel call (scaled_dot_product_attention of LibTorch 2 on CUDA, with the
+/// position term and the persistent columns' correction as its additive bias) instead of materialising the fp32
+/// score and probability tensors. On by default where available; STUDIO_ATTENTION=explicit turns it off.
+bool fused_attention_available(const torch::Device & device);
+void set_fused_attention(bool enabled);
+bool fused_attention_enabled();
 
 /// Transformer-XL's relative shift: out[.., i, j] = x[.., i, j + T-1-i] for the valid (unmasked) entries.
 torch::Tensor rel_shift(const torch::Tensor & x);

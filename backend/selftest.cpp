@@ -1,0 +1,100 @@
+// `studio selftest`: numerical checks that need the machine's own device, above all the fused GPU attention
+// against the explicit reference computation (forward and every gradient), which CPU tests cannot reach.
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "commands.h"
+#include "device.h"
+#include "language_model.h"
+#include "rel_attention.h"
+
+namespace studio {
+
+namespace {
+
+struct Outputs {
+    std::vector<torch::Tensor> values;   // the output, then the gradients of the input and of every parameter
+};
+
+Outputs run_attention(RelativeAttention & attention, const torch::Tensor & x, const torch::Tensor & mem, const torch::Tensor & pos,
+                      const torch::Tensor & keep, const torch::Tensor & upstream, const torch::Device & device, bool bf16, bool fused) {
+    set_fused_attention(fused);
+    attention->zero_grad();
+    auto x_leaf = x.detach().clone().requires_grad_(true);
+    torch::Tensor out;
+    {
+        AutocastGuard autocast(device, bf16);
+        out = attention->forward(x_leaf, mem, pos, keep, {}, {}, GateControl{}).out;
+    }
+    (out.to(torch::kFloat) * upstream).sum().backward();
+    Outputs result;
+    result.values.push_back(out.detach().to(torch::kFloat));
+    result.values.push_back(x_leaf.grad().detach().clone());
+    for (auto & p : attention->parameters()) result.values.push_back(p.grad().defined() ? p.grad().detach().clone() : torch::zeros_like(p));
+    return result;
+}
+
+/// Largest error over all tensors, relative to each tensor's largest reference magnitude.
+double worst_error(const Outputs & a, const Outputs & reference) {
+    double worst = 0;
+    for (size_t i = 0; i < a.values.size(); ++i) {
+        const double scale = reference.values[i].abs().max().item<double>() + 1e-12;
+        worst = std::max(worst, (a.values[i] - reference.values[i]).abs().max().item<double>() / scale);
+    }
+    return worst;
+}
+
+} // namespace
+
+int selftest_command(const std::string & device_name) {
+    torch::Device device = torch::kCPU;
+    try {
+        device = device_resolve(device_name);
+    } catch (const std::exception & e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 2;
+    }
+    if (!fused_attention_available(device)) {
+        std::printf("selftest: fused attention is not used on %s with this LibTorch; the explicit path is the CPU tests' subject\n",
+                    device.str().c_str());
+        return 0;
+    }
+    const bool previous = fused_attention_enabled();
+    bool ok = true;
+    torch::manual_seed(7);
+    for (const int64_t persistent : {int64_t(32), int64_t(0)}) {
+        const int64_t D = 64, H = 4, dh = 16, B = 3, T = 8, M = 8;
+        RelativeAttention attention(RelativeAttentionOptions(D, H, dh).persistent(persistent));
+        {
+            torch::NoGradGuard no_grad;
+            attention->u_bias.normal_(0, 0.5);   // non-zero biases: the fused path must remove u . mem_k exactly
+            attention->v_bias.normal_(0, 0.5);
+        }
+        attention->to(device);
+        attention->train();
+        auto options = torch::TensorOptions().device(device);
+        auto x = torch::randn({B, T, D}, options), mem = torch::randn({B, M, D}, options), pos = torch::randn({T + M, D}, options);
+        auto keep = attention_keep_mask(T, M, true, device);
+        auto upstream = torch::randn({B, T, D}, options);
+        auto reference = run_attention(attention, x, mem, pos, keep, upstream, device, false, false);
+        // fp32: the same maths in another order. bf16: the fused error may be at most twice the explicit path's own
+        // bf16 error against fp32 (plus 1e-3), i.e. no worse than rounding already makes it.
+        const double fp32_error = worst_error(run_attention(attention, x, mem, pos, keep, upstream, device, false, true), reference);
+        const double explicit_bf16 = worst_error(run_attention(attention, x, mem, pos, keep, upstream, device, true, false), reference);
+        const double fused_bf16 = worst_error(run_attention(attention, x, mem, pos, keep, upstream, device, true, true), reference);
+        const bool pass_fp32 = fp32_error < 1e-4, pass_bf16 = fused_bf16 <= 2 * explicit_bf16 + 1e-3;
+        std::printf("selftest: attention (%s) fused vs explicit: fp32 max rel. error %.2e (< 1e-4) %s; bf16 %.2e vs explicit bf16 %.2e %s\n",
+                    persistent ? "all-attention, 32 persistent" : "transformer-xl", fp32_error, pass_fp32 ? "ok" : "FAIL", fused_bf16,
+                    explicit_bf16, pass_bf16 ? "ok" : "FAIL");
+        ok = ok && pass_fp32 && pass_bf16;
+    }
+    set_fused_attention(previous);
+    std::printf("selftest: %s\n", ok ? "all checks passed" : "FAILED");
+    return ok ? 0 : 1;
+}
+
+} // namespace studio
