@@ -4,6 +4,8 @@
 //   studio validate CONFIG                                check a config
 //   studio prune RUN_OR_CHECKPOINT [--out DIR]            physically remove closed heads
 //   studio bench SOURCE [...]                             inference speed: dense vs masked vs pruned
+//   studio bench --train CONFIG [...]                     training-step speed, phases, memory, MFU
+//   studio selftest [--device D]                          fused GPU attention against the explicit computation
 //   studio devices [--json]                               CUDA devices this build can use
 #include <cstdio>
 #include <cstring>
@@ -61,7 +63,14 @@ int main(int argc, char ** argv) {
     bench->add_option("--with-loss", bc.with_loss, "1: include the adaptive-softmax loss (the reference's workload), 0: stop before it");
     bench->add_option("--out", bc.out_dir, "Folder for bench.json/csv/md (default: <run>/bench)");
     bench->add_option("--output,-o", bc.format, "stdout format: md, csv or json")->check(CLI::IsMember({"md", "csv", "json"}));
+    bench->add_option("--cuda-graphs", bc.cuda_graphs, "1: replay loss-free CUDA segments as a graph (default), 0: launch eagerly");
+    bench->add_flag("--train", bc.train, "Time training steps (forward, backward, optimizer) of a config's model on random tokens");
+    bench->add_option("--train-variants", bc.train_variants, "With --train: ungated,gated (default both)")->delimiter(',');
+    bench->add_option("--peak-tflops", bc.peak_tflops, "With --train: the device's peak TFLOP/s for MFU (default 790 for cuda bf16)");
 
+    auto * selftest = app.add_subcommand("selftest", "Check the fused GPU attention against the explicit computation");
+    std::string selftest_device = "auto";
+    selftest->add_option("--device", selftest_device, "cpu, cuda or auto");
     auto * devices = app.add_subcommand("devices", "CUDA devices this build and machine can use");
     bool devices_json = false;
     devices->add_flag("--json", devices_json, "Print JSON");
@@ -76,6 +85,7 @@ int main(int argc, char ** argv) {
     if (*prune) return studio::prune_command(prune_source, prune_out);
     if (*bench) return studio::bench_command(bc);
     if (*devices) return studio::devices_command(devices_json);
+    if (*selftest) return studio::selftest_command(selftest_device);
     if (!batch_config.empty()) {
         studio::BatchOptions options;
         options.config_path = batch_config;

@@ -2,14 +2,22 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include <unistd.h>
 
 #include <torch/torch.h>
+#ifdef STUDIO_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
+#include "bench_train.h"
 #include "checkpoint.h"
 #include "device.h"
 #include "events.h"
@@ -138,18 +146,46 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                     auto input = ids.narrow(1, 0, shape.tgt_len);
                     auto target = bench.with_loss ? ids.narrow(1, 1, shape.tgt_len) : torch::Tensor();
                     std::vector<torch::Tensor> memory;
-                    auto step = [&]() {
+                    std::function<void()> step = [&]() {
                         auto out = m.model->forward(input, target, memory, m.gates);
                         memory = out.memory;
                     };
-                    for (int64_t w = 0; w < bench.warmup; ++w) step();
+                    for (int64_t w = 0; w < std::max<int64_t>(bench.warmup, device.is_cuda() ? 1 : 0); ++w) step();
+#ifdef STUDIO_CUDA
+                    // Without the loss a segment has static shapes: capture it once and replay it, so small batches
+                    // measure the GPU rather than the host's kernel launches (the reference's batch-4 problem).
+                    std::unique_ptr<at::cuda::CUDAGraph> graph;
+                    if (device.is_cuda() && !bench.with_loss && bench.cuda_graphs) {
+                        graph = std::make_unique<at::cuda::CUDAGraph>();
+                        auto side = c10::cuda::getStreamFromPool();
+                        side.synchronize();
+                        {
+                            c10::cuda::CUDAStreamGuard on_side(side);
+                            graph->capture_begin();
+                            auto out = m.model->forward(input, target, memory, m.gates);
+                            for (size_t l = 0; l < memory.size(); ++l) memory[l].copy_(out.memory[l]); // memory carried in place
+                            graph->capture_end();
+                        }
+                        side.synchronize();
+                        row.cuda_graph = true;
+                    }
+                    if (graph) step = [&]() { graph->replay(); };
+                    for (int64_t w = 0; graph && w < bench.warmup; ++w) step();
+#endif
                     DeviceTimer timer(device);
                     for (int64_t r = 0; r < bench.repetitions; ++r) {
                         timer.start();
                         for (int64_t s = 0; s < bench.steps; ++s) step();
                         row.samples_ms.push_back(timer.stop_ms() / (double) bench.steps);
                     }
-                    bench_summarise(row);
+                    if (const char * trace_path = std::getenv("STUDIO_PROFILE"); trace_path && *trace_path && rows.empty()) {
+                        TraceRecorder trace;   // STUDIO_PROFILE=trace.json: three more steps of the first row
+                        trace.start(trace_path);
+                        for (int s = 0; s < 3; ++s) step();
+                        device_synchronize(device);
+                        trace.stop();
+                    }
+                    summarise_samples(row);
                     if (verbose) std::fprintf(stderr, "[bench] %-12s %-4s %-5s batch %4lld: %.3f ms/step\n", row.variant.c_str(), device_name.c_str(),
                                               dtype_name.c_str(), (long long) batch, row.median_ms);
                     rows.push_back(row);
@@ -189,6 +225,51 @@ void bench_run_stage(RunContext & ctx) {
     std::fprintf(stderr, "%s", bench_markdown(rows).c_str());
 }
 
+namespace {
+int bench_train_command(const BenchCommand & command, const Config & config, bool from_run) {
+    TrainBenchOptions options;
+    if (!command.train_variants.empty()) options.variants = command.train_variants;
+    for (const auto & v : options.variants) {
+        if (v != "ungated" && v != "gated") {
+            std::fprintf(stderr, "bench error: --train-variants: \"%s\" is not one of ungated, gated\n", v.c_str());
+            return 2;
+        }
+    }
+    if (from_run) {
+        std::fprintf(stderr, "bench error: --train measures a config's model on random tokens; give a config file, not a run folder\n");
+        return 2;
+    }
+    try {
+        std::vector<TrainBenchRow> rows;
+        for (const auto & dtype : config.bench.dtypes) {
+            for (const auto & device : config.bench.devices) {
+                Config one = config;
+                one.bench.dtypes = {dtype};
+                one.bench.devices = {device};
+                TrainBenchOptions o = options;
+                o.peak_tflops = command.peak_tflops >= 0 ? command.peak_tflops : (device == "cuda" && dtype == "bf16" ? 790.0 : 0.0);
+                auto part = bench_train_measure(one, o, true);
+                rows.insert(rows.end(), part.begin(), part.end());
+            }
+        }
+        const std::string out_dir = !command.out_dir.empty() ? command.out_dir : (fs::path(config.runs_dir) / config.name / "bench").string();
+        fs::create_directories(out_dir);
+        file_write_atomic((fs::path(out_dir) / "train-bench.json").string(),
+                          json{{"meta", bench_meta(command.source)}, {"rows", train_bench_json(rows)}}.dump(2));
+        file_write_atomic((fs::path(out_dir) / "train-bench.csv").string(), train_bench_csv(rows));
+        file_write_atomic((fs::path(out_dir) / "train-bench.md").string(), train_bench_markdown(rows));
+        if (command.format == "csv") std::printf("%s", train_bench_csv(rows).c_str());
+        else if (command.format == "json") std::printf("%s\n", train_bench_json(rows).dump(2).c_str());
+        else std::printf("%s", train_bench_markdown(rows).c_str());
+        std::fprintf(stderr, "written to %s/train-bench.{md,csv,json}\n", out_dir.c_str());
+        return 0;
+    } catch (const std::exception & e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}
+} // namespace
+
 int bench_command(const BenchCommand & command) {
     Config config;
     bool from_run = false;
@@ -207,6 +288,7 @@ int bench_command(const BenchCommand & command) {
         if (command.steps > 0) config.bench.steps = command.steps;
         if (command.warmup >= 0) config.bench.warmup = command.warmup;
         if (command.with_loss >= 0) config.bench.with_loss = command.with_loss == 1;
+        if (command.cuda_graphs >= 0) config.bench.cuda_graphs = command.cuda_graphs == 1;
         config = config_from_json(config_to_json(config)); // re-validate the overridden values
         for (const auto & d : config.bench.devices) {
             if (d == "cuda" && cuda_device_count() == 0) throw ConfigError("bench error: --devices cuda: this build or machine has no CUDA GPU");
@@ -215,6 +297,7 @@ int bench_command(const BenchCommand & command) {
         std::fprintf(stderr, "%s\n", e.what());
         return 2;
     }
+    if (command.train) return bench_train_command(command, config, from_run);
     try {
         auto models = from_run ? bench_models_from_run(command.source, config) : bench_models_from_config(config);
         auto rows = bench_measure(models, config.bench, config.model, true);

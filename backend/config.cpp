@@ -407,6 +407,7 @@ Config config_from_json(const json & j) {
         b.read("warmup", c.bench.warmup);
         b.read("repetitions", c.bench.repetitions);
         b.read("with_loss", c.bench.with_loss);
+        b.read("cuda_graphs", c.bench.cuda_graphs);
         b.finish();
         if (c.bench.batch_sizes.empty()) fail("bench.batch_sizes", "must list at least one batch size");
         for (auto bs : c.bench.batch_sizes) if (bs <= 0) fail("bench.batch_sizes", "every batch size must be at least 1");
@@ -540,7 +541,7 @@ json config_to_json(const Config & c) {
     j["eval"] = {{"batch_size", c.eval.batch_size}, {"splits", c.eval.splits}};
     j["bench"] = {{"batch_sizes", c.bench.batch_sizes}, {"dtypes", c.bench.dtypes}, {"devices", c.bench.devices},
                   {"variants", c.bench.variants}, {"head_lists", c.bench.head_lists}, {"steps", c.bench.steps},
-                  {"warmup", c.bench.warmup}, {"repetitions", c.bench.repetitions}, {"with_loss", c.bench.with_loss}};
+                  {"warmup", c.bench.warmup}, {"repetitions", c.bench.repetitions}, {"with_loss", c.bench.with_loss}, {"cuda_graphs", c.bench.cuda_graphs}};
     return j;
 }
 

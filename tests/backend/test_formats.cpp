@@ -134,7 +134,7 @@ private Q_SLOTS:
         studio::BenchRow dense, pruned;
         dense.variant = "dense"; dense.layer_params = 200; dense.batch = 4; dense.tgt_len = 10; dense.samples_ms = {10, 12, 11};
         pruned.variant = "pruned"; pruned.layer_params = 100; pruned.batch = 4; pruned.tgt_len = 10; pruned.samples_ms = {6, 5.5, 5};
-        for (auto * r : {&dense, &pruned}) { r->dtype = "fp32"; r->device = "cpu"; studio::bench_summarise(*r); }
+        for (auto * r : {&dense, &pruned}) { r->dtype = "fp32"; r->device = "cpu"; studio::summarise_samples(*r); }
         QCOMPARE(dense.median_ms, 11.0);
         QCOMPARE(dense.tokens_per_s, 40 / 0.011);
         std::vector<studio::BenchRow> rows{dense, pruned};
@@ -145,6 +145,22 @@ private Q_SLOTS:
         const std::string md = studio::bench_markdown(rows);
         QVERIFY(md.find("| pruned | 0 | 0.00M | 4 | fp32 | cpu | yes | 5.500 | 5.100-5.900 |") != std::string::npos);
         QVERIFY(studio::bench_csv(rows).rfind("variant,heads_kept,layer_params,batch", 0) == 0);
+
+        // Training rows: the same statistics; the optimizer's share is of the three phases; MFU only when known.
+        studio::TrainBenchRow train;
+        train.variant = "gated"; train.batch = 2; train.tgt_len = 100; train.dtype = "bf16"; train.device = "cuda";
+        train.samples_ms = {20, 30, 25};
+        studio::summarise_samples(train);
+        QCOMPARE(train.median_ms, 25.0);
+        QCOMPARE(train.tokens_per_s, 8000.0);
+        train.forward_ms = 6; train.backward_ms = 12; train.optimizer_ms = 2; train.peak_memory_gb = 1.25; train.tflops = 3.2; train.mfu = 0.004;
+        const std::string train_md = studio::train_bench_markdown({train});
+        QVERIFY2(train_md.find("| gated | 2 | bf16 | cuda | 25.00 | 21.00-29.00 | 8000 | 6.00 | 12.00 | 2.00 (10.0%) | 1.2 | 3.2 | 0.4% |") != std::string::npos,
+                 train_md.c_str());
+        train.mfu = 0;
+        QVERIFY(studio::train_bench_markdown({train}).find("| 3.2 | n/a |") != std::string::npos);
+        QVERIFY(studio::train_bench_csv({train}).rfind("variant,batch,tgt_len,mem_len,dtype,device,median_ms", 0) == 0);
+        QCOMPARE(studio::train_bench_json({train})[0]["optimizer_ms"].get<double>(), 2.0);
     }
 };
 

@@ -1,0 +1,155 @@
+#include "bench_train.h"
+
+#include <cstdio>
+#include <cstdlib>
+
+#include <torch/torch.h>
+
+#include "device.h"
+#include "language_model.h"
+#include "optimizer.h"
+
+namespace studio {
+
+double train_flops_per_token(const LanguageModelImpl & model, int64_t batch) {
+    const auto & c = model.config;
+    const auto counts = model.parameter_counts();
+    const int64_t S = c.tgt_len + c.mem_len, dh = c.resolved_head_dim();
+    double position = 0, heads_dims = 0;
+    for (const auto & layer : model.layer_list) {
+        position += (double) layer->attention->r_weight.numel();
+        heads_dims += (double) (layer->attention->options.num_heads() * dh);
+    }
+    double per_token_params = (double) (counts.layers - counts.gates) - position;
+    const auto & io = *model.io;
+    const double V = (double) c.vocab_size;
+    if (io.in_proj.empty()) {
+        per_token_params += (double) io.out_weight[0].numel();
+    } else {
+        per_token_params += (double) (io.out_head_proj.numel() + io.out_weight[0].numel() + io.cluster_weight.numel());
+        for (size_t i = 0; i < io.emb.size(); ++i) {
+            const double share = (double) (io.bounds[i + 1] - io.bounds[i]) / V;   // uniform random tokens
+            per_token_params += share * (double) io.in_proj[i].numel();
+            if (i > 0) per_token_params += share * (double) (io.widths[i] * c.hidden_dim + io.out_weight[i].numel());
+        }
+    }
+    const double tokens = (double) (batch * c.tgt_len);
+    return 6.0 * per_token_params + 6.0 * position * (double) S / tokens + 18.0 * heads_dims * (double) S;
+}
+
+namespace {
+
+// One training step cut into its phases; `mark` runs between them (a timer in the phase run, nothing otherwise).
+template <typename Mark>
+void train_step(LanguageModelImpl & model, Optimizer & optimizer, const torch::Tensor & ids, std::vector<torch::Tensor> & memory,
+                GateSettings gates, double l0_coefficient, const torch::Device & device, bool bf16, uint64_t step, Mark mark) {
+    const int64_t T = model.config.tgt_len;
+    gates.noise_seed = mix_seed(1, 2, step);
+    torch::Tensor loss;
+    {
+        AutocastGuard autocast(device, bf16);
+        auto out = model.forward(ids.narrow(1, 0, T), ids.narrow(1, 1, T), memory, gates);
+        memory = out.memory;
+        loss = -out.target_log_prob.mean();
+    }
+    if (gates.enabled) loss = loss + l0_coefficient * model.l0();
+    mark(0);
+    optimizer.zero_grad();
+    loss.backward();
+    mark(1);
+    optimizer.clip_gradients(0.5);
+    optimizer.step(1e-3);
+    mark(2);
+}
+
+} // namespace
+
+std::vector<TrainBenchRow> bench_train_measure(const Config & config, const TrainBenchOptions & options, bool verbose) {
+    if (config.model.vocab_size <= 0) throw ConfigError("config error: model.vocab_size: set it to bench random tokens (no dataset is read)");
+    std::vector<TrainBenchRow> rows;
+    for (const auto & device_name : config.bench.devices) {
+        const torch::Device device = device_resolve(device_name);
+        for (const auto & dtype_name : config.bench.dtypes) {
+            const bool bf16 = dtype_name == "bf16";
+            for (const auto & variant : options.variants) {
+                const bool gated = variant == "gated";
+                for (auto batch : config.bench.batch_sizes) {
+                    torch::manual_seed(1234);
+                    ModelConfig model_config = config.model;
+                    model_config.head_gates = gated;
+                    LanguageModel model(model_config);
+                    model->to(device);
+                    model->train();
+                    if (gated) {
+                        model->configure_gates(HardConcreteGateOptions(1).init_log_alpha(config.gate.init_log_alpha).beta(config.gate.beta)
+                                                   .gamma(config.gate.gamma).zeta(config.gate.zeta));
+                    }
+                    Optimizer optimizer(config.train.optimizer, make_param_groups(*model, config.train.optimizer.weight_decay, 10.0));
+                    GateSettings gates;
+                    gates.enabled = gated;
+                    gates.output_scaling = gated && config.gate.output_scaling;
+                    const int64_t T = model_config.tgt_len;
+                    auto ids = torch::randint(0, model_config.vocab_size, {4, batch, T + 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
+                    std::vector<torch::Tensor> memory;
+                    uint64_t step = 0;
+                    auto no_mark = [](int) {};
+                    auto next_ids = [&]() { return ids[(int64_t) (step % 4)]; };
+
+                    TrainBenchRow row;
+                    row.variant = variant;
+                    row.batch = batch;
+                    row.tgt_len = T;
+                    row.mem_len = model_config.mem_len;
+                    row.dtype = dtype_name;
+                    row.device = device_name;
+                    for (int64_t w = 0; w < config.bench.warmup; ++w, ++step) {
+                        train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, no_mark);
+                    }
+                    device_reset_peak_memory(device);
+                    DeviceTimer timer(device);
+                    for (int64_t r = 0; r < config.bench.repetitions; ++r) {
+                        timer.start();
+                        for (int64_t s = 0; s < config.bench.steps; ++s, ++step) {
+                            train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, no_mark);
+                        }
+                        row.samples_ms.push_back(timer.stop_ms() / (double) config.bench.steps);
+                    }
+                    row.peak_memory_gb = (double) device_peak_memory(device) / 1e9;
+                    // The phases, each timed to its end: the host waits between them, so their sum exceeds the step.
+                    std::vector<double> phase_ms[3];
+                    for (int64_t s = 0; s < config.bench.steps; ++s, ++step) {
+                        timer.start();
+                        train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, [&](int phase) {
+                            phase_ms[phase].push_back(timer.stop_ms());
+                            timer.start();
+                        });
+                        (void) timer.stop_ms();
+                    }
+                    // STUDIO_PROFILE=trace.json: three more steps of the first row, recorded as a Chrome trace.
+                    if (const char * trace_path = std::getenv("STUDIO_PROFILE"); trace_path && *trace_path && rows.empty()) {
+                        TraceRecorder trace;
+                        trace.start(trace_path);
+                        for (int s = 0; s < 3; ++s, ++step) train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, no_mark);
+                        device_synchronize(device);
+                        trace.stop();
+                    }
+                    summarise_samples(row);
+                    row.forward_ms = sample_stats(phase_ms[0]).median;
+                    row.backward_ms = sample_stats(phase_ms[1]).median;
+                    row.optimizer_ms = sample_stats(phase_ms[2]).median;
+                    row.flops_per_token = train_flops_per_token(*model, batch);
+                    row.tflops = row.flops_per_token * row.tokens_per_s / 1e12;
+                    row.mfu = options.peak_tflops > 0 ? row.tflops / options.peak_tflops : 0.0;
+                    if (verbose) {
+                        std::fprintf(stderr, "[bench --train] %-8s %-4s %-5s batch %4lld: %.2f ms/step, %.0f tokens/s\n", variant.c_str(),
+                                     device_name.c_str(), dtype_name.c_str(), (long long) batch, row.median_ms, row.tokens_per_s);
+                    }
+                    rows.push_back(row);
+                }
+            }
+        }
+    }
+    return rows;
+}
+
+} // namespace studio
