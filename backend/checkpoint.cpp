@@ -90,7 +90,7 @@ std::string checkpoint_commit(const std::string & run_dir, const std::string & s
     return final_path;
 }
 
-LoadedCheckpoint checkpoint_load(const std::string & path, int64_t rank) {
+LoadedCheckpoint checkpoint_load(const std::string & path, int64_t rank, int64_t world_size) {
     LoadedCheckpoint c;
     c.path = path;
     const std::string state_path = (fs::path(path) / "state.json").string();
@@ -125,7 +125,30 @@ LoadedCheckpoint checkpoint_load(const std::string & path, int64_t rank) {
     };
     read_verified("model.safetensors", c.model, true);
     read_verified("optimizer.safetensors", c.optimizer, false);
-    if (rank >= 0) read_verified("memory-rank" + std::to_string(rank) + ".safetensors", c.memory, false);
+    if (rank >= 0) {
+        // The memory rows of all ranks, in rank order, are the global batch's: re-cut them for this world size, so a
+        // run resumes on any number of ranks that divides its batch.
+        std::vector<TensorMap> shards;
+        for (int64_t r = 0; fs::exists(fs::path(path) / ("memory-rank" + std::to_string(r) + ".safetensors")); ++r) {
+            shards.emplace_back();
+            read_verified("memory-rank" + std::to_string(r) + ".safetensors", shards.back(), true);
+        }
+        for (const auto & [name, first] : shards.empty() ? TensorMap{} : shards[0]) {
+            std::vector<torch::Tensor> parts;
+            for (const auto & shard : shards) {
+                auto it = shard.find(name);
+                if (it == shard.end()) throw FormatError("checkpoint " + path + ": memory " + name + " is missing from a rank's file");
+                parts.push_back(it->second);
+            }
+            auto rows = torch::cat(parts, 0);                                   // (B,M,D), the global batch
+            if (rows.size(0) % world_size != 0) {
+                throw FormatError("checkpoint " + path + ": its memory holds " + std::to_string(rows.size(0)) + " rows, which " +
+                                  std::to_string(world_size) + " ranks cannot share evenly; resume with a world size that divides the batch");
+            }
+            const int64_t per_rank = rows.size(0) / world_size;
+            c.memory[name] = rows.narrow(0, rank * per_rank, per_rank).clone();
+        }
+    }
     return c;
 }
 

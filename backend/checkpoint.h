@@ -48,8 +48,9 @@ void checkpoint_write_memory(const std::string & staging, int64_t rank, const st
 /// oldest checkpoints of the stage beyond `keep`. Returns the final path.
 std::string checkpoint_commit(const std::string & run_dir, const std::string & staging, const LanguageModelImpl & model,
                               const Optimizer * optimizer, const TrainingState & state, int64_t keep);
-/// Reads and verifies a checkpoint (checksums, formats); `rank` selects the memory file (-1 = none).
-LoadedCheckpoint checkpoint_load(const std::string & path, int64_t rank = -1);
+/// Reads and verifies a checkpoint (checksums, formats). With rank >= 0 it also reads the memory, cut for `rank` of
+/// `world_size` ranks (whatever world size wrote it).
+LoadedCheckpoint checkpoint_load(const std::string & path, int64_t rank = -1, int64_t world_size = 1);
 /// Refuses a checkpoint whose architecture differs from `config`, naming the first difference, e.g.
 /// "checkpoint runs/x/checkpoints/train-00000400: layer 3 has 5 heads, config says 8". Gates may differ.
 void checkpoint_check_model(const LoadedCheckpoint & checkpoint, const ModelConfig & config);

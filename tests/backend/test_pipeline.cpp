@@ -49,6 +49,15 @@ json tiny_config(const std::string & name) {
             {"eval", {{"batch_size", 64}, {"splits", {"valid"}}}}};
 }
 
+// 20 steps without dropout: N ranks with B/N rows each must then follow one rank with B rows.
+json ranks_config() {
+    json config = tiny_config("ranks");
+    config["train"]["steps"] = 20;
+    config["train"]["checkpoint_interval"] = 10;
+    for (const char * p : {"attn_drop", "proj_drop", "input_drop", "output_drop", "word_drop"}) config["model"][p] = 0.0;
+    return config;
+}
+
 QString write_config(const QTemporaryDir & dir, const json & config) {
     const QString path = dir.path() + "/" + QString::fromStdString(config["name"].get<std::string>()) + ".json";
     std::ofstream(path.toStdString()) << config.dump(2);
@@ -155,10 +164,7 @@ private Q_SLOTS:
 
     void two_gloo_ranks_follow_one_rank() {
         // Ranks started by hand with torchrun's variables (not studio's own spawner), batch 4 split 2 + 2.
-        json config = tiny_config("ranks");
-        config["train"]["steps"] = 20;
-        config["train"]["checkpoint_interval"] = 10;
-        for (const char * p : {"attn_drop", "proj_drop", "input_drop", "output_drop", "word_drop"}) config["model"][p] = 0.0;
+        json config = ranks_config();
         const QString path = write_config(dir, config);
         const QString one = dir.path() + "/one-rank", two = dir.path() + "/two-ranks";
         QCOMPARE(studio_run({"--batch", path, "--run-dir", one, "--no-progress"}).code, 0);
@@ -180,6 +186,29 @@ private Q_SLOTS:
         QVERIFY2(r.code == 0, qPrintable(r.err));
         auto c = losses(spawned, "train");
         for (auto & [step, loss] : a) QVERIFY2(std::abs(loss - c[step]) <= 1e-5, qPrintable(QString("spawned step %1").arg(step)));
+    }
+
+    void resume_with_another_world_size() {
+        // 2 ranks stop at step 10 and 1 rank finishes, and the other way round; the memory rows are re-cut, so every
+        // step still follows the single-rank run of two_gloo_ranks_follow_one_rank (dropout off).
+        json config = ranks_config();
+        const QString one = dir.path() + "/one-rank";
+        if (!QFile::exists(one + "/events.jsonl")) QCOMPARE(studio_run({"--batch", write_config(dir, config), "--run-dir", one, "--no-progress"}).code, 0);
+        auto a = losses(one, "train");
+        for (const auto & [first, second] : {std::make_pair(2, 1), std::make_pair(1, 2)}) {
+            const QString run = dir.path() + QString("/resize-%1-%2").arg(first).arg(second);
+            config["gpus"] = first;
+            auto stopped = studio_run({"--batch", write_config(dir, config), "--run-dir", run, "--no-progress"}, {{"STUDIO_STOP_AT_STEP", "10"}});
+            QVERIFY2(stopped.code == 3, qPrintable(stopped.err));
+            config["gpus"] = second;
+            auto resumed = studio_run({"--batch", write_config(dir, config), "--run-dir", run, "--resume", "--no-progress"});
+            QVERIFY2(resumed.code == 0, qPrintable(resumed.err));
+            auto d = losses(run, "train");
+            QCOMPARE((int) d.size(), 20);
+            for (auto & [step, loss] : a) {
+                QVERIFY2(std::abs(loss - d[step]) <= 1e-5, qPrintable(QString("%1 -> %2 ranks, step %3: %4 vs %5").arg(first).arg(second).arg(step).arg(loss).arg(d[step])));
+            }
+        }
     }
 
     void a_dead_rank_stops_the_others() {
@@ -205,6 +234,24 @@ private Q_SLOTS:
         const QString last = run + "/checkpoints/" + left.last();
         auto state = json::parse(std::ifstream((last + "/state.json").toStdString()));
         for (auto it = state["manifest"].begin(); it != state["manifest"].end(); ++it) QVERIFY(QFile::exists(last + "/" + QString::fromStdString(it.key())));
+    }
+
+    void bench_train_measures_both_variants() {
+        json config = tiny_config("train-bench");
+        config["model"]["vocab_size"] = 200;
+        config["model"]["cutoffs"] = {50, 100};
+        config["bench"] = {{"batch_sizes", {2}}, {"devices", {"cpu"}}, {"dtypes", {"fp32"}}, {"steps", 2}, {"warmup", 1}, {"repetitions", 2}};
+        const QString path = write_config(dir, config), out = dir.path() + "/train-bench";
+        auto r = studio_run({"bench", "--train", path, "--out", out, "-o", "csv"});
+        QVERIFY2(r.code == 0, qPrintable(r.err));
+        const QStringList lines = r.out.trimmed().split('\n');
+        QCOMPARE(lines.size(), 3);
+        QVERIFY(lines[1].startsWith("ungated,2,8,8,fp32,cpu,"));
+        QVERIFY(lines[2].startsWith("gated,2,8,8,fp32,cpu,"));
+        for (const char * f : {"/train-bench.md", "/train-bench.csv", "/train-bench.json"}) QVERIFY(QFile::exists(out + f));
+        auto bad = studio_run({"bench", "--train", path, "--train-variants", "masked"});
+        QCOMPARE(bad.code, 2);
+        QCOMPARE(bad.err.trimmed(), QString("bench error: --train-variants: \"masked\" is not one of ungated, gated"));
     }
 
     void non_finite_loss_stops_with_the_step() {
