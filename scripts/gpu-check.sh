@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|train|bench|gate|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|numerics|multigpu|train|bench|gate|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -69,10 +69,95 @@ PY
   done
 }
 
+# Inference speed of the reference shapes with random weights ([bench] 2-4): with the loss (eager) and without it
+# (one CUDA graph per segment).
 bench() {
-  log "bench wt103 reference shapes, random weights"
-  $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --batch-sizes 1,4,32,128 --dtypes fp32,bf16 \
-    --out "$OUT/bench-wt103" 2>>"$OUT/bench.log" | tee "$OUT/bench-wt103.md"
+  log "bench wt103 reference shapes, random weights, with loss"
+  $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --batch-sizes "${BENCH_BATCHES:-1,4,32,128}" --dtypes "${BENCH_DTYPES:-fp32,bf16}" \
+    --with-loss 1 --out "$OUT/bench-wt103" 2>>"$OUT/bench.log" | tee "$OUT/bench-wt103.md"
+  log "bench wt103 reference shapes, random weights, no loss, CUDA graphs"
+  $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --batch-sizes "${BENCH_BATCHES:-1,4,32,128}" --dtypes "${BENCH_DTYPES:-fp32,bf16}" \
+    --with-loss 0 --out "$OUT/bench-wt103-noloss" 2>>"$OUT/bench.log" | tee "$OUT/bench-wt103-noloss.md"
+}
+
+# The fused GPU attention against the explicit computation, forward and gradients, fp32 and bf16.
+selftest() {
+  log "selftest"
+  $STUDIO selftest --device cuda 2>&1 | tee -a "$OUT/summary.txt"
+  return "${PIPESTATUS[0]}"
+}
+
+# Training-step speed of the reference config on random tokens (issue [gpu-speed] 1-2).
+trainbench() {
+  log "bench --train wt103-all-16l, random tokens, batches ${TRAIN_BATCHES:-24,64,128}"
+  $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 --batch-sizes "${TRAIN_BATCHES:-24,64,128}" \
+    --steps 10 --warmup 3 -r 5 --out "$OUT/train-bench" 2>>"$OUT/train-bench.log" | tee -a "$OUT/summary.txt"
+}
+
+# Kernel-time breakdowns of three training steps (batch 24) and three inference segments (batch 32, no loss).
+profile() {
+  log "profile: training step, batch 24, bf16"
+  STUDIO_PROFILE=/tmp/train-trace.json $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 \
+    --batch-sizes 24 --train-variants ungated --steps 3 --warmup 3 -r 1 --out /tmp/pt > /dev/null 2>&1
+  python3 scripts/trace_summary.py /tmp/train-trace.json --top 30 | tee -a "$OUT/summary.txt"
+  log "profile: inference segment, batch 32, bf16, no loss, eager"
+  STUDIO_PROFILE=/tmp/infer-trace.json $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 --batch-sizes 32 \
+    --variants dense --with-loss 0 --cuda-graphs 0 --steps 3 --warmup 2 -r 1 --out /tmp/pi > /dev/null 2>&1
+  python3 scripts/trace_summary.py /tmp/infer-trace.json --top 20 | tee -a "$OUT/summary.txt"
+}
+
+# First 200 steps on the GPU in bf16 and fp32 against the CPU's fp32 losses of the same seed and data ([gpu-speed] 3).
+numerics() {
+  for precision in bf16 fp32; do
+    python3 - "$precision" <<'PY'
+import json, sys
+c = json.load(open("configs/numerics_check.json"))
+c["device"] = "cuda"; c["precision"] = sys.argv[1]
+json.dump(c, open("/tmp/numerics-%s.json" % sys.argv[1], "w"))
+PY
+    rm -rf runs-gpu/numerics-$precision
+    $STUDIO --batch /tmp/numerics-$precision.json --run-dir runs-gpu/numerics-$precision --no-progress > /dev/null 2>&1
+    cp runs-gpu/numerics-$precision/events.jsonl "$OUT/numerics-$precision-events.jsonl"
+  done
+  python3 scripts/compare_losses.py tests/data/numerics-cpu-fp32.json runs-gpu/numerics-fp32/events.jsonl --label "gpu fp32 vs cpu fp32" | tee -a "$OUT/summary.txt"
+  python3 scripts/compare_losses.py runs-gpu/numerics-fp32/events.jsonl runs-gpu/numerics-bf16/events.jsonl --label "gpu bf16 vs gpu fp32" | tee -a "$OUT/summary.txt"
+  python3 scripts/compare_losses.py tests/data/numerics-cpu-fp32.json runs-gpu/numerics-bf16/events.jsonl --label "gpu bf16 vs cpu fp32" \
+    --max-abs "${NUMERICS_MAX:-0.1}" --mean-abs "${NUMERICS_MEAN:-0.03}" | tee -a "$OUT/summary.txt"
+  return "${PIPESTATUS[0]}"
+}
+
+# Two GPUs ([multi-gpu] 3 and 6): 2 x 24 follows 1 x 48 (no dropout, bf16), and tokens/s of 2 x 24 vs 1 x 24.
+multigpu() {
+  local gpus; gpus=$(python3 -c 'import torch;print(torch.cuda.device_count())')
+  if [ "$gpus" -lt 2 ]; then log "multigpu: skipped, $gpus GPU"; return 0; fi
+  local steps=${MULTI_STEPS:-150}
+  for case in "agree-1:1:48:0" "agree-2:2:48:0" "speed-1:1:24:1" "speed-2:2:48:1"; do
+    IFS=: read -r name ranks batch dropout <<< "$case"
+    python3 - "$name" "$ranks" "$batch" "$dropout" "$steps" <<'PY'
+import json, sys
+name, ranks, batch, dropout, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5])
+c = json.load(open("configs/wt2_all_16l_train.json"))
+c["name"] = "multigpu-" + name; c["gpus"] = ranks; c["stages"] = ["train"]
+t = c["train"]; t.pop("epochs", None); t["steps"] = steps; t["batch_size"] = batch
+t["log_interval"] = 1 if name.startswith("agree") else 25; t["eval_interval"] = 0; t["checkpoint_interval"] = 0
+if not dropout:
+    for k in ("attn_drop", "proj_drop", "input_drop", "output_drop", "word_drop"): c["model"][k] = 0.0
+json.dump(c, open("/tmp/multigpu-%s.json" % name, "w"))
+PY
+    rm -rf runs-gpu/multigpu-$name
+    log "multigpu $name: $ranks GPU(s), global batch $batch, dropout $dropout, $steps steps"
+    $STUDIO --batch /tmp/multigpu-$name.json --run-dir runs-gpu/multigpu-$name --no-progress 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
+    cp runs-gpu/multigpu-$name/events.jsonl "$OUT/multigpu-$name-events.jsonl"
+  done
+  python3 scripts/compare_losses.py runs-gpu/multigpu-agree-1/events.jsonl runs-gpu/multigpu-agree-2/events.jsonl --label "2x24 vs 1x48 bf16" | tee -a "$OUT/summary.txt"
+  python3 - runs-gpu/multigpu-speed-1/events.jsonl runs-gpu/multigpu-speed-2/events.jsonl <<'PY' | tee -a "$OUT/summary.txt"
+import json, statistics, sys
+def tps(path):
+    ev = [json.loads(l) for l in open(path) if l.strip()]
+    return statistics.median([e["tokens_per_s"] for e in ev if e["event"] == "train"][1:])
+one, two = tps(sys.argv[1]), tps(sys.argv[2])
+print("scaling: 1 GPU x 24: %.0f tokens/s; 2 GPUs x 24: %.0f tokens/s; %.2fx" % (one, two, two / one))
+PY
 }
 
 status=0
@@ -80,7 +165,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && train && bench || status=1 ;;
-    build|smoke|train|gate|bench) $step || status=1 ;;
+    build|smoke|train|gate|bench|selftest|trainbench|numerics|multigpu|profile) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
