@@ -131,16 +131,12 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         auto content_bias = ((bd + u_k) * scale).masked_fill(keep.logical_not(), -INFINITY);          // (H,B,T,S)
         auto bias = content_bias, keys = k, values = val;
         if (N > 0) {
-            // Filled slice by slice: cat with broadcast (expanded) operands takes a slow generic kernel.
-            bias = torch::empty({H, B, T, S + N}, content_bias.options());                          // (H,B,T,S+N)
-            bias.narrow(-1, S, N).zero_();
-            bias.narrow(-1, 0, S).copy_(content_bias);
-            keys = torch::empty({H, B, S + N, dh}, k.options());                                      // (H,B,S+N,dh)
-            keys.narrow(2, 0, S).copy_(k);
-            keys.narrow(2, S, N).copy_((mem_k * std::sqrt((double) dh)).to(k.dtype()).unsqueeze(1).expand({H, B, N, dh}));
-            values = torch::empty({H, B, S + N, dh}, val.options());                                  // (H,B,S+N,dh)
-            values.narrow(2, 0, S).copy_(val);
-            values.narrow(2, S, N).copy_((mem_v * std::sqrt((double) N)).to(val.dtype()).unsqueeze(1).expand({H, B, N, dh}));
+            // Only contiguous operands: the persistent block is B copies of one (H,1,N,dh) tensor joined along the
+            // batch, because copying from a broadcast (expanded) view takes a slow generic strided kernel.
+            auto per_row = [&](const torch::Tensor & t) { return torch::cat(std::vector<torch::Tensor>((size_t) B, t), 1); }; // (H,B,N,dh)
+            keys = torch::cat({k.contiguous(), per_row((mem_k * std::sqrt((double) dh)).to(k.dtype()).unsqueeze(1))}, 2);       // (H,B,S+N,dh)
+            values = torch::cat({val.contiguous(), per_row((mem_v * std::sqrt((double) N)).to(val.dtype()).unsqueeze(1))}, 2);
+            bias = torch::cat({content_bias, torch::zeros({H, B, T, N}, content_bias.options())}, -1);                          // (H,B,T,S+N)
         }
         heads = at::scaled_dot_product_attention(q, keys, values, bias.to(q.dtype()), is_training() ? options.attn_drop() : 0.0,
                                                  /*is_causal=*/false, scale);
