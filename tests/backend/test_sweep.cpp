@@ -1,0 +1,156 @@
+// Sweeps without LibTorch: expansion into points and the exact one-line error for each kind of bad sweep.
+#include <QTest>
+
+#include <nlohmann/json.hpp>
+
+#include "config.h"
+#include "studio_process.h"
+#include "sweep.h"
+
+using nlohmann::json;
+using studio::ConfigError;
+
+namespace {
+
+json base_config() {
+    return {{"name", "t"}, {"stages", {"gate", "prune", "eval"}}, {"gate", {{"checkpoint", "runs/trained"}}},
+            {"model", {{"num_layers", 2}, {"num_heads", 4}, {"hidden_dim", 64}, {"vocab_size", 1000},
+                       {"cutoffs", json::array({100, 500})}, {"max_len", 64}, {"tgt_len", 16}, {"mem_len", 16}}}};
+}
+
+std::string error_for(const json & patch) {
+    json config = base_config();
+    config.merge_patch(patch);
+    try {
+        studio::sweep_expand(config);
+        return "";
+    } catch (const ConfigError & e) {
+        return e.what();
+    }
+}
+
+} // namespace
+
+class TestSweep : public QObject {
+    Q_OBJECT
+
+private Q_SLOTS:
+    void one_field_gives_one_point_per_value() {
+        json config = base_config();
+        config["sweep"] = {{"gate.l0_coefficient", {0.0005, 0.001, 0.004}}};
+        const auto sweep = studio::sweep_expand(config);
+        JSON_COMPARE(json(sweep.paths), json({"gate.l0_coefficient"}));
+        QCOMPARE((int) sweep.points.size(), 3);
+        QCOMPARE(sweep.points[0].label, std::string("l0_coefficient-0.0005"));
+        QCOMPARE(sweep.points[2].name, std::string("t-l0_coefficient-0.004"));
+        JSON_COMPARE(sweep.points[1].values, json({{"gate.l0_coefficient", 0.001}}));
+        QCOMPARE(sweep.points[1].config["gate"]["l0_coefficient"].get<double>(), 0.001);
+        JSON_COMPARE(sweep.points[1].config["gate"]["checkpoint"], json("runs/trained")); // the base's other keys stay
+        QVERIFY(!sweep.points[1].config.contains("sweep"));
+        JSON_COMPARE(studio::config_from_json(sweep.points[1].config).gate.l0_coefficient, 0.001);
+        JSON_COMPARE(studio::config_from_json(sweep.points[1].config).name, std::string("t-l0_coefficient-0.001"));
+        // The config alone stands for its base: what `studio validate` and the GUI's validator see.
+        const auto base = studio::config_from_json(config);
+        QCOMPARE(base.gate.l0_coefficient, 0.02);
+        QCOMPARE(base.name, std::string("t"));
+    }
+
+    void several_fields_give_the_product() {
+        json config = base_config();
+        // Written in this order; the points follow the alphabetical order of the paths, the last varying fastest.
+        config["sweep"] = {{"gate.l0_coefficient", {0.01, 0.02}}, {"gate.epochs", {1, 2.5}}};
+        const auto sweep = studio::sweep_expand(config);
+        JSON_COMPARE(json(sweep.paths), json({"gate.epochs", "gate.l0_coefficient"}));
+        std::vector<std::string> labels;
+        for (const auto & p : sweep.points) labels.push_back(p.label);
+        JSON_COMPARE(json(labels), json({"epochs-1_l0_coefficient-0.01", "epochs-1_l0_coefficient-0.02",
+                                         "epochs-2.5_l0_coefficient-0.01", "epochs-2.5_l0_coefficient-0.02"}));
+        QCOMPARE(sweep.points[3].config["gate"]["epochs"].get<double>(), 2.5);
+        QCOMPARE(sweep.points[3].config["gate"]["l0_coefficient"].get<double>(), 0.02);
+    }
+
+    void labels_stay_unique_and_safe() {
+        json config = base_config();
+        config["sweep"] = {{"train.epochs", {1}}, {"gate.epochs", {2}}, {"gate.target_sparsity", {0.3}}, {"device", {"auto"}}};
+        const auto sweep = studio::sweep_expand(config);
+        QCOMPARE(sweep.points.size(), size_t(1));
+        // Two paths end in "epochs": both are named in full. target_sparsity defaults to null and still takes numbers.
+        QCOMPARE(sweep.points[0].label, std::string("device-auto_gate.epochs-2_target_sparsity-0.3_train.epochs-1"));
+        JSON_COMPARE(*studio::config_from_json(sweep.points[0].config).gate.target_sparsity, 0.3);
+        config["sweep"] = {{"data.dir", {"/data/a b"}}};
+        QCOMPARE(studio::sweep_expand(config).points[0].label, std::string("dir-_data_a_b"));
+    }
+
+    void bad_sweeps_name_the_entry_data() {
+        QTest::addColumn<QString>("patch");
+        QTest::addColumn<QString>("message");
+        auto row = [](const char * name, const json & patch, const char * message) {
+            QTest::newRow(name) << QString::fromStdString(patch.dump()) << QString(message);
+        };
+        row("not an object", {{"sweep", {1, 2}}},
+            "config error: sweep: expected an object of config fields and their values, e.g. {\"gate.l0_coefficient\": [0.002, 0.004]}, got array");
+        row("no field", {{"sweep", json::object()}},
+            "config error: sweep: must name at least one config field, e.g. {\"gate.l0_coefficient\": [0.002, 0.004]}");
+        row("unknown field", {{"sweep", {{"gate.l0_coeficient", {0.1}}}}},
+            "config error: sweep.gate.l0_coeficient: unknown config field (check the spelling; docs/config.md lists every key)");
+        row("empty path part", {{"sweep", {{"gate..l0_coefficient", {0.1}}}}},
+            "config error: sweep.gate..l0_coefficient: unknown config field (check the spelling; docs/config.md lists every key)");
+        row("section", {{"sweep", {{"gate.optimizer", {0.1}}}}},
+            "config error: sweep.gate.optimizer: is a section; sweep one of its fields, e.g. \"gate.optimizer.eps\"");
+        row("list field", {{"sweep", {{"stages", {"train"}}}}},
+            "config error: sweep.stages: is a list field; a sweep sets number, string or true/false fields");
+        row("name", {{"sweep", {{"name", {"a", "b"}}}}},
+            "config error: sweep.name: is the same for every point (the points run in <runs_dir>/<name>/<name>-<label>/)");
+        row("not a list", {{"sweep", {{"gate.l0_coefficient", 0.01}}}},
+            "config error: sweep.gate.l0_coefficient: expected a list of values, got number");
+        row("empty list", {{"sweep", {{"gate.l0_coefficient", json::array()}}}},
+            "config error: sweep.gate.l0_coefficient: the list is empty");
+        row("wrong type", {{"sweep", {{"gate.l0_coefficient", {0.01, "0.02"}}}}},
+            "config error: sweep.gate.l0_coefficient[1]: expected a number, got string");
+        row("null value", {{"sweep", {{"gate.l0_coefficient", {0.01, nullptr}}}}},
+            "config error: sweep.gate.l0_coefficient[1]: expected a number, string or true/false, got null");
+        row("fraction for an integer", {{"sweep", {{"gate.steps", {10, 1.5}}}}},
+            "config error: sweep.gate.steps[1]: expected an integer, got number");
+        row("invalid value", {{"sweep", {{"gate.l0_coefficient", {0.01, -1}}}}},
+            "config error: sweep.gate.l0_coefficient[1]: must be >= 0, got -1");
+        row("invalid string", {{"sweep", {{"gate.optimizer.name", {"lamb", "sgd"}}}}},
+            "config error: sweep.gate.optimizer.name[1]: \"sgd\" is not one of lamb, adam");
+        row("breaks another field", {{"sweep", {{"model.mem_len", {16, 0}}}}},
+            "config error: sweep.model.mem_len[1]: with 0, model.same_length: needs mem_len > 0 (with no memory every query would see only itself); set same_length false");
+        row("listed twice", {{"sweep", {{"gate.l0_coefficient", {0.01, 0.02, 0.010}}}}},
+            "config error: sweep.gate.l0_coefficient[2]: 0.01 gives the same point name as [0] (each point needs its own run directory)");
+        row("same folder name", {{"sweep", {{"data.dir", {"a/b", "a_b"}}}}},
+            "config error: sweep.data.dir[1]: a_b gives the same point name as [0] (each point needs its own run directory)");
+        row("combination", {{"sweep", {{"model.num_heads", {4, 8}}, {"model.hidden_dim", {64, 36}}}}},
+            "config error: sweep: point hidden_dim-36_num_heads-8: model.num_heads: 8 does not divide hidden_dim 36");
+        row("too many points", {{"sweep", {{"gate.l0_coefficient", json::array()}, {"seed", json::array()}}}},
+            ""); // replaced below
+        row("base error is the base's", {{"model", {{"num_heads", 7}}}, {"sweep", {{"gate.l0_coefficient", {0.01}}}}},
+            "config error: model.num_heads: 7 does not divide hidden_dim 64");
+    }
+    void bad_sweeps_name_the_entry() {
+        QFETCH(QString, patch);
+        QFETCH(QString, message);
+        json p = json::parse(patch.toStdString());
+        if (QString(QTest::currentDataTag()) == "too many points") {
+            for (int i = 0; i < 20; ++i) {
+                p["sweep"]["gate.l0_coefficient"].push_back(0.001 * (i + 1));
+                p["sweep"]["seed"].push_back(i);
+            }
+            message = "config error: sweep: more than 256 points (the product of the lists); split it";
+        }
+        QCOMPARE(QString::fromStdString(error_for(p)), message);
+        // The same line from config_from_json, which `studio validate` and the GUI use.
+        json config = base_config();
+        config.merge_patch(p);
+        try {
+            studio::config_from_json(config);
+            QFAIL("the bad sweep was accepted");
+        } catch (const ConfigError & e) {
+            QCOMPARE(QString(e.what()), message);
+        }
+    }
+};
+
+QTEST_GUILESS_MAIN(TestSweep)
+#include "test_sweep.moc"
