@@ -1,11 +1,18 @@
-// Sweeps without LibTorch: expansion into points and the exact one-line error for each kind of bad sweep.
+// Sweeps without LibTorch: expansion into points, the exact one-line error for each kind of bad sweep, and the
+// summary row read back from a point's events.
+#include <QDir>
+#include <QFile>
+#include <QTemporaryDir>
 #include <QTest>
+
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "config.h"
 #include "studio_process.h"
 #include "sweep.h"
+#include "sweep_summary.h"
 
 using nlohmann::json;
 using studio::ConfigError;
@@ -27,6 +34,11 @@ std::string error_for(const json & patch) {
     } catch (const ConfigError & e) {
         return e.what();
     }
+}
+
+void write_lines(const QString & path, const std::vector<json> & events) {
+    std::ofstream out(path.toStdString());
+    for (const auto & e : events) out << e.dump() << "\n";
 }
 
 } // namespace
@@ -149,6 +161,103 @@ private Q_SLOTS:
         } catch (const ConfigError & e) {
             QCOMPARE(QString(e.what()), message);
         }
+    }
+
+    void point_row_reads_the_events() {
+        QTemporaryDir dir;
+        const QString run = dir.path() + "/p";
+        JSON_COMPARE(studio::sweep_point_row(run.toStdString())["status"], json("pending"));
+        QVERIFY(QDir().mkpath(run));
+        const json model = {{"type", "all_attention"}, {"num_layers", 2}, {"heads_per_layer", {4, 4}}, {"params_total", 900}, {"params_layers", 500}};
+        auto bench = [](const char * variant, int64_t batch, const char * dtype, const char * device, double speedup) {
+            return json{{"variant", variant}, {"batch", batch}, {"dtype", dtype}, {"device", device}, {"median_ms", 10.0 / speedup},
+                        {"tokens_per_s", 100.0 * speedup}, {"speedup", speedup}, {"ideal_speedup", 2.0}};
+        };
+        std::vector<json> events = {
+            {{"event", "run_start"}, {"time", 100.0}, {"model", model}},
+            {{"event", "gates"}, {"time", 110.0}, {"stage", "gate"}, {"open", {{true, false, true, true}, {true, true, true, true}}}},
+            {{"event", "run_end"}, {"time", 130.0}, {"status", "stopped"}},
+        };
+        write_lines(run + "/events.jsonl", events);
+        json row = studio::sweep_point_row(run.toStdString());
+        JSON_COMPARE(row["status"], json("stopped"));
+        JSON_COMPARE(row["heads_kept"], json(7)); // from the open gates: no prune yet
+        QCOMPARE(row["sparsity"].get<double>(), 1.0 / 8.0);
+        QVERIFY(row["layer_params"].is_null());
+
+        // Resumed, then pruned, evaluated and benchmarked.
+        events.push_back({{"event", "run_start"}, {"time", 500.0}, {"model", model}, {"resumed", true}});
+        events.push_back({{"event", "eval"}, {"time", 501.0}, {"stage", "gate"}, {"model", "gated"}, {"split", "valid"}, {"ppl", 99.0}});
+        events.push_back({{"event", "prune"}, {"time", 502.0}, {"heads_per_layer", {1, 3}}, {"layer_params_before", 510}, {"layer_params_after", 200},
+                          {"params_before", 910}, {"params_after", 600}});
+        for (const char * m : {"gated", "pruned"}) {
+            events.push_back({{"event", "eval"}, {"time", 503.0}, {"stage", "eval"}, {"model", m}, {"split", "valid"}, {"ppl", m[0] == 'g' ? 50.5 : 50.25}});
+            events.push_back({{"event", "eval"}, {"time", 504.0}, {"stage", "eval"}, {"model", m}, {"split", "test"}, {"ppl", m[0] == 'g' ? 40.5 : 40.25}});
+        }
+        events.push_back({{"event", "bench"}, {"time", 505.0}, {"rows", {bench("dense", 32, "bf16", "cuda", 1.0), bench("pruned", 32, "bf16", "cuda", 1.5),
+                                                                           bench("pruned", 128, "fp32", "cuda", 1.7), bench("pruned", 32, "bf16", "cpu", 1.1)}}});
+        events.push_back({{"event", "run_end"}, {"time", 520.0}, {"status", "ok"}});
+        write_lines(run + "/events.jsonl", events);
+        row = studio::sweep_point_row(run.toStdString());
+        JSON_COMPARE(row["status"], json("ok"));
+        QVERIFY(row["error"].is_null());
+        JSON_COMPARE(row["model_type"], json("all_attention"));
+        JSON_COMPARE(row["heads_total"], json(8));
+        JSON_COMPARE(row["heads_kept"], json(4));
+        JSON_COMPARE(row["heads_per_layer"], json({1, 3}));
+        QCOMPARE(row["sparsity"].get<double>(), 0.5);
+        JSON_COMPARE(row["layer_params"], json(200));
+        JSON_COMPARE(row["params_total"], json(600));
+        JSON_COMPARE(row["layer_params_dense"], json(510));
+        JSON_COMPARE(row["params_total_dense"], json(910));
+        JSON_COMPARE(row["ppl_model"], json("pruned"));
+        QCOMPARE(row["valid_ppl"].get<double>(), 50.25);
+        QCOMPARE(row["test_ppl"].get<double>(), 40.25);
+        QCOMPARE(row["gated_test_ppl"].get<double>(), 40.5);
+        QCOMPARE(row["speedup_b32_bf16"].get<double>(), 1.5);  // the CUDA row, not the CPU one or the larger batch
+        JSON_COMPARE(row["speedup"]["device"], json("cuda"));
+        QCOMPARE((int) row["bench"].size(), 4);
+        QCOMPARE(row["wall_s"].get<double>(), 30.0 + 20.0);   // 100-130 and 500-520; not the pause between
+
+        json summary = {{"name", "s"}, {"status", "failed"}, {"paths", {"gate.l0_coefficient"}}, {"points", json::array()}};
+        json point = row;
+        point["name"] = "s-l0_coefficient-0.004";
+        point["values"] = {{"gate.l0_coefficient", 0.004}};
+        summary["points"].push_back(point);
+        json failed = studio::sweep_point_row((dir.path() + "/missing").toStdString());
+        failed["name"] = "s-l0_coefficient-0.008";
+        failed["values"] = {{"gate.l0_coefficient", 0.008}};
+        failed["status"] = "error";
+        failed["error"] = "gate: no | checkpoint";
+        summary["points"].push_back(failed);
+        const std::string md = studio::sweep_markdown(summary);
+        QVERIFY2(md.find("| point | gate.l0_coefficient | status | heads kept | sparsity | layer params | total params | valid ppl | test ppl | speed-up |\n") != std::string::npos, md.c_str());
+        QVERIFY2(md.find("| s-l0_coefficient-0.004 | 0.004 | ok | 4 / 8 | 50.0% | 200 | 600 | 50.250 | 40.250 | 1.50x |\n") != std::string::npos, md.c_str());
+        QVERIFY2(md.find("| s-l0_coefficient-0.008 | 0.008 | error | | | | | | | |\n") != std::string::npos, md.c_str());
+        QVERIFY2(md.find("Errors:\n\n- s-l0_coefficient-0.008: gate: no | checkpoint\n") != std::string::npos, md.c_str());
+
+        // Without a batch-32 bf16 row the speed-up shown names its setting.
+        events.push_back({{"event", "bench"}, {"time", 600.0}, {"rows", {bench("dense", 2, "fp32", "cpu", 1.0), bench("pruned", 2, "fp32", "cpu", 1.25)}}});
+        write_lines(run + "/events.jsonl", events);
+        row = studio::sweep_point_row(run.toStdString());
+        QVERIFY(row["speedup_b32_bf16"].is_null());
+        point = row;
+        point["name"] = "x";
+        summary["points"] = json::array({point});
+        QVERIFY2(studio::sweep_markdown(summary).find("| 1.25x (b2 fp32 cpu) |\n") != std::string::npos, studio::sweep_markdown(summary).c_str());
+    }
+
+    void interrupted_and_failed_points() {
+        QTemporaryDir dir;
+        write_lines(dir.path() + "/events.jsonl", {{{"event", "run_start"}, {"time", 1.0}, {"model", {{"type", "transformer_xl"}, {"heads_per_layer", {2}}}}}});
+        JSON_COMPARE(studio::sweep_point_row(dir.path().toStdString())["status"], json("interrupted"));
+        write_lines(dir.path() + "/events.jsonl", {{{"event", "run_start"}, {"time", 1.0}, {"model", {{"type", "transformer_xl"}}}},
+                                                   {{"event", "error"}, {"time", 2.0}, {"message", "gate: no checkpoint at x"}},
+                                                   {{"event", "run_end"}, {"time", 2.0}, {"status", "error"}}});
+        json row = studio::sweep_point_row(dir.path().toStdString());
+        JSON_COMPARE(row["status"], json("error"));
+        JSON_COMPARE(row["error"], json("gate: no checkpoint at x"));
+        JSON_COMPARE(row["model_type"], json("transformer_xl"));
     }
 };
 
