@@ -163,6 +163,37 @@ private Q_SLOTS:
         }
     }
 
+    // The [repro] sweeps gate the models the train configs make: same model section, five coefficients, bench at
+    // batch 32 bf16 on CUDA only.
+    void shipped_sweeps_match_their_trained_runs_data() {
+        QTest::addColumn<QString>("model");
+        QTest::newRow("all") << "all";
+        QTest::newRow("txl") << "txl";
+    }
+    void shipped_sweeps_match_their_trained_runs() {
+        QFETCH(QString, model);
+        const std::string configs = STUDIO_SOURCE_DIR "/configs/wt2_" + model.toStdString() + "_16l_";
+        const auto sweep = studio::sweep_expand(studio::config_read_json(configs + "sweep.json"));
+        const auto trained = studio::config_load(configs + "train.json");
+        JSON_COMPARE(studio::config_to_json(sweep.base)["model"], studio::config_to_json(trained)["model"]);
+        QCOMPARE(sweep.base.gate.checkpoint, "runs-gpu/" + trained.name);
+        QCOMPARE(sweep.base.name, trained.name + "-sweep");
+        JSON_COMPARE(json(sweep.base.stages), json({"gate", "prune", "eval", "bench"}));
+        JSON_COMPARE(json(sweep.base.bench.batch_sizes), json({32}));
+        JSON_COMPARE(json(sweep.base.bench.dtypes), json({"bf16"}));
+        JSON_COMPARE(json(sweep.base.bench.devices), json({"cuda"}));
+        JSON_COMPARE(json(sweep.base.bench.variants), json({"dense", "pruned"}));
+        std::vector<double> l0;
+        for (const auto & p : sweep.points) l0.push_back(p.values["gate.l0_coefficient"].get<double>());
+        JSON_COMPARE(json(l0), json({0.0005, 0.001, 0.002, 0.004, 0.007}));
+        QCOMPARE(sweep.points[0].name, trained.name + "-sweep-l0_coefficient-0.0005");
+        // Reference dropout in both.
+        QCOMPARE(trained.model.attn_drop, 0.2);
+        QCOMPARE(trained.model.resolved_ff_drop(), 0.1);
+        QCOMPARE(trained.model.num_layers * trained.model.num_heads, int64_t(128));
+        QCOMPARE(trained.model.feedforward_dim, int64_t(2048));
+    }
+
     void point_row_reads_the_events() {
         QTemporaryDir dir;
         const QString run = dir.path() + "/p";
