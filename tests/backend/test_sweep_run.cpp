@@ -1,9 +1,11 @@
 // Sweeps end to end with the studio executable on tiny models: a gate sweep from a trained run (stopped, resumed,
-// skipped when done) and a Transformer-XL sweep with a failing point.
+// skipped when done), a Transformer-XL sweep with a failing point, and scripts/results.py's table, CSV and
+// `studio plot-sweep`'s headless PNG from their outputs.
 #include <QCoreApplication>
 #include <QDir>
 #include <QFile>
 #include <QProcess>
+#include <QStandardPaths>
 #include <QTemporaryDir>
 #include <QTest>
 
@@ -179,6 +181,65 @@ private Q_SLOTS:
         QVERIFY(good["test_ppl"].get<double>() > 1);
         QVERIFY(good["layer_params"].get<int64_t>() < good["layer_params_dense"].get<int64_t>());
     }
+
+    // scripts/results.py turns the two sweeps and their trained runs into the results table and the CSV that
+    // `studio plot-sweep` draws as two series (headless PNG).
+    void results_table_and_plot() {
+        const QString python = QStandardPaths::findExecutable("python3");
+        if (python.isEmpty()) QSKIP("python3 not installed");
+        QVERIFY(QFile::exists(dir.path() + "/gates/sweep.json") && QFile::exists(dir.path() + "/txl-gates/sweep.json"));
+        const QString csv = dir.path() + "/results.csv", md = dir.path() + "/results.md", png = dir.path() + "/results.png";
+        QProcess p;
+        p.start(python, {STUDIO_SOURCE_DIR "/scripts/results.py", "--sweep", dir.path() + "/gates", "--sweep", dir.path() + "/txl-gates",
+                         "--dense", dir.path() + "/all-base", "--dense", dir.path() + "/txl-base", "--csv", csv, "--md", md});
+        QVERIFY(p.waitForFinished(60000));
+        const QString err = QString::fromUtf8(p.readAllStandardError());
+        QVERIFY2(p.exitCode() == 0, qPrintable(err));
+        QVERIFY2(err.contains("txl-gates-lr-1e+30: status error, left out"), qPrintable(err));
+        QFile f(csv);
+        QVERIFY(f.open(QIODevice::ReadOnly));
+        const QStringList lines = QString::fromUtf8(f.readAll()).trimmed().split('\n');
+        QCOMPARE(lines.size(), 1 + 3 + 2);   // header; All-attention dense + 2 points; Transformer-XL dense + 1 point
+        QVERIFY2(lines[0].startsWith("name,model_type,status,heads_kept,layer_params,best_valid_ppl,test_ppl,"), qPrintable(lines[0]));
+        QVERIFY2(lines[1].startsWith("all-base,all_attention,finished,4,"), qPrintable(lines[1]));
+        const json point = read_json(dir.path() + "/gates/sweep.json")["points"][1];
+        QVERIFY2(lines[3].startsWith(QString("gates-l0_coefficient-2.0,all_attention,finished,%1,%2,").arg(point["heads_kept"].get<int64_t>())
+                                         .arg(point["layer_params"].get<int64_t>())), qPrintable(lines[3]));
+        QVERIFY2(lines[4].startsWith("txl-base,transformer_xl,finished,4,"), qPrintable(lines[4]));
+        QFile table(md);
+        QVERIFY(table.open(QIODevice::ReadOnly));
+        const QString text = QString::fromUtf8(table.readAll());
+        QVERIFY2(text.contains(QString("| All-attention | 2 | %1 / 4 |").arg(point["heads_kept"].get<int64_t>())), qPrintable(text));
+        QVERIFY2(text.contains(QString::asprintf("| %.2f | %.2f |", point["valid_ppl"].get<double>(), point["test_ppl"].get<double>())), qPrintable(text));
+        QVERIFY2(text.contains("| Transformer-XL | dense | 4 / 4 | 0.0% |"), qPrintable(text));
+
+        // --update rewrites only what lies between the markers of docs/results.md.
+        const QString doc = dir.path() + "/results-doc.md";
+        QVERIFY(QFile::copy(STUDIO_SOURCE_DIR "/docs/results.md", doc));
+        QFile::setPermissions(doc, QFile::ReadOwner | QFile::WriteOwner);
+        p.start(python, {STUDIO_SOURCE_DIR "/scripts/results.py", "--sweep", dir.path() + "/gates", "--sweep", dir.path() + "/txl-gates",
+                         "--dense", dir.path() + "/all-base", "--dense", dir.path() + "/txl-base", "--update", doc});
+        QVERIFY(p.waitForFinished(60000));
+        QCOMPARE(p.exitCode(), 0);
+        QFile updated(doc);
+        QVERIFY(updated.open(QIODevice::ReadOnly));
+        const QString after = QString::fromUtf8(updated.readAll());
+        QVERIFY2(after.contains("<!-- results:table -->\n" + text.left(text.indexOf("\n\nAt matched")) + "\n<!-- /results:table -->"), qPrintable(after));
+        QVERIFY2(after.contains("<!-- results:comparison -->\nAt matched layer parameters"), qPrintable(after));
+        QVERIFY(after.contains("## What would make the comparison stronger"));
+
+        auto r = studio_run({"plot-sweep", csv, "--out", png});
+        QVERIFY2(r.code == 0, qPrintable(r.err));
+        QVERIFY2(r.out.startsWith("wrote " + png + ": 5 runs"), qPrintable(r.out));
+        QFile image(png);
+        QVERIFY(image.open(QIODevice::ReadOnly));
+        const QByteArray bytes = image.readAll();
+        QVERIFY(bytes.startsWith("\x89PNG"));
+        auto be32 = [&](int at) { return (uint32_t(uint8_t(bytes[at])) << 24) | (uint32_t(uint8_t(bytes[at + 1])) << 16) | (uint32_t(uint8_t(bytes[at + 2])) << 8) | uint8_t(bytes[at + 3]); };
+        QCOMPARE(be32(16), uint32_t(900));
+        QCOMPARE(be32(20), uint32_t(600));
+    }
+
 };
 
 QTEST_GUILESS_MAIN(TestSweepRun)
