@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|train|bench|gate|all]...
+#   scripts/gpu-check.sh [build|smoke|train|bench|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -75,12 +75,15 @@ bench() {
     --out "$OUT/bench-wt103" 2>>"$OUT/bench.log" | tee "$OUT/bench-wt103.md"
 }
 
+# The [repro] comparison (issue #8): both baselines, both gating sweeps, results in $OUT/repro (scripts/repro-gpu.sh).
+repro() { OUT="$OUT" STUDIO="$STUDIO" scripts/repro-gpu.sh; }
+
 status=0
 steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && train && bench || status=1 ;;
-    build|smoke|train|gate|bench) $step || status=1 ;;
+    build|smoke|train|gate|bench|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
