@@ -10,6 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sweep.h"
+
 namespace studio {
 
 using nlohmann::json;
@@ -328,6 +330,8 @@ ModelConfig model_config_from_json(const json & j) {
 }
 
 Config config_from_json(const json & j) {
+    // A sweep is checked in full (every value, every point); on its own it stands for the config without it.
+    if (sweep_present(j)) return sweep_expand(j).base;
     Config c;
     // The gate stage's own defaults (reference train_gating: LAMB 1e-4, constant schedule).
     c.gate.stage.optimizer.lr = 1e-4;
@@ -454,6 +458,10 @@ Config config_from_json(const json & j) {
 }
 
 Config config_load(const std::string & path) {
+    return config_from_json(config_read_json(path));
+}
+
+json config_read_json(const std::string & path) {
     std::ifstream in(path);
     if (!in) throw ConfigError("config error: " + path + ": cannot open the file (check the path)");
     json j;
@@ -464,7 +472,7 @@ Config config_load(const std::string & path) {
         auto pos = what.find("parse error");
         throw ConfigError("config error: " + path + ": not valid JSON (" + (pos == std::string::npos ? what : what.substr(pos)) + ")");
     }
-    return config_from_json(j);
+    return j;
 }
 
 json model_config_to_json(const ModelConfig & m) {

@@ -149,6 +149,8 @@ struct Config {
 /// Parses and validates; throws ConfigError naming the field. Unknown keys are errors.
 Config config_from_json(const nlohmann::json & j);
 Config config_load(const std::string & path);
+/// The file's JSON (comments allowed), unchecked; throws ConfigError naming the file when it is missing or malformed.
+nlohmann::json config_read_json(const std::string & path);
 /// The resolved config with every default filled in (written to the run's config.json).
 nlohmann::json config_to_json(const Config & config);
 nlohmann::json model_config_to_json(const ModelConfig & model);

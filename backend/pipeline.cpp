@@ -15,6 +15,8 @@
 #include "model_info.h"
 #include "prune.h"
 #include "run_dir.h"
+#include "sweep.h"
+#include "sweep_runner.h"
 #include "trainer.h"
 
 namespace studio {
@@ -111,7 +113,9 @@ int run_batch(const BatchOptions & options) {
     Config config;
     RankInfo rank;
     try {
-        config = config_load(options.config_path);
+        const json raw = config_read_json(options.config_path);
+        if (sweep_present(raw)) return run_sweep(options, raw);
+        config = config_from_json(raw);
         rank = rank_info_from_env();
         config_check_environment(config, cuda_device_count());
     } catch (const std::exception & e) {

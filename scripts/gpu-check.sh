@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|numerics|multigpu|train|bench|gate|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|numerics|multigpu|profile|train|bench|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -160,12 +160,15 @@ print("scaling: 1 GPU x 24: %.0f tokens/s; 2 GPUs x 24: %.0f tokens/s; %.2fx" % 
 PY
 }
 
+# The [repro] comparison (issue #8): both baselines, both gating sweeps, results in $OUT/repro (scripts/repro-gpu.sh).
+repro() { OUT="$OUT" STUDIO="$STUDIO" scripts/repro-gpu.sh; }
+
 status=0
 steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
-    all) build && smoke && train && bench || status=1 ;;
-    build|smoke|train|gate|bench|selftest|trainbench|numerics|multigpu|profile) $step || status=1 ;;
+    all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
+    build|smoke|train|gate|bench|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done

@@ -5,11 +5,14 @@
 #include <QCommandLineParser>
 #include <QDir>
 #include <QFileInfo>
+#include <QFile>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "mainwindow.h"
 #include "plotmath.h"
@@ -33,6 +36,22 @@ QStringList argumentsOf(int argc, char ** argv, const char * subcommand) {
         args << QString::fromLocal8Bit(argv[i]);
     }
     return args;
+}
+
+// The point directories a sweep's sweep.json lists, or nothing when `dir` is not a sweep.
+QStringList sweepPointDirs(const QString & dir) {
+    QFile file(QDir(dir).filePath(QStringLiteral("sweep.json")));
+    if (!file.open(QIODevice::ReadOnly)) return {};
+    const auto summary = nlohmann::json::parse(file.readAll().toStdString(), nullptr, /*allow_exceptions=*/false);
+    QStringList dirs;
+    if (!summary.is_object() || !summary.contains("points") || !summary["points"].is_array()) return dirs;
+    for (const auto & point : summary["points"]) {
+        if (point.is_object() && point.contains("dir") && point["dir"].is_string()) {
+            const QString sub = QDir(dir).filePath(QString::fromStdString(point["dir"].get<std::string>()));
+            if (QFileInfo::exists(QDir(sub).filePath(QStringLiteral("events.jsonl")))) dirs << sub;
+        }
+    }
+    return dirs;
 }
 
 // QApplication keeps references to argc and argv for its whole life.
@@ -107,7 +126,8 @@ int studio_plot_sweep_main(int argc, char ** argv) {
     QCommandLineParser parser;
     parser.setApplicationDescription(QStringLiteral("Layer parameters against perplexity for several runs, with the Pareto front."));
     parser.addHelpOption();
-    parser.addPositionalArgument(QStringLiteral("RUN_DIR"), QStringLiteral("Run directories."), QStringLiteral("RUN_DIR..."));
+    parser.addPositionalArgument(QStringLiteral("SOURCE"), QStringLiteral("Run directories, sweep directories (their points) or CSV files (the sweep view's export, scripts/results.py)."),
+                                 QStringLiteral("SOURCE..."));
     const QCommandLineOption out(QStringLiteral("out"), QStringLiteral("Output file, .png or .pdf."), QStringLiteral("FILE"));
     const QCommandLineOption width(QStringLiteral("width"), QStringLiteral("Width in pixels (default 900)."), QStringLiteral("W"), QStringLiteral("900"));
     const QCommandLineOption height(QStringLiteral("height"), QStringLiteral("Height in pixels (default 600)."), QStringLiteral("H"), QStringLiteral("600"));
@@ -122,17 +142,32 @@ int studio_plot_sweep_main(int argc, char ** argv) {
     bool okW = false, okH = false;
     const int w = parser.value(width).toInt(&okW), h = parser.value(height).toInt(&okH);
     if (outPath.isEmpty() || (suffix != "png" && suffix != "pdf") || parser.positionalArguments().isEmpty() || !okW || !okH || w < 50 || h < 50) {
-        std::fprintf(stderr, "studio plot-sweep: usage: studio plot-sweep RUN_DIR... --out FILE.png|.pdf [--width W --height H]\n");
+        std::fprintf(stderr, "studio plot-sweep: usage: studio plot-sweep RUN_DIR|SWEEP_DIR|FILE.csv... --out FILE.png|.pdf [--width W --height H]\n");
         return 2;
     }
     RunScanner scanner;
     QVector<RunSummary> runs;
-    for (const QString & dir : parser.positionalArguments()) {
-        if (!QFileInfo::exists(QDir(dir).filePath("events.jsonl"))) {
-            std::fprintf(stderr, "studio plot-sweep: %s has no events.jsonl (is it a run directory?)\n", qPrintable(dir));
-            return 1;
+    for (const QString & source : parser.positionalArguments()) {
+        if (source.endsWith(QLatin1String(".csv"), Qt::CaseInsensitive)) {
+            QFile file(source);
+            QString error;
+            const QVector<RunSummary> rows = file.open(QIODevice::ReadOnly) ? sweepRunsFromCsv(QString::fromUtf8(file.readAll()), &error) : QVector<RunSummary>();
+            if (rows.isEmpty()) {
+                std::fprintf(stderr, "studio plot-sweep: %s: %s\n", qPrintable(source), qPrintable(error.isEmpty() ? QStringLiteral("no rows") : error));
+                return 1;
+            }
+            runs += rows;
+            continue;
         }
-        runs.push_back(scanner.scanRun(dir));
+        // A sweep's run directory stands for its points (sweep.json lists them).
+        const QStringList dirs = sweepPointDirs(source);
+        for (const QString & dir : dirs.isEmpty() ? QStringList{source} : dirs) {
+            if (!QFileInfo::exists(QDir(dir).filePath("events.jsonl"))) {
+                std::fprintf(stderr, "studio plot-sweep: %s has no events.jsonl (is it a run directory?)\n", qPrintable(dir));
+                return 1;
+            }
+            runs.push_back(scanner.scanRun(dir));
+        }
     }
     const QVector<SweepPoint> points = sweepPoints(runs, /*preferValid=*/false);
     if (points.isEmpty()) {

@@ -18,7 +18,75 @@ QString csvField(const QString & s) {
     return '"' + q + '"';
 }
 QString number(double v) { return std::isfinite(v) ? QString::number(v, 'g', 10) : QString(); }
+
+// One CSV record; quoted fields may hold commas and doubled quotes (what csvField writes).
+QStringList csvRecord(const QString & line) {
+    QStringList fields;
+    QString field;
+    bool quoted = false;
+    for (int i = 0; i < line.size(); ++i) {
+        const QChar c = line[i];
+        if (quoted) {
+            if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') { field += '"'; ++i; }
+            else if (c == '"') quoted = false;
+            else field += c;
+        } else if (c == '"') {
+            quoted = true;
+        } else if (c == ',') {
+            fields << field;
+            field.clear();
+        } else {
+            field += c;
+        }
+    }
+    fields << field;
+    return fields;
+}
+
+double csvNumber(const QString & s) {
+    bool ok = false;
+    const double v = s.toDouble(&ok);
+    return ok ? v : qQNaN();
+}
 } // namespace
+
+QString modelTypeLabel(const QString & type) {
+    if (type == QLatin1String("all_attention")) return QStringLiteral("All-attention");
+    if (type == QLatin1String("transformer_xl")) return QStringLiteral("Transformer-XL");
+    return type;
+}
+
+QVector<RunSummary> sweepRunsFromCsv(const QString & text, QString * error) {
+    QStringList lines = text.split('\n');
+    for (QString & l : lines) if (l.endsWith('\r')) l.chop(1);
+    while (!lines.isEmpty() && lines.last().isEmpty()) lines.removeLast();
+    const QStringList header = lines.isEmpty() ? QStringList() : csvRecord(lines.first());
+    const int name = header.indexOf("name"), type = header.indexOf("model_type"), status = header.indexOf("status"),
+              heads = header.indexOf("heads_kept"), params = header.indexOf("layer_params"), valid = header.indexOf("best_valid_ppl"),
+              test = header.indexOf("test_ppl"), label = header.indexOf("label");
+    if (name < 0 || type < 0 || params < 0 || (valid < 0 && test < 0)) {
+        if (error) *error = QStringLiteral("needs the columns name, model_type, layer_params and best_valid_ppl or test_ppl");
+        return {};
+    }
+    QVector<RunSummary> runs;
+    for (int i = 1; i < lines.size(); ++i) {
+        const QStringList f = csvRecord(lines[i]);
+        auto at = [&](int column) { return column >= 0 && column < f.size() ? f[column] : QString(); };
+        RunSummary r;
+        r.name = at(label).isEmpty() ? at(name) : at(label);
+        r.modelType = at(type);
+        const QString s = at(status);
+        r.endStatus = s == QLatin1String("finished") ? QStringLiteral("ok") : s;
+        const double h = csvNumber(at(heads));
+        r.headsKept = std::isfinite(h) ? (long long) h : -1;
+        r.layerParams = csvNumber(at(params));
+        r.bestValidPpl = csvNumber(at(valid));
+        r.lastTestPpl = csvNumber(at(test));
+        r.started = true;
+        runs.push_back(r);
+    }
+    return runs;
+}
 
 QVector<SweepPoint> sweepPoints(const QVector<RunSummary> & runs, bool preferValid) {
     QVector<SweepPoint> out;
@@ -55,7 +123,7 @@ void drawSweep(QCustomPlot * plot, const QVector<SweepPoint> & points, const QSt
     int i = 0;
     for (auto & [group, xy] : groups) {
         QCPGraph * g = plot->addGraph();
-        g->setName(group);
+        g->setName(modelTypeLabel(group));
         g->setLineStyle(QCPGraph::lsNone);
         const QColor color = kGroupColors[i++ % std::size(kGroupColors)];
         g->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssDisc, color, 9));

@@ -24,5 +24,10 @@ QVector<SweepPoint> sweepPoints(const QVector<RunSummary> & runs, bool preferVal
 void drawSweep(QCustomPlot * plot, const QVector<SweepPoint> & points, const QString & pplLabel);
 /// One line per run: name,model_type,status,heads_kept,layer_params,best_valid_ppl,test_ppl.
 QString sweepCsv(const QVector<RunSummary> & runs);
+/// Reads that CSV back (scripts/results.py writes it too, with more columns, which are ignored except "label": when
+/// present it names the point on the plot). Empty with *error set when a needed column is missing.
+QVector<RunSummary> sweepRunsFromCsv(const QString & text, QString * error);
+/// "All-attention" for all_attention, "Transformer-XL" for transformer_xl: the legend's names.
+QString modelTypeLabel(const QString & type);
 
 } // namespace studio

@@ -90,6 +90,44 @@ private Q_SLOTS:
         const QString csv = sweepCsv(runs);
         QVERIFY(csv.startsWith("name,model_type,status,heads_kept,layer_params,best_valid_ppl,test_ppl\n"));
         QVERIFY(csv.contains("\nbig,all_attention,stopped,,100,30,29\n"));
+        // The legend names the model types as people write them.
+        QCOMPARE(plot.graph(1)->name(), QString("All-attention"));
+        QCOMPARE(plot.graph(2)->name(), QString("Transformer-XL"));
+    }
+
+    void sweepCsvReadsBackWithExtraColumns() {
+        QVector<RunSummary> runs(2);
+        runs[0].name = "a, \"quoted\""; runs[0].modelType = "all_attention"; runs[0].endStatus = "ok"; runs[0].headsKept = 100;
+        runs[0].layerParams = 4.5e7; runs[0].bestValidPpl = 30.5; runs[0].lastTestPpl = 29.25;
+        runs[1].name = "b"; runs[1].modelType = "transformer_xl"; runs[1].layerParams = 5e7; runs[1].bestValidPpl = 40;
+        QString error;
+        const QVector<RunSummary> back = sweepRunsFromCsv(sweepCsv(runs), &error);
+        QCOMPARE(back.size(), 2);
+        QCOMPARE(back[0].name, runs[0].name);
+        QCOMPARE(back[0].modelType, QString("all_attention"));
+        QCOMPARE(back[0].status(false, false), QString("finished"));
+        QCOMPARE(back[0].headsKept, 100LL);
+        QCOMPARE(back[0].layerParams, 4.5e7);
+        QCOMPARE(back[0].lastTestPpl, 29.25);
+        QCOMPARE(back[1].headsKept, -1LL);
+        QVERIFY(std::isnan(back[1].lastTestPpl));
+        QCOMPARE(back[1].sweepPpl(false), 40.0);
+
+        // scripts/results.py's columns: a label names the point; unknown columns are ignored; CRLF is fine.
+        const QString results = "name,model_type,status,heads_kept,layer_params,best_valid_ppl,test_ppl,label,l0_coefficient\r\n"
+                                "wt2-txl-16l,transformer_xl,finished,128,54607872,101.5,98.25,dense,\r\n"
+                                "wt2-all-16l-sweep-l0_coefficient-0.001,all_attention,finished,100,42000000,99,97,l0 0.001,0.001\r\n";
+        const QVector<RunSummary> rows = sweepRunsFromCsv(results, &error);
+        QCOMPARE(rows.size(), 2);
+        QCOMPARE(rows[0].name, QString("dense"));
+        QCOMPARE(rows[1].name, QString("l0 0.001"));
+        QCOMPARE(rows[1].layerParams, 42000000.0);
+        const auto points = sweepPoints(rows, false);
+        QCOMPARE(points.size(), 2);
+        QCOMPARE(points[0].ppl, 98.25);
+
+        QVERIFY(sweepRunsFromCsv("name,status\nx,finished\n", &error).isEmpty());
+        QCOMPARE(error, QString("needs the columns name, model_type, layer_params and best_valid_ppl or test_ppl"));
     }
 };
 

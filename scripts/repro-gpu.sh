@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE after `scripts/gpu-check.sh build` (headless build-gpu/, data in .gpu/data): the [repro]
+# comparison of issue #8. Trains both baselines, runs both gating sweeps (gate, prune, eval, bench at batch 32 bf16),
+# then copies the events and summaries, and the results table and CSV of scripts/results.py, to $OUT/repro/.
+#   scripts/repro-gpu.sh [train|sweep|results|all]...            (default: all)
+# With two or more GPUs the All-attention work runs on GPU 0 and the Transformer-XL work on GPU 1 at the same time
+# (REPRO_SERIAL=1: one after the other on GPU 0). Each model's work is resumable: a run or sweep that finished is
+# skipped, a stopped one continues from its last checkpoint, so the script can be called again until it is done.
+#   TRAIN_EPOCHS=N     train for N epochs instead of the configs' 4 (recorded in each run's config.json)
+#   GATE_EPOCHS=N      gate each sweep point for N epochs instead of 1
+#   REPRO_BUDGET_S=S   stop cleanly (SIGTERM: checkpoint, exit 3) after S seconds in all, to fit a call's time limit
+# Times on one H200 today (35k tokens/s training, about 19k gating): train 4 epochs about 4.5 min per model; a sweep
+# point about 2.3 min (1 epoch of gating, fp32 eval, bench), 5 points per model.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+OUT="${OUT:-$PWD/gpu-out}"
+mkdir -p "$OUT/repro"
+export STUDIO_DATA="${STUDIO_DATA:-$PWD/.gpu/data}" STUDIO_CACHE="${STUDIO_CACHE:-/tmp/studio-cache}"
+STUDIO="${STUDIO:-build-gpu/app/studio}"
+RUNS=runs-gpu                      # the sweep configs' gate.checkpoint names runs-gpu/wt2-{all,txl}-16l
+DEADLINE=$(( $(date +%s) + ${REPRO_BUDGET_S:-604800} ))
+log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/repro/summary.txt"; }
+
+[ -x "$STUDIO" ] || { log "no $STUDIO: run scripts/gpu-check.sh build first"; exit 2; }
+gpus=$("$STUDIO" devices --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["cuda_devices"])')
+parallel=0; [ "${gpus:-0}" -ge 2 ] && [ -z "${REPRO_SERIAL:-}" ] && parallel=1
+
+# configs/X.json with epochs overridden (stage: train or gate), else the file itself.
+config_for() {
+  local config=$1 stage=$2 epochs=$3
+  [ -z "$epochs" ] && { echo "$config"; return; }
+  local out
+  out="/tmp/repro-$(basename "$config" .json)-$stage-$epochs.json"
+  python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c[sys.argv[2]]['epochs']=float(sys.argv[3]); json.dump(c, open(sys.argv[4],'w'), indent=2)" \
+    "$config" "$stage" "$epochs" "$out"
+  echo "$out"
+}
+
+finished() { tail -n 1 "$1/events.jsonl" 2>/dev/null | grep -q '"event":"run_end","status":"ok"'; }
+
+# studio --batch CONFIG RUN_DIR [resume-marker] on one GPU, stopped cleanly at the deadline.
+batch() {
+  local gpu=$1 config=$2 dir=$3 marker=$4 name; name=$(basename "$dir")
+  local left=$(( DEADLINE - $(date +%s) )) resume=()
+  [ "$left" -le 30 ] && { log "$name: no time left in REPRO_BUDGET_S"; return 3; }
+  [ -e "$dir/$marker" ] && resume=(--resume)
+  log "$name on GPU $gpu: $config ${resume[*]}"
+  CUDA_VISIBLE_DEVICES=$gpu timeout -s TERM -k 60 "$left" "$STUDIO" --batch "$config" --run-dir "$dir" "${resume[@]}" --no-progress \
+    > "$OUT/repro/$name.log" 2>&1
+  local rc=$?
+  log "$name: exit $rc ($(grep -E '^\[(eval|prune)\]|error' "$OUT/repro/$name.log" | tail -n 3 | tr '\n' ' '))"
+  return "$rc"
+}
+
+train_model() {   # all|txl GPU
+  local dir=$RUNS/wt2-$1-16l
+  if finished "$dir"; then log "$(basename "$dir"): trained before, skipped"; return 0; fi
+  batch "$2" "$(config_for "configs/wt2_$1_16l_train.json" train "${TRAIN_EPOCHS:-}")" "$dir" events.jsonl
+}
+
+sweep_model() {   # all|txl GPU
+  finished "$RUNS/wt2-$1-16l" || { log "wt2-$1-16l is not trained: run the train step first"; return 1; }
+  batch "$2" "$(config_for "configs/wt2_$1_16l_sweep.json" gate "${GATE_EPOCHS:-}")" "$RUNS/wt2-$1-16l-sweep" sweep.json
+  local rc=$?
+  [ -f "$RUNS/wt2-$1-16l-sweep/sweep.md" ] && cat "$RUNS/wt2-$1-16l-sweep/sweep.md" >> "$OUT/repro/summary.txt"
+  return "$rc"
+}
+
+both() {   # train_model|sweep_model
+  local rc=0
+  if [ "$parallel" = 1 ]; then
+    "$1" all 0 & local a=$!
+    "$1" txl 1 & local t=$!
+    wait $a || rc=1
+    wait $t || rc=1
+  else
+    "$1" all 0 || rc=1
+    "$1" txl 0 || rc=1
+  fi
+  return "$rc"
+}
+
+collect() {
+  log "copy events and summaries to $OUT/repro"
+  (find $RUNS/wt2-all-16l $RUNS/wt2-txl-16l $RUNS/wt2-all-16l-sweep $RUNS/wt2-txl-16l-sweep \
+      \( -name events.jsonl -o -name config.json -o -name sweep.json -o -name sweep.md -o -name sweep-config.json \
+         -o -name heads.json -o -path '*/bench/bench.*' \) -not -path '*/checkpoints/*' -print0 2>/dev/null \
+    | tar --null -cf - -T - | tar -xf - -C "$OUT/repro") || true
+  local args=()
+  for m in all txl; do
+    [ -f "$RUNS/wt2-$m-16l/events.jsonl" ] && args+=(--dense "$RUNS/wt2-$m-16l")
+    [ -f "$RUNS/wt2-$m-16l-sweep/sweep.json" ] && args+=(--sweep "$RUNS/wt2-$m-16l-sweep")
+  done
+  [ ${#args[@]} -eq 0 ] && return 0
+  python3 scripts/results.py "${args[@]}" --csv "$OUT/repro/results.csv" --md "$OUT/repro/results-table.md" 2>&1 | tee -a "$OUT/repro/summary.txt"
+  cat "$OUT/repro/results-table.md" >> "$OUT/repro/summary.txt"
+}
+
+log "repro: $gpus GPU(s), $([ "$parallel" = 1 ] && echo "All-attention on GPU 0, Transformer-XL on GPU 1" || echo "one model after the other")"
+status=0
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
+for step in "${steps[@]}"; do
+  case "$step" in
+    all) both train_model || status=1; both sweep_model || status=1; collect ;;
+    train) both train_model || status=1 ;;
+    sweep) both sweep_model || status=1 ;;
+    results) collect ;;
+    *) echo "unknown step $step (train, sweep, results, all)"; status=2 ;;
+  esac
+done
+exit $status
