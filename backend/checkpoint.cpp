@@ -154,6 +154,11 @@ std::string checkpoint_commit(const std::string & run_dir, const std::string & s
         j["state"] = training_state_to_json(state);
         j["model"] = model_config_to_json(model.config);
         j["manifest"] = manifest;
+        json with_gradient = json::array();
+        for (const auto & item : model.named_parameters(true)) {
+            if (item.value().grad().defined()) with_gradient.push_back(item.key());
+        }
+        j["with_gradient"] = with_gradient;
         file_write_atomic((fs::path(staging) / "state.json").string(), j.dump(2));
         move_into_place(staging, final_path);
     } catch (const std::exception & e) {
@@ -198,6 +203,12 @@ LoadedCheckpoint checkpoint_load(const std::string & path, int64_t rank) {
         c.model_config = model_config_from_json(j.at("model"));
     } catch (const std::exception & e) {
         throw FormatError("checkpoint " + path + ": its model config is unreadable (" + std::string(e.what()) + ")");
+    }
+    const json with_gradient = j.value("with_gradient", json::array());
+    if (!with_gradient.is_array()) throw FormatError("checkpoint " + path + ": state.json's with_gradient is not a list");
+    for (const auto & name : with_gradient) {
+        if (!name.is_string()) throw FormatError("checkpoint " + path + ": state.json's with_gradient holds a non-name");
+        c.with_gradient.push_back(name.get<std::string>());
     }
     const json manifest = j.value("manifest", json::object());
     auto read_verified = [&](const std::string & name, TensorMap & out, bool required) {
@@ -249,6 +260,15 @@ void checkpoint_load_model(const LoadedCheckpoint & c, LanguageModelImpl & model
         for (auto it = state.begin(); it != state.end();) it = is_gate_tensor(it->first) ? state.erase(it) : std::next(it);
     }
     module_load_state(model, state, c.path, allow_missing_gates ? &is_gate_tensor : nullptr);
+}
+
+void checkpoint_restore_gradients(const LoadedCheckpoint & c, LanguageModelImpl & model) {
+    auto params = model.named_parameters(true);
+    for (const auto & name : c.with_gradient) {
+        auto * p = params.find(name);
+        if (!p) throw FormatError("checkpoint " + c.path + ": with_gradient names " + name + ", which the model lacks");
+        if (!p->grad().defined()) p->mutable_grad() = torch::zeros_like(*p);
+    }
 }
 
 std::vector<torch::Tensor> checkpoint_memory(const LoadedCheckpoint & c, int64_t layers, const torch::Device & device) {

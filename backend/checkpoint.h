@@ -39,6 +39,9 @@ struct LoadedCheckpoint {
     TrainingState state;
     ModelConfig model_config;
     TensorMap model, optimizer, memory;
+    /// Parameters that held a gradient when the checkpoint was written (empty for checkpoints written before this
+    /// was recorded).
+    std::vector<std::string> with_gradient;
 };
 
 /// Staging folder of a checkpoint being written (every rank writes its memory file there before rank 0 commits).
@@ -55,6 +58,12 @@ LoadedCheckpoint checkpoint_load(const std::string & path, int64_t rank = -1);
 void checkpoint_check_model(const LoadedCheckpoint & checkpoint, const ModelConfig & config);
 /// Loads weights; missing gate tensors are allowed when allow_missing_gates (a baseline entering the gate stage).
 void checkpoint_load_model(const LoadedCheckpoint & checkpoint, LanguageModelImpl & model, bool allow_missing_gates);
+/// Resuming a stage: gives a zero gradient to every parameter that held one when the checkpoint was written. The
+/// optimizer updates (momentum, weight decay) every parameter with a gradient, and a parameter keeps its (zeroed)
+/// gradient once it has had one; in a fresh process the parameters a batch did not reach (an adaptive-softmax
+/// cluster none of its words fell into) would have none and be skipped, and the resumed run would drift from the
+/// uninterrupted one.
+void checkpoint_restore_gradients(const LoadedCheckpoint & checkpoint, LanguageModelImpl & model);
 std::vector<torch::Tensor> checkpoint_memory(const LoadedCheckpoint & checkpoint, int64_t layers, const torch::Device & device);
 
 } // namespace studio

@@ -118,6 +118,7 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
         if (auto latest = run_latest_checkpoint(ctx.run_dir, stage)) {
             auto loaded = checkpoint_load(latest->path, ctx.rank());
             checkpoint_load_model(loaded, *model, false);
+            checkpoint_restore_gradients(loaded, *model);
             if (!loaded.optimizer.empty()) optimizer.load_state(loaded.optimizer, loaded.path);
             memory = checkpoint_memory(loaded, config.model.num_layers, ctx.device);
             state = loaded.state;

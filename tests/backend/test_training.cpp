@@ -7,6 +7,7 @@
 #include <QTemporaryDir>
 #include <QTest>
 
+#include <algorithm>
 #include <cmath>
 
 #include "checkpoint.h"
@@ -194,6 +195,35 @@ private Q_SLOTS:
         foreign.write("{\"epoch\": 3}");
         foreign.close();
         refused(run + "/foreign", small(), "checkpoint " + run + "/foreign: not a Head Pruning Studio checkpoint (foreign file)");
+    }
+
+    void resume_restores_which_parameters_had_gradients() {
+        // Found by the kill test: the optimizer updates every parameter holding a gradient, zeroed or not, so a
+        // resumed run must hold gradients exactly where the uninterrupted one did, and nowhere else.
+        QTemporaryDir dir;
+        const std::string run = dir.path().toStdString();
+        LanguageModel model(small());
+        std::vector<std::string> reached;
+        int i = 0;
+        for (auto & item : model->named_parameters(true)) {
+            if (i++ % 3 != 0) continue;
+            item.value().mutable_grad() = torch::ones_like(item.value());
+            reached.push_back(item.key());
+        }
+        QVERIFY(reached.size() >= 2);
+        TrainingState state;
+        state.step = 7;
+        const std::string path = checkpoint_commit(run, checkpoint_staging_dir(run, "train", 7), *model, nullptr, state, 2);
+        auto loaded = checkpoint_load(path);
+        QCOMPARE(loaded.with_gradient, reached);
+        LanguageModel fresh(small());
+        checkpoint_load_model(loaded, *fresh, false);
+        checkpoint_restore_gradients(loaded, *fresh);
+        for (auto & item : fresh->named_parameters(true)) {
+            const bool had = std::find(reached.begin(), reached.end(), item.key()) != reached.end();
+            QVERIFY2(item.value().grad().defined() == had, item.key().c_str());
+            if (had) QVERIFY(torch::equal(item.value().grad(), torch::zeros_like(item.value())));
+        }
     }
 
     void checkpoints_rotate_and_keep_the_final_one() {
