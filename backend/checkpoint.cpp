@@ -1,9 +1,13 @@
 #include "checkpoint.h"
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include <fcntl.h>
 #include <torch/torch.h>
 
 #include "language_model.h"
@@ -43,50 +47,136 @@ std::string checkpoint_staging_dir(const std::string & run_dir, const std::strin
     return (fs::path(run_checkpoints_dir(run_dir)) / ("." + checkpoint_dir_name(stage, step) + ".staging")).string();
 }
 
+namespace {
+
+// A staging folder is <run>/checkpoints/.<stage>-<step>.staging.
+std::string staging_run_dir(const std::string & staging) { return fs::path(staging).parent_path().parent_path().string(); }
+std::string staging_name(const std::string & staging) {
+    std::string name = fs::path(staging).filename().string();
+    if (!name.empty() && name[0] == '.') name.erase(0, 1);
+    const auto suffix = name.rfind(".staging");
+    return suffix == std::string::npos ? name : name.substr(0, suffix);
+}
+
+// A checkpoint that cannot be written (full disk, permissions) leaves no half-written staging folder behind: the
+// space goes back to the disk, and nothing partial lies around for a later run to reuse. The message names the
+// file that failed and the checkpoint a --resume would continue from.
+[[noreturn]] void write_failed(const std::string & staging, const std::string & stage, const std::string & why) {
+    std::error_code ec;
+    fs::remove_all(staging, ec);
+    const std::string run_dir = staging_run_dir(staging);
+    const auto latest = run_latest_checkpoint(run_dir, stage);
+    throw std::runtime_error("checkpoint " + staging_name(staging) + " not saved: " + why + "; " +
+                             (latest ? "the last complete checkpoint " + latest->path + " is intact: continue from it with --resume"
+                                     : std::string("this run has no complete checkpoint yet")));
+}
+
+std::string stage_of(const std::string & staging) {
+    const std::string name = staging_name(staging);
+    const auto dash = name.rfind('-');
+    return dash == std::string::npos ? name : name.substr(0, dash);
+}
+
+// Puts `from` under the name `to`. When `to` exists (the same step checkpointed again, e.g. a SIGTERM right after an
+// interval checkpoint) the two are swapped atomically, so at no moment is there no checkpoint under the final name.
+void move_into_place(const std::string & from, const std::string & to) {
+    if (fs::exists(to)) {
+        if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
+            std::error_code ec;
+            fs::remove_all(from, ec); // now the replaced checkpoint, under the hidden staging name
+            return;
+        }
+        if (errno != EINVAL && errno != ENOSYS) throw std::runtime_error("cannot replace " + to + ": " + std::strerror(errno));
+        // A file system without RENAME_EXCHANGE: hide the old one first, so what lies under the final name is
+        // never half-deleted.
+        const std::string hidden = (fs::path(to).parent_path() / ("." + fs::path(to).filename().string() + ".deleting")).string();
+        std::error_code ec;
+        fs::remove_all(hidden, ec);
+        fs::rename(to, hidden);
+        fs::rename(from, to);
+        fs::remove_all(hidden, ec);
+        return;
+    }
+    fs::rename(from, to);
+}
+
+// Leftovers of runs killed mid-checkpoint: other staging folders, and half-deleted rotated checkpoints. Called by
+// rank 0 after a commit, when every rank has finished writing into the current staging folder.
+void remove_leftovers(const std::string & checkpoints_dir) {
+    std::error_code ec;
+    std::vector<fs::path> stale;
+    for (const auto & entry : fs::directory_iterator(checkpoints_dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        const auto ends_with = [&](const std::string & suffix) {
+            return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+        };
+        if (name[0] == '.' && (ends_with(".staging") || ends_with(".deleting"))) stale.push_back(entry.path());
+    }
+    for (const auto & path : stale) fs::remove_all(path, ec);
+}
+
+} // namespace
+
 void checkpoint_write_memory(const std::string & staging, int64_t rank, const std::vector<torch::Tensor> & memory) {
-    fs::create_directories(staging);
     TensorMap tensors;
     for (size_t l = 0; l < memory.size(); ++l) tensors["layer_" + std::to_string(l)] = memory[l];
-    file_write_atomic((fs::path(staging) / ("memory-rank" + std::to_string(rank) + ".safetensors")).string(), tensors_serialize(tensors));
+    try {
+        fs::create_directories(staging);
+        file_write_atomic((fs::path(staging) / ("memory-rank" + std::to_string(rank) + ".safetensors")).string(), tensors_serialize(tensors));
+    } catch (const std::exception & e) {
+        write_failed(staging, stage_of(staging), e.what());
+    }
 }
 
 std::string checkpoint_commit(const std::string & run_dir, const std::string & staging, const LanguageModelImpl & model,
                               const Optimizer * optimizer, const TrainingState & state, int64_t keep) {
-    fs::create_directories(staging);
     json manifest = json::object();
     auto write = [&](const std::string & name, const std::string & bytes) {
         file_write_atomic((fs::path(staging) / name).string(), bytes);
         manifest[name] = bytes_checksum(bytes);
     };
-    write("model.safetensors", tensors_serialize(module_state(model), {{"format", "head-pruning-studio"}}));
-    if (optimizer) write("optimizer.safetensors", tensors_serialize(optimizer->state()));
-    for (const auto & entry : fs::directory_iterator(staging)) {
-        const std::string name = entry.path().filename().string();
-        if (name.rfind("memory-rank", 0) == 0) manifest[name] = file_checksum(entry.path().string());
-    }
-    json j;
-    j["format"] = "head-pruning-studio checkpoint";
-    j["version"] = 1;
-    j["state"] = training_state_to_json(state);
-    j["model"] = model_config_to_json(model.config);
-    j["manifest"] = manifest;
-    file_write_atomic((fs::path(staging) / "state.json").string(), j.dump(2));
-
     const std::string final_path = (fs::path(run_checkpoints_dir(run_dir)) / checkpoint_dir_name(state.stage, state.step)).string();
-    std::error_code ec;
-    fs::remove_all(final_path, ec); // a re-run of the same step after a resume replaces it
-    fs::rename(staging, final_path);
+    try {
+        fs::create_directories(staging);
+        write("model.safetensors", tensors_serialize(module_state(model), {{"format", "head-pruning-studio"}}));
+        if (optimizer) write("optimizer.safetensors", tensors_serialize(optimizer->state()));
+        std::vector<fs::path> temporaries;
+        for (const auto & entry : fs::directory_iterator(staging)) {
+            const std::string name = entry.path().filename().string();
+            if (name.rfind("memory-rank", 0) == 0) manifest[name] = file_checksum(entry.path().string());
+            // Temporaries of an earlier, killed attempt at this same step; every rank's own write is done by now.
+            if (name[0] == '.') temporaries.push_back(entry.path());
+        }
+        for (const auto & t : temporaries) fs::remove_all(t);
+        json j;
+        j["format"] = "head-pruning-studio checkpoint";
+        j["version"] = 1;
+        j["state"] = training_state_to_json(state);
+        j["model"] = model_config_to_json(model.config);
+        j["manifest"] = manifest;
+        file_write_atomic((fs::path(staging) / "state.json").string(), j.dump(2));
+        move_into_place(staging, final_path);
+    } catch (const std::exception & e) {
+        write_failed(staging, state.stage, e.what());
+    }
     folder_sync(run_checkpoints_dir(run_dir));
 
     auto existing = run_list_checkpoints(run_dir, state.stage);
-    // The stage's final checkpoint is always kept; the rest rotate.
+    // The stage's final checkpoint is always kept; the rest rotate. A rotated checkpoint is hidden (renamed) before
+    // it is deleted, so a kill mid-deletion never leaves a half-deleted folder under a checkpoint's name.
+    std::error_code ec;
     for (size_t i = 0; i + (size_t) keep < existing.size(); ++i) {
         if (existing[i].path == final_path) continue;
         std::ifstream state_file((fs::path(existing[i].path) / "state.json").string());
         json other = json::parse(state_file, nullptr, false);
         const bool complete = !other.is_discarded() && other.is_object() && other.value("state", json::object()).value("complete", false);
-        if (!complete) fs::remove_all(existing[i].path, ec);
+        if (complete) continue;
+        const fs::path old(existing[i].path);
+        const fs::path hidden = old.parent_path() / ("." + old.filename().string() + ".deleting");
+        fs::rename(old, hidden, ec);
+        fs::remove_all(ec ? old : hidden, ec);
     }
+    remove_leftovers(run_checkpoints_dir(run_dir));
     return final_path;
 }
 

@@ -1,14 +1,24 @@
 #include "events.h"
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <stdexcept>
 
 namespace studio {
 
 EventWriter::EventWriter(const std::string & path) : path_(path) {
+    // A run killed in the middle of a line leaves it without its newline; the next run's first event must not be
+    // glued to it (both would be lost to the reader), so the half line is closed first.
+    bool half_line = false;
+    if (std::FILE * existing = std::fopen(path.c_str(), "rb")) {
+        half_line = std::fseek(existing, -1, SEEK_END) == 0 && std::fgetc(existing) != '\n';
+        std::fclose(existing);
+    }
     file_ = std::fopen(path.c_str(), "ab");
     if (!file_) throw std::runtime_error("events: cannot open " + path + " for appending (check the run directory's permissions)");
+    if (half_line) std::fputc('\n', file_);
 }
 
 EventWriter::~EventWriter() {
@@ -24,7 +34,9 @@ void EventWriter::write(const std::string & type, nlohmann::json fields) {
     // One write call per line keeps a concurrent reader from seeing interleaved fragments.
     const std::string line = event.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
-        throw std::runtime_error("events: cannot write to " + path_ + " (disk full?)");
+        const int error = errno;
+        throw std::runtime_error("events: cannot write to " + path_ + ": " +
+                                 (error == ENOSPC ? std::string("no space left on device; free space on that disk") : std::strerror(error)));
     }
 }
 

@@ -31,7 +31,8 @@ public:
     Optimizer(OptimizerConfig config, std::vector<ParamGroup> groups);
 
     /// One update of every parameter at learning rate `lr` (before each group's scale). A parameter whose gradient
-    /// autograd never touched counts as having a zero gradient.
+    /// autograd never touched counts as having a zero gradient, so a resumed run updates exactly the parameters an
+    /// uninterrupted one does (momentum keeps moving a parameter once it has had a gradient).
     void step(double lr);
     void zero_grad();
     const std::vector<ParamGroup> & groups() const { return groups_; }

@@ -1,6 +1,7 @@
 #include "safetensors.h"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -115,30 +116,50 @@ void folder_sync(const std::string & path) {
     }
 }
 
+namespace {
+
+// The one line a user sees when a write fails. A full disk says so plainly, with the size of what did not fit.
+std::string write_error(const std::string & path, int error, size_t bytes) {
+    if (error == ENOSPC || error == EDQUOT) {
+        char size[32];
+        std::snprintf(size, sizeof size, "%.1f MB", (double) bytes / 1e6);
+        return "cannot write " + path + " (" + size + "): no space left on device; free space on that disk";
+    }
+    return "cannot write " + path + ": " + std::strerror(error);
+}
+
+} // namespace
+
 void file_write_atomic(const std::string & path, const std::string & bytes) {
     namespace fs = std::filesystem;
     const fs::path target(path);
     const std::string tmp = (target.parent_path() / ("." + target.filename().string() + ".tmp" + std::to_string(::getpid()))).string();
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) throw std::runtime_error("cannot create " + tmp + ": " + std::strerror(errno));
+    if (fd < 0) {
+        const int error = errno;
+        if (error == ENOSPC || error == EDQUOT) throw std::runtime_error(write_error(path, error, bytes.size()));
+        throw std::runtime_error("cannot create " + tmp + ": " + std::strerror(error));
+    }
     const char * p = bytes.data();
     size_t left = bytes.size();
     while (left > 0) {
         ssize_t w = ::write(fd, p, left);
         if (w < 0) {
             if (errno == EINTR) continue;
-            const std::string why = std::strerror(errno);
+            const int error = errno;
             ::close(fd);
             ::unlink(tmp.c_str());
-            throw std::runtime_error("cannot write " + path + ": " + why);
+            throw std::runtime_error(write_error(path, error, bytes.size()));
         }
         p += w;
         left -= (size_t) w;
     }
-    if (::fsync(fd) != 0 || ::close(fd) != 0) {
-        const std::string why = std::strerror(errno);
+    // fsync and close report a full disk too (delayed allocation, network file systems).
+    int error = ::fsync(fd) != 0 ? errno : 0;
+    if (::close(fd) != 0 && error == 0) error = errno;
+    if (error != 0) {
         ::unlink(tmp.c_str());
-        throw std::runtime_error("cannot write " + path + ": " + why);
+        throw std::runtime_error(write_error(path, error, bytes.size()));
     }
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
         const std::string why = std::strerror(errno);

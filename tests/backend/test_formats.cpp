@@ -75,6 +75,33 @@ private Q_SLOTS:
         QCOMPARE(studio::bytes_checksum("a"), std::string("af63dc4c8601ec8c")); // FNV-1a 64 test vector
     }
 
+    void event_writer_closes_a_half_written_line() {
+        // What a SIGKILL in the middle of an event leaves behind: the next run's events must still be readable.
+        QTemporaryDir dir;
+        const std::string path = dir.path().toStdString() + "/events.jsonl";
+        {
+            QFile f(QString::fromStdString(path));
+            QVERIFY(f.open(QIODevice::WriteOnly));
+            f.write("{\"event\": \"train\", \"step\": 1}\n{\"event\": \"train\", \"st");
+        }
+        {
+            studio::EventWriter writer(path);
+            writer.write("run_start", {{"resumed", true}});
+        }
+        studio::EventReader reader(path);
+        auto events = reader.poll();
+        QCOMPARE((int) events.size(), 2);
+        QCOMPARE(events[1]["event"].get<std::string>(), std::string("run_start"));
+        QCOMPARE(reader.skipped_lines(), int64_t(1));
+        {
+            studio::EventWriter writer(path); // a whole last line is left alone: no empty line added
+            writer.write("run_end");
+        }
+        QFile f(QString::fromStdString(path));
+        QVERIFY(f.open(QIODevice::ReadOnly));
+        QCOMPARE(f.readAll().count('\n'), 4);
+    }
+
     void event_reader_waits_for_the_newline() {
         QTemporaryDir dir;
         const std::string path = dir.path().toStdString() + "/events.jsonl";

@@ -17,37 +17,12 @@
 #include <nlohmann/json.hpp>
 
 #include "events.h"
+#include "studio_process.h"
 
 using nlohmann::json;
+using namespace studio_test;
 
 namespace {
-
-struct Result {
-    int code = -1;
-    QString out, err;
-};
-
-Result studio_run(const QStringList & args, const QMap<QString, QString> & env = {}) {
-    QProcess p;
-    auto environment = QProcessEnvironment::systemEnvironment();
-    environment.insert("STUDIO_DATA", STUDIO_TEST_DATA);
-    for (auto it = env.begin(); it != env.end(); ++it) environment.insert(it.key(), it.value());
-    p.setProcessEnvironment(environment);
-    p.start(STUDIO_BINARY, args);
-    p.waitForFinished(600000);
-    return {p.exitStatus() == QProcess::NormalExit ? p.exitCode() : -1, QString::fromUtf8(p.readAllStandardOutput()),
-            QString::fromUtf8(p.readAllStandardError())};
-}
-
-json tiny_config(const std::string & name) {
-    return {{"name", name}, {"stages", {"train"}}, {"seed", 11}, {"device", "cpu"},
-            {"model", {{"type", "all_attention"}, {"num_layers", 2}, {"num_heads", 2}, {"hidden_dim", 16}, {"feedforward_dim", 8},
-                       {"max_len", 16}, {"tgt_len", 8}, {"mem_len", 8}, {"cutoffs", {1000, 5000}},
-                       {"attn_drop", 0.1}, {"proj_drop", 0.1}, {"input_drop", 0.1}, {"output_drop", 0.1}, {"word_drop", 0.1}}},
-            {"train", {{"steps", 12}, {"batch_size", 4}, {"log_interval", 1}, {"checkpoint_interval", 4},
-                       {"optimizer", {{"lr", 0.01}}}, {"schedule", {{"warmup_steps", 2}, {"min_lr", 0.001}}}}},
-            {"eval", {{"batch_size", 64}, {"splits", {"valid"}}}}};
-}
 
 // 20 steps without dropout: N ranks with B/N rows each must then follow one rank with B rows.
 json ranks_config() {
@@ -56,21 +31,6 @@ json ranks_config() {
     config["train"]["checkpoint_interval"] = 10;
     for (const char * p : {"attn_drop", "proj_drop", "input_drop", "output_drop", "word_drop"}) config["model"][p] = 0.0;
     return config;
-}
-
-QString write_config(const QTemporaryDir & dir, const json & config) {
-    const QString path = dir.path() + "/" + QString::fromStdString(config["name"].get<std::string>()) + ".json";
-    std::ofstream(path.toStdString()) << config.dump(2);
-    return path;
-}
-
-// Last logged loss of every step of a stage (a resumed run logs its steps again after the checkpoint).
-std::map<int64_t, double> losses(const QString & run_dir, const std::string & stage) {
-    std::map<int64_t, double> by_step;
-    for (const auto & e : studio::events_read_all((run_dir + "/events.jsonl").toStdString())) {
-        if (e["event"] == "train" && e["stage"] == stage) by_step[e["step"].get<int64_t>()] = e["loss"].get<double>();
-    }
-    return by_step;
 }
 
 // Two ranks of one run started by hand with torchrun's variables (not studio's own spawner).
@@ -109,38 +69,38 @@ private Q_SLOTS:
     void bad_input_stops_before_work() {
         json bad = tiny_config("bad");
         bad["model"]["num_heads"] = 3;
-        auto r = studio_run({"--batch", write_config(dir, bad), "--run-dir", dir.path() + "/bad"});
+        auto r = studio_run({"--batch", write_config(dir.path(), bad), "--run-dir", dir.path() + "/bad"});
         QCOMPARE(r.code, 2);
         QCOMPARE(r.err.trimmed(), QString("config error: model.num_heads: 3 does not divide hidden_dim 16"));
         QVERIFY(!QDir(dir.path() + "/bad").exists());
 
         json missing = tiny_config("nodata");
         missing["data"] = {{"dir", "/nonexistent"}};
-        r = studio_run({"--batch", write_config(dir, missing)});
+        r = studio_run({"--batch", write_config(dir.path(), missing)});
         QCOMPARE(r.code, 2);
         QCOMPARE(r.err.trimmed(), QString("config error: data.dir: dataset folder /nonexistent/wikitext-2 does not exist (set data.dir or $STUDIO_DATA; scripts/fetch-wikitext.sh downloads WikiText)"));
 
         json gpu = tiny_config("gpu");
         gpu["device"] = "cuda";
-        r = studio_run({"--batch", write_config(dir, gpu)});
+        r = studio_run({"--batch", write_config(dir.path(), gpu)});
         QCOMPARE(r.code, 2);
         QVERIFY(r.err.startsWith("config error: device: \"cuda\" was asked for but this build or machine has no CUDA GPU"));
 
         json vocab = tiny_config("vocab");
         vocab["model"]["vocab_size"] = 267735;
         vocab["model"]["cutoffs"] = {20000, 40000};
-        r = studio_run({"--batch", write_config(dir, vocab), "--run-dir", dir.path() + "/vocab"});
+        r = studio_run({"--batch", write_config(dir.path(), vocab), "--run-dir", dir.path() + "/vocab"});
         QCOMPARE(r.code, 2);
         QVERIFY2(r.err.startsWith("config error: model.vocab_size: 267735 does not match the 33278-word vocabulary of"), qPrintable(r.err));
 
-        r = studio_run({"validate", write_config(dir, bad)});
+        r = studio_run({"validate", write_config(dir.path(), bad)});
         QCOMPARE(r.code, 2);
-        r = studio_run({"validate", write_config(dir, tiny_config("good"))});
+        r = studio_run({"validate", write_config(dir.path(), tiny_config("good"))});
         QCOMPARE(r.code, 0);
     }
 
     void stopped_run_resumes_exactly() {
-        const QString config = write_config(dir, tiny_config("resume"));
+        const QString config = write_config(dir.path(), tiny_config("resume"));
         const QString whole = dir.path() + "/whole", split = dir.path() + "/split";
         QCOMPARE(studio_run({"--batch", config, "--run-dir", whole, "--no-progress"}).code, 0);
         auto stopped = studio_run({"--batch", config, "--run-dir", split, "--no-progress"}, {{"STUDIO_STOP_AT_STEP", "6"}});
@@ -165,7 +125,7 @@ private Q_SLOTS:
     void two_gloo_ranks_follow_one_rank() {
         // Ranks started by hand with torchrun's variables (not studio's own spawner), batch 4 split 2 + 2.
         json config = ranks_config();
-        const QString path = write_config(dir, config);
+        const QString path = write_config(dir.path(), config);
         const QString one = dir.path() + "/one-rank", two = dir.path() + "/two-ranks";
         QCOMPARE(studio_run({"--batch", path, "--run-dir", one, "--no-progress"}).code, 0);
         const QString port = QString::number(29600 + (QCoreApplication::applicationPid() % 300));
@@ -182,7 +142,7 @@ private Q_SLOTS:
         // "gpus": 2 on the CPU: studio starts both ranks itself, with the same result.
         config["gpus"] = 2;
         const QString spawned = dir.path() + "/spawned";
-        auto r = studio_run({"--batch", write_config(dir, config), "--run-dir", spawned, "--no-progress"});
+        auto r = studio_run({"--batch", write_config(dir.path(), config), "--run-dir", spawned, "--no-progress"});
         QVERIFY2(r.code == 0, qPrintable(r.err));
         auto c = losses(spawned, "train");
         for (auto & [step, loss] : a) QVERIFY2(std::abs(loss - c[step]) <= 1e-5, qPrintable(QString("spawned step %1").arg(step)));
@@ -193,15 +153,15 @@ private Q_SLOTS:
         // step still follows the single-rank run of two_gloo_ranks_follow_one_rank (dropout off).
         json config = ranks_config();
         const QString one = dir.path() + "/one-rank";
-        if (!QFile::exists(one + "/events.jsonl")) QCOMPARE(studio_run({"--batch", write_config(dir, config), "--run-dir", one, "--no-progress"}).code, 0);
+        if (!QFile::exists(one + "/events.jsonl")) QCOMPARE(studio_run({"--batch", write_config(dir.path(), config), "--run-dir", one, "--no-progress"}).code, 0);
         auto a = losses(one, "train");
         for (const auto & [first, second] : {std::make_pair(2, 1), std::make_pair(1, 2)}) {
             const QString run = dir.path() + QString("/resize-%1-%2").arg(first).arg(second);
             config["gpus"] = first;
-            auto stopped = studio_run({"--batch", write_config(dir, config), "--run-dir", run, "--no-progress"}, {{"STUDIO_STOP_AT_STEP", "10"}});
+            auto stopped = studio_run({"--batch", write_config(dir.path(), config), "--run-dir", run, "--no-progress"}, {{"STUDIO_STOP_AT_STEP", "10"}});
             QVERIFY2(stopped.code == 3, qPrintable(stopped.err));
             config["gpus"] = second;
-            auto resumed = studio_run({"--batch", write_config(dir, config), "--run-dir", run, "--resume", "--no-progress"});
+            auto resumed = studio_run({"--batch", write_config(dir.path(), config), "--run-dir", run, "--resume", "--no-progress"});
             QVERIFY2(resumed.code == 0, qPrintable(resumed.err));
             auto d = losses(run, "train");
             QCOMPARE((int) d.size(), 20);
@@ -215,7 +175,7 @@ private Q_SLOTS:
         json config = tiny_config("killed");
         config["train"]["steps"] = 100000;
         config["train"]["checkpoint_interval"] = 5;
-        const QString path = write_config(dir, config), run = dir.path() + "/killed";
+        const QString path = write_config(dir.path(), config), run = dir.path() + "/killed";
         const QString port = QString::number(29900 + (QCoreApplication::applicationPid() % 90));
         QProcess ranks[2];
         start_two_ranks(ranks, path, run, port);
@@ -241,7 +201,7 @@ private Q_SLOTS:
         config["model"]["vocab_size"] = 200;
         config["model"]["cutoffs"] = {50, 100};
         config["bench"] = {{"batch_sizes", {2}}, {"devices", {"cpu"}}, {"dtypes", {"fp32"}}, {"steps", 2}, {"warmup", 1}, {"repetitions", 2}};
-        const QString path = write_config(dir, config), out = dir.path() + "/train-bench";
+        const QString path = write_config(dir.path(), config), out = dir.path() + "/train-bench";
         auto r = studio_run({"bench", "--train", path, "--out", out, "-o", "csv"});
         QVERIFY2(r.code == 0, qPrintable(r.err));
         const QStringList lines = r.out.trimmed().split('\n');
@@ -259,7 +219,7 @@ private Q_SLOTS:
         config["train"]["optimizer"] = {{"name", "adam"}, {"lr", 1e30}};
         config["train"]["schedule"] = {{"name", "constant"}};
         config["train"]["clip_grad_norm"] = 0;
-        auto r = studio_run({"--batch", write_config(dir, config), "--run-dir", dir.path() + "/nan", "--no-progress"});
+        auto r = studio_run({"--batch", write_config(dir.path(), config), "--run-dir", dir.path() + "/nan", "--no-progress"});
         QCOMPARE(r.code, 1);
         QVERIFY2(r.err.contains(QRegularExpression("error: train: loss or gradient is not finite at step \\d+ \\(last good checkpoint: .*\\); lower the learning rate")), qPrintable(r.err));
         bool error_event = false;
@@ -277,7 +237,7 @@ private Q_SLOTS:
         config["gate"] = {{"steps", 30}, {"l0_coefficient", 0.5}, {"l0_warmup", 5}, {"l0_unit", "steps"}, {"log_interval", 5},
                           {"gates_interval", 10}, {"optimizer", {{"lr", 0.01}}}};
         const QString run = dir.path() + "/gated";
-        auto r = studio_run({"--batch", write_config(dir, config), "--run-dir", run, "--no-progress"});
+        auto r = studio_run({"--batch", write_config(dir.path(), config), "--run-dir", run, "--no-progress"});
         QVERIFY2(r.code == 0, qPrintable(r.err));
         std::map<std::string, double> ppl;
         json prune;
