@@ -22,20 +22,6 @@ using namespace studio_test;
 
 namespace {
 
-// The first lines of WikiText-2's splits: a validation pass over them takes seconds, not a minute, and a sweep point
-// validates five times (end of gating, gated and pruned model on valid and test).
-QString small_wikitext(const QString & root) {
-    const QString folder = root + "/small-data";
-    QDir().mkpath(folder + "/wikitext-2");
-    for (auto [split, lines] : {std::make_pair("train", 3000), std::make_pair("valid", 300), std::make_pair("test", 300)}) {
-        QFile in(QString(STUDIO_TEST_DATA "/wikitext-2/wiki.%1.tokens").arg(split));
-        QFile out(QString("%1/wikitext-2/wiki.%2.tokens").arg(folder, split));
-        if (!in.open(QIODevice::ReadOnly) || !out.open(QIODevice::WriteOnly)) return {};
-        for (int i = 0; i < lines && !in.atEnd(); ++i) out.write(in.readLine());
-    }
-    return folder;
-}
-
 // A config whose train stage makes the base model that the sweeps below gate.
 json trained_base(const std::string & name, const std::string & type, const QString & data) {
     json config = tiny_config(name);
@@ -58,7 +44,7 @@ private Q_SLOTS:
     // sweep.json and sweep.md. Stopped inside the first point, it stops; --resume finishes that point from its
     // checkpoint, runs the second, and a third call skips both.
     void sweep_gates_a_trained_run() {
-        const QString data = small_wikitext(dir.path()), trained = dir.path() + "/all-base";
+        const QString data = small_wikitext(dir.path(), 3000, 300), trained = dir.path() + "/all-base";
         QVERIFY(!data.isEmpty());
         auto r = studio_run({"--batch", write_config(dir, trained_base("all-base", "all_attention", data)), "--run-dir", trained, "--no-progress"});
         QVERIFY2(r.code == 0, qPrintable(r.err));
@@ -152,7 +138,7 @@ private Q_SLOTS:
 
     // A Transformer-XL sweep whose first point diverges: the second still runs, the sweep exits 1 and names the error.
     void sweep_goes_on_after_a_failed_point() {
-        const QString data = small_wikitext(dir.path()), trained = dir.path() + "/txl-base";
+        const QString data = small_wikitext(dir.path(), 3000, 300), trained = dir.path() + "/txl-base";
         auto r = studio_run({"--batch", write_config(dir, trained_base("txl-base", "transformer_xl", data)), "--run-dir", trained, "--no-progress"});
         QVERIFY2(r.code == 0, qPrintable(r.err));
         json config = tiny_config("txl-gates");
