@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE after `scripts/gpu-check.sh build` (headless build-gpu/, data in .gpu/data): the [repro]
 # comparison of issue #8. Trains both baselines, runs both gating sweeps (gate, prune, eval, bench at batch 32 bf16),
-# then copies the events and summaries, and the results table and CSV of scripts/results.py, to $OUT/repro/.
+# then packs the runs' events, configs and summaries, their logs, and scripts/results.py's table and CSV into
+# $OUT/repro/repro.tar.gz (the device tool brings back few files: $OUT/repro holds summary.txt, the tarball and the
+# table alone).
 #   scripts/repro-gpu.sh [train|sweep|results|all]...            (default: all)
 # With two or more GPUs the All-attention work runs on GPU 0 and the Transformer-XL work on GPU 1 at the same time
 # (REPRO_SERIAL=1: one after the other on GPU 0). Each model's work is resumable: a run or sweep that finished is
@@ -20,6 +22,8 @@ export STUDIO_DATA="${STUDIO_DATA:-$PWD/.gpu/data}" STUDIO_CACHE="${STUDIO_CACHE
 STUDIO="${STUDIO:-build-gpu/app/studio}"
 RUNS=runs-gpu                      # the sweep configs' gate.checkpoint names runs-gpu/wt2-{all,txl}-16l
 DEADLINE=$(( $(date +%s) + ${REPRO_BUDGET_S:-604800} ))
+LOGS=$RUNS/logs
+mkdir -p "$LOGS"
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/repro/summary.txt"; }
 
 [ -x "$STUDIO" ] || { log "no $STUDIO: run scripts/gpu-check.sh build first"; exit 2; }
@@ -47,9 +51,9 @@ batch() {
   [ -e "$dir/$marker" ] && resume=(--resume)
   log "$name on GPU $gpu: $config ${resume[*]}"
   CUDA_VISIBLE_DEVICES=$gpu timeout -s TERM -k 60 "$left" "$STUDIO" --batch "$config" --run-dir "$dir" "${resume[@]}" --no-progress \
-    > "$OUT/repro/$name.log" 2>&1
+    > "$LOGS/$name.log" 2>&1
   local rc=$?
-  log "$name: exit $rc ($(grep -E '^\[(eval|prune)\]|error' "$OUT/repro/$name.log" | tail -n 3 | tr '\n' ' '))"
+  log "$name: exit $rc ($(grep -E '^\[(eval|prune)\]|error' "$LOGS/$name.log" | tail -n 3 | tr '\n' ' '))"
   return "$rc"
 }
 
@@ -82,19 +86,23 @@ both() {   # train_model|sweep_model
 }
 
 collect() {
-  log "copy events and summaries to $OUT/repro"
-  (find $RUNS/wt2-all-16l $RUNS/wt2-txl-16l $RUNS/wt2-all-16l-sweep $RUNS/wt2-txl-16l-sweep \
+  local pack=$RUNS/repro-pack args=()
+  log "pack events, configs, summaries and logs into $OUT/repro/repro.tar.gz"
+  rm -rf "$pack" && mkdir -p "$pack"
+  (find $RUNS/wt2-all-16l $RUNS/wt2-txl-16l $RUNS/wt2-all-16l-sweep $RUNS/wt2-txl-16l-sweep $LOGS \
       \( -name events.jsonl -o -name config.json -o -name sweep.json -o -name sweep.md -o -name sweep-config.json \
-         -o -name heads.json -o -path '*/bench/bench.*' \) -not -path '*/checkpoints/*' -print0 2>/dev/null \
-    | tar --null -cf - -T - | tar -xf - -C "$OUT/repro") || true
-  local args=()
+         -o -name heads.json -o -path '*/bench/bench.*' -o -name '*.log' \) -not -path '*/checkpoints/*' -print0 2>/dev/null \
+    | tar --null -cf - -T - | tar -xf - -C "$pack") || true
   for m in all txl; do
     [ -f "$RUNS/wt2-$m-16l/events.jsonl" ] && args+=(--dense "$RUNS/wt2-$m-16l")
     [ -f "$RUNS/wt2-$m-16l-sweep/sweep.json" ] && args+=(--sweep "$RUNS/wt2-$m-16l-sweep")
   done
-  [ ${#args[@]} -eq 0 ] && return 0
-  python3 scripts/results.py "${args[@]}" --csv "$OUT/repro/results.csv" --md "$OUT/repro/results-table.md" 2>&1 | tee -a "$OUT/repro/summary.txt"
-  cat "$OUT/repro/results-table.md" >> "$OUT/repro/summary.txt"
+  if [ ${#args[@]} -gt 0 ]; then
+    python3 scripts/results.py "${args[@]}" --csv "$pack/results.csv" --md "$pack/results-table.md" 2>&1 | tee -a "$OUT/repro/summary.txt"
+    cp "$pack/results-table.md" "$OUT/repro/results-table.md"
+    cat "$pack/results-table.md" >> "$OUT/repro/summary.txt"
+  fi
+  tar -czf "$OUT/repro/repro.tar.gz" -C "$pack" .
 }
 
 log "repro: $gpus GPU(s), $([ "$parallel" = 1 ] && echo "All-attention on GPU 0, Transformer-XL on GPU 1" || echo "one model after the other")"
