@@ -77,6 +77,18 @@ inline json read_json(const QString & path) {
     return json::parse(in);
 }
 
+inline QString read_text(const QString & path) {
+    QFile file(path);
+    return file.open(QIODevice::ReadOnly) ? QString::fromUtf8(file.readAll()) : QString();
+}
+
+/// How many events of `type` a run directory's events.jsonl holds.
+inline int count_events(const QString & run_dir, const std::string & type) {
+    int n = 0;
+    for (const auto & e : studio::events_read_all((run_dir + "/events.jsonl").toStdString())) n += e["event"] == type;
+    return n;
+}
+
 // The first lines of WikiText-2's splits as a dataset of their own (~28k train tokens, a ~6k-word vocabulary), for
 // tests that start the studio dozens of times: loading it and evaluating on it take milliseconds, not seconds.
 // Returns the folder to use as data.dir.
