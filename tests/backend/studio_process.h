@@ -89,7 +89,7 @@ inline int count_events(const QString & run_dir, const std::string & type) {
     return n;
 }
 
-// The first lines of WikiText-2's splits as a dataset of their own (~28k train tokens, a ~6k-word vocabulary), for
+// The first lines of WikiText-2's splits as a dataset of their own (~28k train tokens, a ~4.8k-word vocabulary), for
 // tests that start the studio dozens of times: loading it and evaluating on it take milliseconds, not seconds.
 // Returns the folder to use as data.dir.
 inline QString small_wikitext(const QString & dir, int train_lines = 600, int other_lines = 150) {
