@@ -16,23 +16,23 @@ namespace studio {
 
 using nlohmann::json;
 
-namespace {
-
-[[noreturn]] void fail(const std::string & path, const std::string & message) {
+void config_fail(const std::string & path, const std::string & message) {
     throw ConfigError("config error: " + path + ": " + message);
 }
 
-std::string type_name(const json & value) {
+std::string config_type_name(const json & value) {
     if (value.is_number_integer()) return "integer";
     if (value.is_number()) return "number";
     return value.type_name();
 }
 
+namespace {
+
 // Reads one JSON object section, remembers which keys were consumed, and rejects the rest.
 class Section {
 public:
     Section(const json & object, std::string path) : object_(object), path_(std::move(path)) {
-        if (!object_.is_object()) fail(path_.empty() ? "(top level)" : path_, "expected an object, got " + type_name(object_));
+        if (!object_.is_object()) config_fail(path_.empty() ? "(top level)" : path_, "expected an object, got " + config_type_name(object_));
     }
 
     std::string field(const std::string & key) const { return path_.empty() ? key : path_ + "." + key; }
@@ -49,35 +49,35 @@ public:
                 // 1e3 is an integer to a person; 1e300 is one no int64 holds (casting it is undefined behaviour).
                 const double d = v->get<double>();
                 if (std::floor(d) == d && d >= -9223372036854775808.0 && d < 9223372036854775808.0) { out = (int64_t) d; return; }
-                if (std::floor(d) == d) fail(field(key), "integer out of range");
+                if (std::floor(d) == d) config_fail(field(key), "integer out of range");
             }
-            if (!v->is_number_integer()) fail(field(key), "expected an integer, got " + type_name(*v));
-            if (v->is_number_unsigned() && v->get<uint64_t>() > (uint64_t) INT64_MAX) fail(field(key), "integer out of range");
+            if (!v->is_number_integer()) config_fail(field(key), "expected an integer, got " + config_type_name(*v));
+            if (v->is_number_unsigned() && v->get<uint64_t>() > (uint64_t) INT64_MAX) config_fail(field(key), "integer out of range");
             out = v->get<int64_t>();
         }
     }
     void read(const std::string & key, uint64_t & out) {
         int64_t value = (int64_t) out;
         read(key, value);
-        if (value < 0) fail(field(key), "must be >= 0, got " + std::to_string(value));
+        if (value < 0) config_fail(field(key), "must be >= 0, got " + std::to_string(value));
         out = (uint64_t) value;
     }
     void read(const std::string & key, double & out) {
         if (auto * v = find(key)) {
-            if (!v->is_number()) fail(field(key), "expected a number, got " + type_name(*v));
+            if (!v->is_number()) config_fail(field(key), "expected a number, got " + config_type_name(*v));
             out = v->get<double>();
-            if (!std::isfinite(out)) fail(field(key), "must be finite");
+            if (!std::isfinite(out)) config_fail(field(key), "must be finite");
         }
     }
     void read(const std::string & key, bool & out) {
         if (auto * v = find(key)) {
-            if (!v->is_boolean()) fail(field(key), "expected true or false, got " + type_name(*v));
+            if (!v->is_boolean()) config_fail(field(key), "expected true or false, got " + config_type_name(*v));
             out = v->get<bool>();
         }
     }
     void read(const std::string & key, std::string & out) {
         if (auto * v = find(key)) {
-            if (!v->is_string()) fail(field(key), "expected a string, got " + type_name(*v));
+            if (!v->is_string()) config_fail(field(key), "expected a string, got " + config_type_name(*v));
             out = v->get<std::string>();
         }
     }
@@ -95,17 +95,17 @@ public:
     }
     void read(const std::string & key, std::vector<std::string> & out) {
         if (auto * v = find(key)) {
-            if (!v->is_array()) fail(field(key), "expected a list of strings, got " + type_name(*v));
+            if (!v->is_array()) config_fail(field(key), "expected a list of strings, got " + config_type_name(*v));
             out.clear();
             for (size_t i = 0; i < v->size(); ++i) {
-                if (!(*v)[i].is_string()) fail(field(key) + "[" + std::to_string(i) + "]", "expected a string, got " + type_name((*v)[i]));
+                if (!(*v)[i].is_string()) config_fail(field(key) + "[" + std::to_string(i) + "]", "expected a string, got " + config_type_name((*v)[i]));
                 out.push_back((*v)[i].get<std::string>());
             }
         }
     }
     void read(const std::string & key, std::vector<std::vector<int64_t>> & out) {
         if (auto * v = find(key)) {
-            if (!v->is_array()) fail(field(key), "expected a list of lists of integers, got " + type_name(*v));
+            if (!v->is_array()) config_fail(field(key), "expected a list of lists of integers, got " + config_type_name(*v));
             out.clear();
             for (size_t i = 0; i < v->size(); ++i) {
                 std::vector<int64_t> row;
@@ -115,9 +115,9 @@ public:
         }
     }
     static void read_int_list(const json & v, const std::string & path, std::vector<int64_t> & out) {
-        if (!v.is_array()) fail(path, "expected a list of integers, got " + type_name(v));
+        if (!v.is_array()) config_fail(path, "expected a list of integers, got " + config_type_name(v));
         for (size_t i = 0; i < v.size(); ++i) {
-            if (!v[i].is_number_integer()) fail(path + "[" + std::to_string(i) + "]", "expected an integer, got " + type_name(v[i]));
+            if (!v[i].is_number_integer()) config_fail(path + "[" + std::to_string(i) + "]", "expected an integer, got " + config_type_name(v[i]));
             out.push_back(v[i].get<int64_t>());
         }
     }
@@ -132,7 +132,7 @@ public:
     void finish() const {
         for (auto it = object_.begin(); it != object_.end(); ++it) {
             if (!seen_.count(it.key()) && it.key().rfind("_comment", 0) != 0 && it.key() != "//") {
-                fail(field(it.key()), "unknown key (check the spelling; docs/config.md lists every key)");
+                config_fail(field(it.key()), "unknown key (check the spelling; docs/config.md lists every key)");
             }
         }
     }
@@ -153,17 +153,17 @@ void one_of(const std::string & path, const std::string & value, const std::vect
     for (const auto & a : allowed) if (a == value) return;
     std::string list;
     for (const auto & a : allowed) list += (list.empty() ? "" : ", ") + a;
-    fail(path, "\"" + value + "\" is not one of " + list);
+    config_fail(path, "\"" + value + "\" is not one of " + list);
 }
 
 void positive(const std::string & path, double value) {
-    if (!(value > 0)) { std::ostringstream s; s << "must be > 0, got " << value; fail(path, s.str()); }
+    if (!(value > 0)) { std::ostringstream s; s << "must be > 0, got " << value; config_fail(path, s.str()); }
 }
 void non_negative(const std::string & path, double value) {
-    if (value < 0) { std::ostringstream s; s << "must be >= 0, got " << value; fail(path, s.str()); }
+    if (value < 0) { std::ostringstream s; s << "must be >= 0, got " << value; config_fail(path, s.str()); }
 }
 void probability(const std::string & path, double value) {
-    if (value < 0 || value >= 1) { std::ostringstream s; s << "must be in [0, 1), got " << value; fail(path, s.str()); }
+    if (value < 0 || value >= 1) { std::ostringstream s; s << "must be in [0, 1), got " << value; config_fail(path, s.str()); }
 }
 
 void read_model(Section s, ModelConfig & m) {
@@ -197,65 +197,65 @@ void read_model(Section s, ModelConfig & m) {
     s.read("output_scale_folded", m.output_scale_folded);
     s.finish();
 
-    if (m.num_layers <= 0) fail(s.field("num_layers"), "must be at least 1, got " + std::to_string(m.num_layers));
-    if (m.num_heads <= 0) fail(s.field("num_heads"), "must be at least 1, got " + std::to_string(m.num_heads));
-    if (m.hidden_dim <= 0) fail(s.field("hidden_dim"), "must be at least 1, got " + std::to_string(m.hidden_dim));
-    if (m.head_dim < 0) fail(s.field("head_dim"), "must be >= 0 (0 = hidden_dim / num_heads)");
+    if (m.num_layers <= 0) config_fail(s.field("num_layers"), "must be at least 1, got " + std::to_string(m.num_layers));
+    if (m.num_heads <= 0) config_fail(s.field("num_heads"), "must be at least 1, got " + std::to_string(m.num_heads));
+    if (m.hidden_dim <= 0) config_fail(s.field("hidden_dim"), "must be at least 1, got " + std::to_string(m.hidden_dim));
+    if (m.head_dim < 0) config_fail(s.field("head_dim"), "must be >= 0 (0 = hidden_dim / num_heads)");
     if (m.head_dim == 0 && m.hidden_dim % m.num_heads != 0) {
-        fail(s.field("num_heads"), std::to_string(m.num_heads) + " does not divide hidden_dim " + std::to_string(m.hidden_dim));
+        config_fail(s.field("num_heads"), std::to_string(m.num_heads) + " does not divide hidden_dim " + std::to_string(m.hidden_dim));
     }
     if (!m.heads_per_layer.empty()) {
         if ((int64_t) m.heads_per_layer.size() != m.num_layers) {
-            fail(s.field("heads_per_layer"), "has " + std::to_string(m.heads_per_layer.size()) + " entries, num_layers is " + std::to_string(m.num_layers));
+            config_fail(s.field("heads_per_layer"), "has " + std::to_string(m.heads_per_layer.size()) + " entries, num_layers is " + std::to_string(m.num_layers));
         }
         for (size_t l = 0; l < m.heads_per_layer.size(); ++l) {
             if (m.heads_per_layer[l] < 0 || m.heads_per_layer[l] > m.num_heads) {
-                fail(s.field("heads_per_layer") + "[" + std::to_string(l) + "]", "must be in [0, num_heads = " + std::to_string(m.num_heads) + "], got " + std::to_string(m.heads_per_layer[l]));
+                config_fail(s.field("heads_per_layer") + "[" + std::to_string(l) + "]", "must be in [0, num_heads = " + std::to_string(m.num_heads) + "], got " + std::to_string(m.heads_per_layer[l]));
             }
         }
     }
     if (m.resolved_share_r_bias()) {
         for (size_t l = 0; l < m.heads_per_layer.size(); ++l) {
             if (m.heads_per_layer[l] != m.num_heads) {
-                fail(s.field("share_r_bias"), "u/v biases shared by all layers need num_heads heads in every layer, layer " + std::to_string(l) +
+                config_fail(s.field("share_r_bias"), "u/v biases shared by all layers need num_heads heads in every layer, layer " + std::to_string(l) +
                                                   " has " + std::to_string(m.heads_per_layer[l]) + "; set share_r_bias false");
             }
         }
     }
-    if (m.feedforward_dim <= 0) fail(s.field("feedforward_dim"), "must be at least 1, got " + std::to_string(m.feedforward_dim));
-    if (m.vocab_size < 0) fail(s.field("vocab_size"), "must be >= 0 (0 = from the dataset)");
-    if (m.tgt_len <= 0) fail(s.field("tgt_len"), "must be at least 1, got " + std::to_string(m.tgt_len));
-    if (m.mem_len < 0) fail(s.field("mem_len"), "must be >= 0, got " + std::to_string(m.mem_len));
+    if (m.feedforward_dim <= 0) config_fail(s.field("feedforward_dim"), "must be at least 1, got " + std::to_string(m.feedforward_dim));
+    if (m.vocab_size < 0) config_fail(s.field("vocab_size"), "must be >= 0 (0 = from the dataset)");
+    if (m.tgt_len <= 0) config_fail(s.field("tgt_len"), "must be at least 1, got " + std::to_string(m.tgt_len));
+    if (m.mem_len < 0) config_fail(s.field("mem_len"), "must be >= 0, got " + std::to_string(m.mem_len));
     // Bounds first, so that no sum below can overflow.
     for (auto [name, value] : {std::make_pair("num_layers", m.num_layers), std::make_pair("num_heads", m.num_heads),
                                std::make_pair("hidden_dim", m.hidden_dim), std::make_pair("feedforward_dim", m.feedforward_dim),
                                std::make_pair("tgt_len", m.tgt_len), std::make_pair("mem_len", m.mem_len), std::make_pair("max_len", m.max_len)}) {
-        if (value > (int64_t) 1 << 24) fail(s.field(name), std::to_string(value) + " is beyond any model this engine can hold");
+        if (value > (int64_t) 1 << 24) config_fail(s.field(name), std::to_string(value) + " is beyond any model this engine can hold");
     }
     if (m.type == ModelType::AllAttention && m.tgt_len + m.mem_len > m.max_len) {
-        fail(s.field("max_len"), std::to_string(m.max_len) + " is shorter than tgt_len + mem_len = " + std::to_string(m.tgt_len + m.mem_len) + " (the position table needs a row per key)");
+        config_fail(s.field("max_len"), std::to_string(m.max_len) + " is shorter than tgt_len + mem_len = " + std::to_string(m.tgt_len + m.mem_len) + " (the position table needs a row per key)");
     }
     if (m.same_length && m.mem_len == 0) {
-        fail(s.field("same_length"), "needs mem_len > 0 (with no memory every query would see only itself); set same_length false");
+        config_fail(s.field("same_length"), "needs mem_len > 0 (with no memory every query would see only itself); set same_length false");
     }
     probability(s.field("attn_drop"), m.attn_drop);
     probability(s.field("proj_drop"), m.proj_drop);
     probability(s.field("input_drop"), m.input_drop);
     probability(s.field("output_drop"), m.output_drop);
     probability(s.field("word_drop"), m.word_drop);
-    if (m.ff_drop >= 1) fail(s.field("ff_drop"), "must be < 1 (negative = proj_drop)");
+    if (m.ff_drop >= 1) config_fail(s.field("ff_drop"), "must be < 1 (negative = proj_drop)");
     for (size_t i = 0; i < m.cutoffs.size(); ++i) {
         if (m.cutoffs[i] <= 0 || (i > 0 && m.cutoffs[i] <= m.cutoffs[i - 1])) {
-            fail(s.field("cutoffs"), "must be positive and increasing");
+            config_fail(s.field("cutoffs"), "must be positive and increasing");
         }
         if (m.vocab_size > 0 && m.cutoffs[i] >= m.vocab_size) {
-            fail(s.field("cutoffs") + "[" + std::to_string(i) + "]", std::to_string(m.cutoffs[i]) + " is not below vocab_size " + std::to_string(m.vocab_size));
+            config_fail(s.field("cutoffs") + "[" + std::to_string(i) + "]", std::to_string(m.cutoffs[i]) + " is not below vocab_size " + std::to_string(m.vocab_size));
         }
     }
-    if (m.div_value < 1) fail(s.field("div_value"), "must be >= 1");
+    if (m.div_value < 1) config_fail(s.field("div_value"), "must be >= 1");
     for (size_t i = 0; i < m.cutoffs.size(); ++i) {
         if ((int64_t) (m.hidden_dim / std::pow(m.div_value, (double) i + 1)) < 1) {
-            fail(s.field("div_value"), "leaves tail cluster " + std::to_string(i) + " with width 0 at hidden_dim " + std::to_string(m.hidden_dim));
+            config_fail(s.field("div_value"), "leaves tail cluster " + std::to_string(i) + " with width 0 at hidden_dim " + std::to_string(m.hidden_dim));
         }
     }
 }
@@ -265,7 +265,7 @@ void read_optimizer(Section s, OptimizerConfig & o) {
     s.read("lr", o.lr);
     if (const json * betas = s.find("betas")) {
         if (!betas->is_array() || betas->size() != 2 || !(*betas)[0].is_number() || !(*betas)[1].is_number()) {
-            fail(s.field("betas"), "expected two numbers, e.g. [0.9, 0.999]");
+            config_fail(s.field("betas"), "expected two numbers, e.g. [0.9, 0.999]");
         }
         o.beta1 = (*betas)[0].get<double>();
         o.beta2 = (*betas)[1].get<double>();
@@ -275,7 +275,7 @@ void read_optimizer(Section s, OptimizerConfig & o) {
     s.finish();
     one_of(s.field("name"), o.name, {"lamb", "adam"});
     positive(s.field("lr"), o.lr);
-    if (o.beta1 < 0 || o.beta1 >= 1 || o.beta2 < 0 || o.beta2 >= 1) fail(s.field("betas"), "each must be in [0, 1)");
+    if (o.beta1 < 0 || o.beta1 >= 1 || o.beta2 < 0 || o.beta2 >= 1) config_fail(s.field("betas"), "each must be in [0, 1)");
     positive(s.field("eps"), o.eps);
     non_negative(s.field("weight_decay"), o.weight_decay);
 }
@@ -292,23 +292,23 @@ void read_stage(Section & s, StageConfig & st) {
     sched.read("min_lr", st.schedule.min_lr);
     sched.finish();
     one_of(sched.field("name"), st.schedule.name, {"cosine", "constant"});
-    if (st.schedule.warmup_steps < 0) fail(sched.field("warmup_steps"), "must be >= 0");
+    if (st.schedule.warmup_steps < 0) config_fail(sched.field("warmup_steps"), "must be >= 0");
     non_negative(sched.field("min_lr"), st.schedule.min_lr);
-    if (st.schedule.min_lr > st.optimizer.lr) fail(sched.field("min_lr"), "is above optimizer.lr");
+    if (st.schedule.min_lr > st.optimizer.lr) config_fail(sched.field("min_lr"), "is above optimizer.lr");
     s.read("clip_grad_norm", st.clip_grad_norm);
     s.read("eval_interval", st.eval_interval);
     s.read("log_interval", st.log_interval);
     s.read("checkpoint_interval", st.checkpoint_interval);
     s.read("keep_checkpoints", st.keep_checkpoints);
     s.read("nan_policy", st.nan_policy);
-    if (st.steps < 0) fail(s.field("steps"), "must be >= 0 (0 = use epochs)");
+    if (st.steps < 0) config_fail(s.field("steps"), "must be >= 0 (0 = use epochs)");
     if (st.steps == 0) positive(s.field("epochs"), st.epochs);
-    if (st.batch_size <= 0) fail(s.field("batch_size"), "must be at least 1, got " + std::to_string(st.batch_size));
+    if (st.batch_size <= 0) config_fail(s.field("batch_size"), "must be at least 1, got " + std::to_string(st.batch_size));
     non_negative(s.field("clip_grad_norm"), st.clip_grad_norm);
-    if (st.eval_interval < 0) fail(s.field("eval_interval"), "must be >= 0");
-    if (st.log_interval <= 0) fail(s.field("log_interval"), "must be at least 1");
-    if (st.checkpoint_interval < 0) fail(s.field("checkpoint_interval"), "must be >= 0");
-    if (st.keep_checkpoints < 1) fail(s.field("keep_checkpoints"), "must be at least 1");
+    if (st.eval_interval < 0) config_fail(s.field("eval_interval"), "must be >= 0");
+    if (st.log_interval <= 0) config_fail(s.field("log_interval"), "must be at least 1");
+    if (st.checkpoint_interval < 0) config_fail(s.field("checkpoint_interval"), "must be >= 0");
+    if (st.keep_checkpoints < 1) config_fail(s.field("keep_checkpoints"), "must be at least 1");
     one_of(s.field("nan_policy"), st.nan_policy, {"stop", "skip"});
 }
 
@@ -351,7 +351,7 @@ Config config_from_json(const json & j) {
         d.read("dir", c.data.dir);
         d.read("dataset", c.data.dataset);
         d.finish();
-        if (c.data.dataset.empty()) fail("data.dataset", "must name the dataset folder, e.g. \"wikitext-2\"");
+        if (c.data.dataset.empty()) config_fail("data.dataset", "must name the dataset folder, e.g. \"wikitext-2\"");
     }
     read_model(top.sub("model"), c.model);
     {
@@ -384,20 +384,20 @@ Config config_from_json(const json & j) {
         non_negative("gate.l0_warmup", c.gate.l0_warmup);
         one_of("gate.l0_unit", c.gate.l0_unit, {"epochs", "steps"});
         positive("gate.beta", c.gate.beta);
-        if (!(c.gate.gamma < 0)) fail("gate.gamma", "must be < 0 (the stretch interval is (gamma, zeta) around [0, 1])");
-        if (!(c.gate.zeta > 1)) fail("gate.zeta", "must be > 1 (the stretch interval is (gamma, zeta) around [0, 1])");
+        if (!(c.gate.gamma < 0)) config_fail("gate.gamma", "must be < 0 (the stretch interval is (gamma, zeta) around [0, 1])");
+        if (!(c.gate.zeta > 1)) config_fail("gate.zeta", "must be > 1 (the stretch interval is (gamma, zeta) around [0, 1])");
         if (c.gate.target_sparsity && (*c.gate.target_sparsity < 0 || *c.gate.target_sparsity >= 1)) {
-            fail("gate.target_sparsity", "must be in [0, 1), got " + number(*c.gate.target_sparsity));
+            config_fail("gate.target_sparsity", "must be in [0, 1), got " + number(*c.gate.target_sparsity));
         }
         positive("gate.lagrangian_lr", c.gate.lagrangian_lr);
-        if (c.gate.gates_interval <= 0) fail("gate.gates_interval", "must be at least 1");
+        if (c.gate.gates_interval <= 0) config_fail("gate.gates_interval", "must be at least 1");
     }
     {
         Section e = top.sub("eval");
         e.read("batch_size", c.eval.batch_size);
         e.read("splits", c.eval.splits);
         e.finish();
-        if (c.eval.batch_size <= 0) fail("eval.batch_size", "must be at least 1");
+        if (c.eval.batch_size <= 0) config_fail("eval.batch_size", "must be at least 1");
         for (const auto & split : c.eval.splits) one_of("eval.splits", split, {"train", "valid", "test"});
     }
     {
@@ -413,46 +413,46 @@ Config config_from_json(const json & j) {
         b.read("with_loss", c.bench.with_loss);
         b.read("cuda_graphs", c.bench.cuda_graphs);
         b.finish();
-        if (c.bench.batch_sizes.empty()) fail("bench.batch_sizes", "must list at least one batch size");
-        for (auto bs : c.bench.batch_sizes) if (bs <= 0) fail("bench.batch_sizes", "every batch size must be at least 1");
+        if (c.bench.batch_sizes.empty()) config_fail("bench.batch_sizes", "must list at least one batch size");
+        for (auto bs : c.bench.batch_sizes) if (bs <= 0) config_fail("bench.batch_sizes", "every batch size must be at least 1");
         for (const auto & d : c.bench.dtypes) one_of("bench.dtypes", d, {"fp32", "bf16"});
         for (const auto & d : c.bench.devices) one_of("bench.devices", d, {"cpu", "cuda"});
         for (const auto & v : c.bench.variants) one_of("bench.variants", v, {"dense", "masked", "pruned"});
         for (size_t i = 0; i < c.bench.head_lists.size(); ++i) {
             const auto & list = c.bench.head_lists[i];
             const std::string path = "bench.head_lists[" + std::to_string(i) + "]";
-            if ((int64_t) list.size() != c.model.num_layers) fail(path, "has " + std::to_string(list.size()) + " entries, model.num_layers is " + std::to_string(c.model.num_layers));
-            for (auto h : list) if (h < 0 || h > c.model.num_heads) fail(path, "head counts must be in [0, model.num_heads = " + std::to_string(c.model.num_heads) + "]");
+            if ((int64_t) list.size() != c.model.num_layers) config_fail(path, "has " + std::to_string(list.size()) + " entries, model.num_layers is " + std::to_string(c.model.num_layers));
+            for (auto h : list) if (h < 0 || h > c.model.num_heads) config_fail(path, "head counts must be in [0, model.num_heads = " + std::to_string(c.model.num_heads) + "]");
         }
-        if (c.bench.steps <= 0) fail("bench.steps", "must be at least 1");
-        if (c.bench.warmup < 0) fail("bench.warmup", "must be >= 0");
-        if (c.bench.repetitions <= 0) fail("bench.repetitions", "must be at least 1");
+        if (c.bench.steps <= 0) config_fail("bench.steps", "must be at least 1");
+        if (c.bench.warmup < 0) config_fail("bench.warmup", "must be >= 0");
+        if (c.bench.repetitions <= 0) config_fail("bench.repetitions", "must be at least 1");
     }
     top.finish();
 
-    if (c.name.empty() || c.name.find('/') != std::string::npos) fail("name", "must be a non-empty name without '/'");
-    if (c.stages.empty()) fail("stages", "must list at least one of train, gate, prune, eval, bench");
+    if (c.name.empty() || c.name.find('/') != std::string::npos) config_fail("name", "must be a non-empty name without '/'");
+    if (c.stages.empty()) config_fail("stages", "must list at least one of train, gate, prune, eval, bench");
     static const std::vector<std::string> order{"train", "gate", "prune", "eval", "bench"};
     size_t last = 0;
     for (const auto & stage : c.stages) {
         one_of("stages", stage, order);
         size_t index = 0;
         while (order[index] != stage) ++index;
-        if (index < last) fail("stages", "must keep the order train, gate, prune, eval, bench");
+        if (index < last) config_fail("stages", "must keep the order train, gate, prune, eval, bench");
         last = index;
     }
     one_of("device", c.device, {"cpu", "cuda", "auto"});
     one_of("precision", c.precision, {"auto", "fp32", "bf16"});
-    if (c.gpus < 1) fail("gpus", "must be at least 1, got " + std::to_string(c.gpus));
-    if (c.precision == "bf16" && c.device == "cpu") fail("precision", "bf16 autocast needs device \"cuda\"; use \"fp32\" or \"auto\" on the CPU");
+    if (c.gpus < 1) config_fail("gpus", "must be at least 1, got " + std::to_string(c.gpus));
+    if (c.precision == "bf16" && c.device == "cpu") config_fail("precision", "bf16 autocast needs device \"cuda\"; use \"fp32\" or \"auto\" on the CPU");
     if (c.train.batch_size % c.gpus != 0) {
-        fail("train.batch_size", std::to_string(c.train.batch_size) + " is not divisible by gpus " + std::to_string(c.gpus) + " (each rank takes an equal share)");
+        config_fail("train.batch_size", std::to_string(c.train.batch_size) + " is not divisible by gpus " + std::to_string(c.gpus) + " (each rank takes an equal share)");
     }
     if (c.gate.stage.batch_size % c.gpus != 0) {
-        fail("gate.batch_size", std::to_string(c.gate.stage.batch_size) + " is not divisible by gpus " + std::to_string(c.gpus));
+        config_fail("gate.batch_size", std::to_string(c.gate.stage.batch_size) + " is not divisible by gpus " + std::to_string(c.gpus));
     }
     if (c.has_stage("gate") && !c.has_stage("train") && c.gate.checkpoint.empty()) {
-        fail("gate.checkpoint", "the gate stage needs a trained model: add \"train\" to stages or name a checkpoint here");
+        config_fail("gate.checkpoint", "the gate stage needs a trained model: add \"train\" to stages or name a checkpoint here");
     }
     return c;
 }

@@ -18,6 +18,11 @@ struct ConfigError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+/// Throws ConfigError("config error: PATH: MESSAGE"), the one-line form of every config check (config and sweep).
+[[noreturn]] void config_fail(const std::string & path, const std::string & message);
+/// A JSON value's type as config errors name it: "integer", "number", "string", "array", ...
+std::string config_type_name(const nlohmann::json & value);
+
 enum class ModelType { AllAttention, TransformerXL };
 
 /// The language model's architecture (reference-model.md sections 1 and 1b).

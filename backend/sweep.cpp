@@ -8,16 +8,6 @@ using nlohmann::json;
 
 namespace {
 
-[[noreturn]] void fail(const std::string & path, const std::string & message) {
-    throw ConfigError("config error: " + path + ": " + message);
-}
-
-std::string type_name(const json & value) {
-    if (value.is_number_integer()) return "integer";
-    if (value.is_number()) return "number";
-    return value.type_name();
-}
-
 std::vector<std::string> split_path(const std::string & path) {
     std::vector<std::string> parts;
     size_t start = 0;
@@ -48,7 +38,7 @@ const json & resolve_field(const json & resolved, const std::string & path) {
     const json * node = &resolved;
     for (const auto & part : split_path(path)) {
         if (part.empty() || !node->is_object() || !node->contains(part)) {
-            fail("sweep." + path, "unknown config field (check the spelling; docs/config.md lists every key)");
+            config_fail("sweep." + path, "unknown config field (check the spelling; docs/config.md lists every key)");
         }
         node = &(*node)[part];
     }
@@ -68,7 +58,7 @@ std::pair<std::string, std::string> split_error(const std::string & what) {
 void check_value(const json & base, const std::string & path, size_t index, const json & value) {
     const std::string where = "sweep." + path + "[" + std::to_string(index) + "]";
     if (!value.is_number() && !value.is_string() && !value.is_boolean()) {
-        fail(where, "expected a number, string or true/false, got " + type_name(value));
+        config_fail(where, "expected a number, string or true/false, got " + config_type_name(value));
     }
     json trial = base;
     sweep_set(trial, path, value);
@@ -76,8 +66,8 @@ void check_value(const json & base, const std::string & path, size_t index, cons
         config_from_json(trial);
     } catch (const ConfigError & e) {
         auto [field, message] = split_error(e.what());
-        if (field == path) fail(where, message);
-        fail(where, "with " + value_text(value) + ", " + field + ": " + message);
+        if (field == path) config_fail(where, message);
+        config_fail(where, "with " + value_text(value) + ", " + field + ": " + message);
     }
 }
 
@@ -102,9 +92,9 @@ Sweep sweep_expand(const json & config) {
     Sweep sweep;
     const json & spec = config.at("sweep");
     if (!spec.is_object()) {
-        fail("sweep", "expected an object of config fields and their values, e.g. {\"gate.l0_coefficient\": [0.002, 0.004]}, got " + type_name(spec));
+        config_fail("sweep", "expected an object of config fields and their values, e.g. {\"gate.l0_coefficient\": [0.002, 0.004]}, got " + config_type_name(spec));
     }
-    if (spec.empty()) fail("sweep", "must name at least one config field, e.g. {\"gate.l0_coefficient\": [0.002, 0.004]}");
+    if (spec.empty()) config_fail("sweep", "must name at least one config field, e.g. {\"gate.l0_coefficient\": [0.002, 0.004]}");
 
     // The base first, unprefixed: an error there is not the sweep's.
     json base = config;
@@ -116,29 +106,29 @@ Sweep sweep_expand(const json & config) {
     for (auto it = spec.begin(); it != spec.end(); ++it) {
         const std::string & path = it.key();
         const std::string where = "sweep." + path;
-        if (path == "name" || path == "runs_dir") fail(where, "is the same for every point (the points run in <runs_dir>/<name>/<name>-<label>/)");
+        if (path == "name" || path == "runs_dir") config_fail(where, "is the same for every point (the points run in <runs_dir>/<name>/<name>-<label>/)");
         const json & field = resolve_field(resolved, path);
         if (field.is_object()) {
             std::string example;
             for (auto f = field.begin(); f != field.end() && example.empty(); ++f) if (f->is_primitive()) example = f.key();
-            fail(where, "is a section; sweep one of its fields, e.g. \"" + path + "." + example + "\"");
+            config_fail(where, "is a section; sweep one of its fields, e.g. \"" + path + "." + example + "\"");
         }
-        if (field.is_array()) fail(where, "is a list field; a sweep sets number, string or true/false fields");
+        if (field.is_array()) config_fail(where, "is a list field; a sweep sets number, string or true/false fields");
         const json & values = it.value();
-        if (!values.is_array()) fail(where, "expected a list of values, got " + type_name(values));
-        if (values.empty()) fail(where, "the list is empty");
-        if (values.size() > kSweepMaxPoints) fail(where, std::to_string(values.size()) + " values; at most " + std::to_string(kSweepMaxPoints));
+        if (!values.is_array()) config_fail(where, "expected a list of values, got " + config_type_name(values));
+        if (values.empty()) config_fail(where, "the list is empty");
+        if (values.size() > kSweepMaxPoints) config_fail(where, std::to_string(values.size()) + " values; at most " + std::to_string(kSweepMaxPoints));
         std::map<std::string, size_t> seen;
         for (size_t i = 0; i < values.size(); ++i) {
             check_value(base, path, i, values[i]);
             const auto [first, inserted] = seen.emplace(safe_name(value_text(values[i])), i);
             if (!inserted) {
-                fail(where + "[" + std::to_string(i) + "]", value_text(values[i]) + " gives the same point name as [" + std::to_string(first->second) +
+                config_fail(where + "[" + std::to_string(i) + "]", value_text(values[i]) + " gives the same point name as [" + std::to_string(first->second) +
                                                                "] (each point needs its own run directory)");
             }
         }
         points *= values.size();
-        if (points > kSweepMaxPoints) fail("sweep", "more than " + std::to_string(kSweepMaxPoints) + " points (the product of the lists); split it");
+        if (points > kSweepMaxPoints) config_fail("sweep", "more than " + std::to_string(kSweepMaxPoints) + " points (the product of the lists); split it");
         sweep.paths.push_back(path);
     }
 
@@ -165,7 +155,7 @@ Sweep sweep_expand(const json & config) {
             config_from_json(point.config);
         } catch (const ConfigError & e) {
             auto [field, message] = split_error(e.what());
-            fail("sweep", "point " + point.label + ": " + (field.empty() ? "" : field + ": ") + message);
+            config_fail("sweep", "point " + point.label + ": " + (field.empty() ? "" : field + ": ") + message);
         }
         sweep.points.push_back(std::move(point));
         // Odometer: the last path turns fastest.
