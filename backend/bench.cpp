@@ -198,11 +198,34 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
     return rows;
 }
 
-void bench_write(const std::string & out_dir, const std::vector<BenchRow> & rows, const json & meta) {
+namespace {
+// One result table in the three forms `studio bench` writes (STEM.json/.csv/.md) and prints.
+struct BenchTables {
+    json rows;
+    std::string csv, markdown;
+};
+BenchTables tables_of(const std::vector<BenchRow> & rows) { return {bench_json(rows), bench_csv(rows), bench_markdown(rows)}; }
+BenchTables tables_of(const std::vector<TrainBenchRow> & rows) {
+    return {train_bench_json(rows), train_bench_csv(rows), train_bench_markdown(rows)};
+}
+
+void write_tables(const std::string & out_dir, const std::string & stem, const BenchTables & tables, const json & meta) {
     fs::create_directories(out_dir);
-    file_write_atomic((fs::path(out_dir) / "bench.json").string(), json{{"meta", meta}, {"rows", bench_json(rows)}}.dump(2));
-    file_write_atomic((fs::path(out_dir) / "bench.csv").string(), bench_csv(rows));
-    file_write_atomic((fs::path(out_dir) / "bench.md").string(), bench_markdown(rows));
+    file_write_atomic((fs::path(out_dir) / (stem + ".json")).string(), json{{"meta", meta}, {"rows", tables.rows}}.dump(2));
+    file_write_atomic((fs::path(out_dir) / (stem + ".csv")).string(), tables.csv);
+    file_write_atomic((fs::path(out_dir) / (stem + ".md")).string(), tables.markdown);
+}
+
+void print_tables(const BenchTables & tables, const std::string & format, const std::string & out_dir, const std::string & stem) {
+    if (format == "csv") std::printf("%s", tables.csv.c_str());
+    else if (format == "json") std::printf("%s\n", tables.rows.dump(2).c_str());
+    else std::printf("%s", tables.markdown.c_str());
+    std::fprintf(stderr, "written to %s/%s.{md,csv,json}\n", out_dir.c_str(), stem.c_str());
+}
+} // namespace
+
+void bench_write(const std::string & out_dir, const std::vector<BenchRow> & rows, const json & meta) {
+    write_tables(out_dir, "bench", tables_of(rows), meta);
 }
 
 namespace {
@@ -253,15 +276,9 @@ int bench_train_command(const BenchCommand & command, const Config & config, boo
             }
         }
         const std::string out_dir = !command.out_dir.empty() ? command.out_dir : (fs::path(config.runs_dir) / config.name / "bench").string();
-        fs::create_directories(out_dir);
-        file_write_atomic((fs::path(out_dir) / "train-bench.json").string(),
-                          json{{"meta", bench_meta(command.source)}, {"rows", train_bench_json(rows)}}.dump(2));
-        file_write_atomic((fs::path(out_dir) / "train-bench.csv").string(), train_bench_csv(rows));
-        file_write_atomic((fs::path(out_dir) / "train-bench.md").string(), train_bench_markdown(rows));
-        if (command.format == "csv") std::printf("%s", train_bench_csv(rows).c_str());
-        else if (command.format == "json") std::printf("%s\n", train_bench_json(rows).dump(2).c_str());
-        else std::printf("%s", train_bench_markdown(rows).c_str());
-        std::fprintf(stderr, "written to %s/train-bench.{md,csv,json}\n", out_dir.c_str());
+        const auto tables = tables_of(rows);
+        write_tables(out_dir, "train-bench", tables, bench_meta(command.source));
+        print_tables(tables, command.format, out_dir, "train-bench");
         return 0;
     } catch (const std::exception & e) {
         std::fprintf(stderr, "error: %s\n", e.what());
@@ -304,15 +321,13 @@ int bench_command(const BenchCommand & command) {
         const std::string out_dir = !command.out_dir.empty() ? command.out_dir
                                     : from_run ? run_bench_dir(command.source)
                                                : (fs::path(config.runs_dir) / config.name / "bench").string();
-        bench_write(out_dir, rows, bench_meta(command.source));
+        const auto tables = tables_of(rows);
+        write_tables(out_dir, "bench", tables, bench_meta(command.source));
         if (from_run) {
             EventWriter events(run_events_path(command.source));
-            events.write("bench", {{"rows", bench_json(rows)}});
+            events.write("bench", {{"rows", tables.rows}});
         }
-        if (command.format == "csv") std::printf("%s", bench_csv(rows).c_str());
-        else if (command.format == "json") std::printf("%s\n", bench_json(rows).dump(2).c_str());
-        else std::printf("%s", bench_markdown(rows).c_str());
-        std::fprintf(stderr, "written to %s/bench.{md,csv,json}\n", out_dir.c_str());
+        print_tables(tables, command.format, out_dir, "bench");
         return 0;
     } catch (const std::exception & e) {
         std::fprintf(stderr, "error: %s\n", e.what());
