@@ -35,6 +35,7 @@ Optimizer::Optimizer(OptimizerConfig config, std::vector<ParamGroup> groups) : c
             p.set_data(view);   // the module's parameter now lives in the flat buffer
             p.mutable_grad() = f.grad.narrow(0, f.offsets[i], f.numels[i]).view(p.sizes());
             f.param_ptrs.push_back(p.data_ptr());
+            f.grad_ptrs.push_back(p.grad().data_ptr());
         }
         flat_.push_back(std::move(f));
     }
@@ -54,9 +55,9 @@ void Optimizer::adopt_gradients(size_t group) {
         auto & p = g.params[i];
         TORCH_CHECK(p.data_ptr() == f.param_ptrs[i], "optimizer: parameter ", i, " of group ", g.name,
                     " moved after the optimizer was built (build the optimizer after model->to(device))");
-        auto slot = f.grad.narrow(0, f.offsets[i], f.numels[i]);
         const auto & grad = p.grad();
-        if (grad.defined() && grad.numel() > 0 && grad.data_ptr() == slot.data_ptr()) continue;
+        if (grad.defined() && grad.numel() > 0 && grad.data_ptr() == f.grad_ptrs[i]) continue;   // still its slot
+        auto slot = f.grad.narrow(0, f.offsets[i], f.numels[i]);
         if (grad.defined()) slot.copy_(grad.reshape({-1}));
         else slot.zero_();
         p.mutable_grad() = slot.view(p.sizes());

@@ -53,7 +53,7 @@ private:
         torch::Tensor param, grad, exp_avg, exp_avg_sq;  // (numel,) each
         torch::Tensor segment;                           // (numel,) index of each element's tensor
         std::vector<int64_t> offsets, numels;
-        std::vector<const void *> param_ptrs;
+        std::vector<const void *> param_ptrs, grad_ptrs;   // where each parameter and its gradient live in the buffers
     };
     /// Re-links gradients that someone replaced (tests assign .grad() directly) into the flat buffer.
     void adopt_gradients(size_t group);
