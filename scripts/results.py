@@ -11,6 +11,9 @@
 --md FILE     the results table and the comparison at matched layer parameters and sparsity, as markdown
 --update FILE replaces what lies between the <!-- results:table --> and <!-- results:comparison --> markers
 
+A point's speed-up is the sweep's own bench stage unless the point has bench-serial/bench.json (scripts/repro-gpu.sh
+rebench: every point benched again one at a time, nothing else on the machine), which then wins.
+
 Only points whose run finished are used; the others are named on stderr. Nothing is invented: a number missing in
 the runs stays an empty cell.
 """
@@ -69,6 +72,18 @@ def dense_row(run_dir):
     }
 
 
+def serial_speedup(point_dir):
+    """The pruned model's speed-up from <point>/bench-serial/bench.json (batch 32 bf16 on CUDA when that row
+    exists, else its first pruned row), or None when the point was not benched again."""
+    path = os.path.join(point_dir, "bench-serial", "bench.json")
+    if not os.path.exists(path):
+        return None
+    pruned = [r for r in read_json(path).get("rows", []) if r.get("variant") == "pruned"]
+    best = [r for r in pruned if r.get("batch") == 32 and r.get("dtype") == "bf16" and r.get("device") == "cuda"]
+    chosen = (best or pruned or [None])[0]
+    return chosen.get("speedup") if chosen else None
+
+
 def sweep_rows(sweep_dir):
     summary = read_json(os.path.join(sweep_dir, "sweep.json"))
     rows = []
@@ -79,15 +94,17 @@ def sweep_rows(sweep_dir):
             continue
         # The coefficient the point ran with, whatever the sweep varied.
         l0 = p.get("values", {}).get("gate.l0_coefficient")
-        config_path = os.path.join(sweep_dir, p.get("dir", p["name"]), "config.json")
+        point_dir = os.path.join(sweep_dir, p.get("dir", p["name"]))
+        config_path = os.path.join(point_dir, "config.json")
         if os.path.exists(config_path):
             l0 = read_json(config_path).get("gate", {}).get("l0_coefficient", l0)
+        serial = serial_speedup(point_dir)
         rows.append({
             "name": p["name"], "model_type": p.get("model_type") or "", "status": "ok",
             "label": "l0 %g" % l0 if l0 is not None else p["name"], "l0": l0,
             "heads_kept": p.get("heads_kept"), "heads_total": p.get("heads_total"), "sparsity": p.get("sparsity"),
             "layer_params": p.get("layer_params"), "total_params": p.get("params_total"),
-            "valid_ppl": p.get("valid_ppl"), "test_ppl": p.get("test_ppl"), "speedup": p.get("speedup_b32_bf16"),
+            "valid_ppl": p.get("valid_ppl"), "test_ppl": p.get("test_ppl"), "speedup": serial if serial is not None else p.get("speedup_b32_bf16"),
         })
     return rows
 

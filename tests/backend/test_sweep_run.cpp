@@ -175,6 +175,18 @@ private Q_SLOTS:
         if (python.isEmpty()) QSKIP("python3 not installed");
         QVERIFY(QFile::exists(dir.path() + "/gates/sweep.json") && QFile::exists(dir.path() + "/txl-gates/sweep.json"));
         const QString csv = dir.path() + "/results.csv", md = dir.path() + "/results.md", png = dir.path() + "/results.png";
+        // A serial re-bench of a point (scripts/repro-gpu.sh rebench) replaces the sweep's own speed-up: its batch 32
+        // bf16 CUDA row, not the first pruned row.
+        const json point = read_json(dir.path() + "/gates/sweep.json")["points"][1];
+        QVERIFY(QDir().mkpath(dir.path() + "/gates/" + QString::fromStdString(point["name"].get<std::string>()) + "/bench-serial"));
+        {
+            QFile serial(dir.path() + "/gates/" + QString::fromStdString(point["name"].get<std::string>()) + "/bench-serial/bench.json");
+            QVERIFY(serial.open(QIODevice::WriteOnly));
+            const json rows = {{"rows", {{{"variant", "dense"}, {"batch", 32}, {"dtype", "bf16"}, {"device", "cuda"}, {"speedup", 1.0}},
+                                         {{"variant", "pruned"}, {"batch", 4}, {"dtype", "bf16"}, {"device", "cuda"}, {"speedup", 0.5}},
+                                         {{"variant", "pruned"}, {"batch", 32}, {"dtype", "bf16"}, {"device", "cuda"}, {"speedup", 1.625}}}}};
+            serial.write(QByteArray::fromStdString(rows.dump()));
+        }
         QProcess p;
         p.start(python, {STUDIO_SOURCE_DIR "/scripts/results.py", "--sweep", dir.path() + "/gates", "--sweep", dir.path() + "/txl-gates",
                          "--dense", dir.path() + "/all-base", "--dense", dir.path() + "/txl-base", "--csv", csv, "--md", md});
@@ -188,7 +200,6 @@ private Q_SLOTS:
         QCOMPARE(lines.size(), 1 + 3 + 2);   // header; All-attention dense + 2 points; Transformer-XL dense + 1 point
         QVERIFY2(lines[0].startsWith("name,model_type,status,heads_kept,layer_params,best_valid_ppl,test_ppl,"), qPrintable(lines[0]));
         QVERIFY2(lines[1].startsWith("all-base,all_attention,finished,4,"), qPrintable(lines[1]));
-        const json point = read_json(dir.path() + "/gates/sweep.json")["points"][1];
         QVERIFY2(lines[3].startsWith(QString("gates-l0_coefficient-2.0,all_attention,finished,%1,%2,").arg(point["heads_kept"].get<int64_t>())
                                          .arg(point["layer_params"].get<int64_t>())), qPrintable(lines[3]));
         QVERIFY2(lines[4].startsWith("txl-base,transformer_xl,finished,4,"), qPrintable(lines[4]));
@@ -196,7 +207,7 @@ private Q_SLOTS:
         QVERIFY(table.open(QIODevice::ReadOnly));
         const QString text = QString::fromUtf8(table.readAll());
         QVERIFY2(text.contains(QString("| All-attention | 2 | %1 / 4 |").arg(point["heads_kept"].get<int64_t>())), qPrintable(text));
-        QVERIFY2(text.contains(QString::asprintf("| %.2f | %.2f |", point["valid_ppl"].get<double>(), point["test_ppl"].get<double>())), qPrintable(text));
+        QVERIFY2(text.contains(QString::asprintf("| %.2f | %.2f | 1.62x |", point["valid_ppl"].get<double>(), point["test_ppl"].get<double>())), qPrintable(text));
         QVERIFY2(text.contains("| Transformer-XL | dense | 4 / 4 | 0.0% |"), qPrintable(text));
 
         // --update rewrites only what lies between the markers of docs/results.md.
