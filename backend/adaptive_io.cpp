@@ -1,6 +1,8 @@
 #include "adaptive_io.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -94,28 +96,58 @@ torch::Tensor AdaptiveIOImpl::embed(const torch::Tensor & ids, double word_drop)
     return out.view({ids.size(0), ids.size(1), D});
 }
 
+namespace {
+/// log_softmax(logits) at one column per row, as logit - logsumexp: the whole (n,V) log-softmax, the size of the
+/// logits (2.4 GB in fp32 for the 160k-word cluster at batch 32 with random targets), is never written.
+torch::Tensor log_prob_at(const torch::Tensor & logits, const torch::Tensor & column) {   // (n,V), (n,) -> (n,)
+    return logits.gather(1, column.unsqueeze(1)).squeeze(1) - torch::logsumexp(logits, 1);
+}
+} // namespace
+
 torch::Tensor AdaptiveIOImpl::target_log_prob(const torch::Tensor & hidden, const torch::Tensor & target) {
+    torch::Tensor head_weight = out_weight[0], head_bias = out_bias[0];
+    if (!in_proj.empty()) {
+        head_weight = torch::cat({out_weight[0], cluster_weight}, 0);                  // (shortlist + C-1, D)
+        head_bias = torch::cat({out_bias[0], cluster_bias}, 0);
+    }
+    // Without a gradient on the CPU, rows in blocks whose widest fp32 logits stay under ~16 MB: the allocator then
+    // hands the same memory back block after block, where one (N,V) tensor (300 MB for the 160k-word cluster at
+    // batch 4 with random targets) would be fresh pages from the kernel at every step.
+    const int64_t rows = hidden.size(0);
+    int64_t widest = head_weight.size(0);
+    for (size_t i = 1; i < out_weight.size(); ++i) widest = std::max(widest, out_weight[i].size(0));
+    const int64_t block = hidden.is_cuda() || torch::GradMode::is_enabled()
+                              ? rows : std::max<int64_t>(1, (int64_t(16) << 20) / (widest * (int64_t) sizeof(float)));
+    if (block >= rows) return target_log_prob_rows(hidden, target, head_weight, head_bias);
+    std::vector<torch::Tensor> parts;
+    for (int64_t r = 0; r < rows; r += block) {
+        const int64_t n = std::min(block, rows - r);
+        parts.push_back(target_log_prob_rows(hidden.narrow(0, r, n), target.narrow(0, r, n), head_weight, head_bias));
+    }
+    return torch::cat(parts);                                                          // (N,)
+}
+
+torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden, const torch::Tensor & target,
+                                                   const torch::Tensor & head_weight, const torch::Tensor & head_bias) {
     if (in_proj.empty()) {
-        auto logits = F::linear(hidden, out_weight[0], out_bias[0]).to(torch::kFloat); // (N,V)
-        return torch::log_softmax(logits, -1).gather(1, target.unsqueeze(1)).squeeze(1);
+        auto logits = F::linear(hidden, head_weight, head_bias).to(torch::kFloat);     // (N,V)
+        return log_prob_at(logits, target);
     }
     const int64_t shortlist = bounds[1];
     auto head_hidden = F::linear(hidden, out_head_proj);                               // (N,D)
-    auto head_logits = F::linear(head_hidden, torch::cat({out_weight[0], cluster_weight}, 0),
-                                 torch::cat({out_bias[0], cluster_bias}, 0)).to(torch::kFloat); // (N, shortlist + C-1)
-    auto head_lp = torch::log_softmax(head_logits, -1);
+    auto head_logits = F::linear(head_hidden, head_weight, head_bias).to(torch::kFloat); // (N, shortlist + C-1)
+    auto head_lse = torch::logsumexp(head_logits, 1);                                  // (N,)
     // Shortlist words read their log-prob from the head; tail words get head[cluster] + their tail log-prob.
     auto head_index = torch::where(target < shortlist, target, torch::zeros_like(target));
-    auto result = head_lp.gather(1, head_index.unsqueeze(1)).squeeze(1);               // (N,)
+    auto result = head_logits.gather(1, head_index.unsqueeze(1)).squeeze(1) - head_lse; // (N,)
     for (size_t i = 1; i < emb.size(); ++i) {
         auto in_cluster = (target >= bounds[i]).logical_and(target < bounds[i + 1]);
         auto index = in_cluster.nonzero().squeeze(1);                                  // (n,)
         if (index.numel() == 0) continue;
         auto h = hidden.index_select(0, index);
         auto tail_logits = F::linear(F::linear(h, tail_projection(i)), out_weight[i], out_bias[i]).to(torch::kFloat); // (n, n_i)
-        auto local = (target.index_select(0, index) - bounds[i]).unsqueeze(1);
-        auto tail_lp = torch::log_softmax(tail_logits, -1).gather(1, local).squeeze(1);
-        auto cluster_lp = head_lp.index_select(0, index).select(1, shortlist + (int64_t) i - 1);
+        auto tail_lp = log_prob_at(tail_logits, target.index_select(0, index) - bounds[i]);
+        auto cluster_lp = head_logits.index_select(0, index).select(1, shortlist + (int64_t) i - 1) - head_lse.index_select(0, index);
         result = result.index_copy(0, index, cluster_lp + tail_lp);
     }
     return result;

@@ -50,6 +50,9 @@ public:
 
 private:
     torch::Tensor tail_projection(size_t cluster) const; // (d_i, D) weight for linear(): D -> d_i
+    /// target_log_prob of a block of rows, given the head's joined weight and bias (shortlist + cluster logits).
+    torch::Tensor target_log_prob_rows(const torch::Tensor & hidden, const torch::Tensor & target, const torch::Tensor & head_weight,
+                                       const torch::Tensor & head_bias);
 };
 TORCH_MODULE(AdaptiveIO);
 

@@ -1,8 +1,10 @@
 #include "rel_attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -16,6 +18,48 @@ bool fused_wanted = [] {
     const char * v = std::getenv("STUDIO_ATTENTION");
     return !(v && std::strcmp(v, "explicit") == 0);
 }();
+} // namespace
+
+torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
+                                    const torch::Tensor & lse_b) {
+    const auto wide = c10::promoteTypes(out_a.scalar_type(), torch::kFloat);   // bf16 parts are joined in fp32
+    auto share_a = torch::sigmoid(lse_a.to(wide) - lse_b.to(wide)).unsqueeze(-1);                    // (...,T,1)
+    return (out_a.to(wide) * share_a + out_b.to(wide) * (1 - share_a)).to(out_a.dtype());            // (...,T,dh)
+}
+
+namespace {
+#if TORCH_VERSION_MAJOR >= 2
+/// Inference attention of an All-attention layer with the persistent columns apart (no gradient: the kernels return
+/// their log-sum-exp without one). The content columns go through one kernel with their bias; the persistent ones,
+/// the same for every batch row, through another with the batch folded into the queries, so the N persistent keys
+/// and values are read once per head instead of copied for every row next to a zero bias of the same size.
+/// q (H,B,T,dh), k/val (H,B,S,dh), content_bias (H,B,T,S) already scaled, mem_k/mem_v (H,N,dh).
+torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
+                                         const torch::Tensor & content_bias, const torch::Tensor & mem_k,
+                                         const torch::Tensor & mem_v, double scale) {
+    const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), N = mem_k.size(1);
+    auto content = at::_scaled_dot_product_efficient_attention(q, k, val, content_bias.to(q.dtype()), /*compute_log_sumexp=*/true,
+                                                               0.0, /*is_causal=*/false, scale);
+    auto content_out = std::get<0>(content);                                 // (H,B,T,dh)
+    auto content_lse = std::get<1>(content).narrow(-1, 0, T);               // (H,B,T): the kernel pads its length
+    auto rows = q.reshape({H, 1, B * T, dh});                                // (H,1,B*T,dh)
+    auto keys = mem_k.to(q.dtype()).unsqueeze(1);                            // (H,1,N,dh)
+    auto values = (mem_v * std::sqrt((double) N)).to(q.dtype()).unsqueeze(1); // (H,1,N,dh)
+    torch::Tensor persistent_out, persistent_lse;
+    // q . mem_k unscaled, as the reference computes it. Flash attention has no fp32 kernel.
+    if (q.scalar_type() == torch::kFloat) {
+        auto part = at::_scaled_dot_product_efficient_attention(rows, keys, values, {}, true, 0.0, false, 1.0);
+        persistent_out = std::get<0>(part);
+        persistent_lse = std::get<1>(part).narrow(-1, 0, B * T);
+    } else {
+        auto part = at::_scaled_dot_product_flash_attention(rows, keys, values, 0.0, false, false, 1.0);
+        persistent_out = std::get<0>(part);
+        persistent_lse = std::get<1>(part);
+    }
+    return merge_attention_parts(content_out, content_lse, persistent_out.view({H, B, T, dh}),  // (H,B,T,dh)
+                                 persistent_lse.view({H, B, T}));
+}
+#endif
 } // namespace
 
 bool fused_attention_available(const torch::Device & device) {
@@ -82,18 +126,38 @@ int64_t RelativeAttentionImpl::parameters_per_head() const {
 torch::Tensor RelativeAttentionImpl::explicit_attention(const torch::Tensor & q, const torch::Tensor & q_u, const torch::Tensor & k,
                                                        const torch::Tensor & val, const torch::Tensor & bd, const torch::Tensor & keep,
                                                        double scale) {
-    const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), S = k.size(2), N = options.persistent();
+    const int64_t H = q.size(0), B = q.size(1), T = q.size(2), S = k.size(2), N = options.persistent();
+    // Without a gradient, a few heads at a time: every head is independent, and score tensors under ~16 MB come back
+    // from the allocator's free lists, where the whole (H,B,T,S+N) tensor (60 MB per layer at batch 4 with 2048
+    // persistent columns) is fresh memory from the kernel at every step, page faults and zeroing included.
+    const int64_t score_bytes_per_head = B * T * (S + N) * (int64_t) sizeof(float);
+    const int64_t chunk = torch::GradMode::is_enabled() ? H : std::max<int64_t>(1, (int64_t(16) << 20) / score_bytes_per_head);
+    if (chunk >= H) return attention_of_heads(q, q_u, k, val, bd, keep, scale, 0, H);
+    std::vector<torch::Tensor> parts;
+    for (int64_t h = 0; h < H; h += chunk) {
+        const int64_t n = std::min(chunk, H - h);
+        parts.push_back(attention_of_heads(q.narrow(0, h, n), q_u.narrow(0, h, n), k.narrow(0, h, n), val.narrow(0, h, n),
+                                           bd.narrow(0, h, n), keep, scale, h, n));
+    }
+    return torch::cat(parts, 0);                                             // (H,B,T,dh)
+}
+
+torch::Tensor RelativeAttentionImpl::attention_of_heads(const torch::Tensor & q, const torch::Tensor & q_u, const torch::Tensor & k,
+                                                       const torch::Tensor & val, const torch::Tensor & bd, const torch::Tensor & keep,
+                                                       double scale, int64_t first_head, int64_t heads) {
+    const int64_t H = heads, B = q.size(1), T = q.size(2), dh = q.size(3), S = k.size(2), N = options.persistent();
     auto ac = torch::matmul(q_u, k.transpose(-1, -2));                                                  // (H,B,T,S)
     auto scores = ((ac + bd) * scale).to(torch::kFloat).masked_fill(keep.logical_not(), -INFINITY);
     if (N > 0) {
         // q . mem_k without the 1/sqrt(dh) factor and without u/v, as the reference computes it.
-        auto persistent_scores = torch::matmul(q.reshape({H, B * T, dh}), mem_k.to(q.dtype()).transpose(-1, -2)); // (H,B*T,N)
+        auto keys = mem_k.narrow(0, first_head, H);                                                     // (H,N,dh)
+        auto persistent_scores = torch::matmul(q.reshape({H, B * T, dh}), keys.to(q.dtype()).transpose(-1, -2)); // (H,B*T,N)
         scores = torch::cat({scores, persistent_scores.view({H, B, T, N}).to(torch::kFloat)}, -1);             // (H,B,T,S+N)
     }
     auto probs = F::dropout(torch::softmax(scores, -1), F::DropoutFuncOptions().p(options.attn_drop()).training(is_training()))
                      .to(val.dtype());
     if (N == 0) return torch::matmul(probs, val);                                                     // (H,B,T,dh)
-    auto persistent_values = (mem_v * std::sqrt((double) N)).to(val.dtype());                         // (H,N,dh)
+    auto persistent_values = (mem_v.narrow(0, first_head, H) * std::sqrt((double) N)).to(val.dtype()); // (H,N,dh)
     auto persistent_part = torch::matmul(probs.narrow(-1, S, N).reshape({H, B * T, N}), persistent_values); // (H,B*T,dh)
     return torch::matmul(probs.narrow(-1, 0, S), val) + persistent_part.view({H, B, T, dh});
 }
@@ -130,7 +194,13 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         auto u_k = torch::matmul(k, ub.view({H, 1, dh, 1}).to(k.dtype())).view({H, B, 1, S});           // (H,B,1,S)
         auto content_bias = ((bd + u_k) * scale).masked_fill(keep.logical_not(), -INFINITY);          // (H,B,T,S)
         auto bias = content_bias, keys = k, values = val;
-        if (N > 0) {
+        // Apart only where the kernels take the operands as they are: no gradient, no dropout, 16-aligned bias rows
+        // and head dims (else the concatenation below).
+        const bool apart = N > 0 && !torch::GradMode::is_enabled() && !is_training() && S % 16 == 0 && dh % 8 == 0
+                           && q.scalar_type() != torch::kDouble;
+        if (apart) {
+            heads = persistent_apart_attention(q, k, val, content_bias, mem_k, mem_v, scale);
+        } else if (N > 0) {
             // Only contiguous operands: the persistent block is B copies of one (H,1,N,dh) tensor joined along the
             // batch, because copying from a broadcast (expanded) view takes a slow generic strided kernel.
             auto per_row = [&](const torch::Tensor & t) { return torch::cat(std::vector<torch::Tensor>((size_t) B, t), 1); }; // (H,B,N,dh)
@@ -138,8 +208,9 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
             values = torch::cat({val.contiguous(), per_row((mem_v * std::sqrt((double) N)).to(val.dtype()).unsqueeze(1))}, 2);
             bias = torch::cat({content_bias, torch::zeros({H, B, T, N}, content_bias.options())}, -1);                          // (H,B,T,S+N)
         }
-        heads = at::scaled_dot_product_attention(q, keys, values, bias.to(q.dtype()), is_training() ? options.attn_drop() : 0.0,
-                                                 /*is_causal=*/false, scale);
+        if (!heads.defined())
+            heads = at::scaled_dot_product_attention(q, keys, values, bias.to(q.dtype()), is_training() ? options.attn_drop() : 0.0,
+                                                     /*is_causal=*/false, scale);
     }
 #endif
     if (!heads.defined()) heads = explicit_attention(q, q + ub.view({H, 1, 1, dh}).to(q.dtype()), k, val, bd, keep, scale);

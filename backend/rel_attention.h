@@ -61,6 +61,9 @@ private:
     /// Scores and probabilities materialised in fp32: the reference computation, and the path on CPU.
     torch::Tensor explicit_attention(const torch::Tensor & q, const torch::Tensor & q_u, const torch::Tensor & k, const torch::Tensor & val,
                                      const torch::Tensor & bd, const torch::Tensor & keep, double scale);
+    /// explicit_attention of heads first_head .. first_head+heads-1 (q, q_u, k, val, bd hold only those heads).
+    torch::Tensor attention_of_heads(const torch::Tensor & q, const torch::Tensor & q_u, const torch::Tensor & k, const torch::Tensor & val,
+                                     const torch::Tensor & bd, const torch::Tensor & keep, double scale, int64_t first_head, int64_t heads);
 };
 TORCH_MODULE(RelativeAttention);
 
@@ -70,6 +73,12 @@ TORCH_MODULE(RelativeAttention);
 bool fused_attention_available(const torch::Device & device);
 void set_fused_attention(bool enabled);
 bool fused_attention_enabled();
+
+/// Attention over two disjoint sets of keys, computed apart, as one softmax over their union: each part's output
+/// weighted by its share of the softmax mass, sigmoid(lse_a - lse_b). out_a, out_b (..., T, dh); lse_a, lse_b (..., T):
+/// the natural log-sum-exp of each part's (scaled, biased) scores. Part b must have at least one unmasked key per row.
+torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
+                                    const torch::Tensor & lse_b);
 
 /// Transformer-XL's relative shift: out[.., i, j] = x[.., i, j + T-1-i] for the valid (unmasked) entries.
 torch::Tensor rel_shift(const torch::Tensor & x);

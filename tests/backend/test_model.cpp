@@ -83,6 +83,52 @@ private Q_SLOTS:
         }
     }
 
+    // The GPU inference path attends to the content and the persistent keys in two kernels and joins them by their
+    // log-sum-exps; joined, they must be one softmax over all keys (a masked content key included).
+    void attention_parts_merge_into_one_softmax() {
+        const int64_t rows = 5, Sa = 7, Sb = 11, dh = 4;
+        auto scores_a = torch::randn({2, rows, Sa}, torch::kDouble) * 3, scores_b = torch::randn({2, rows, Sb}, torch::kDouble) * 3;
+        scores_a.index_put_({0, 1, 2}, -INFINITY);
+        auto values_a = torch::randn({2, Sa, dh}, torch::kDouble), values_b = torch::randn({2, Sb, dh}, torch::kDouble);
+        auto merged = studio::merge_attention_parts(torch::matmul(torch::softmax(scores_a, -1), values_a), torch::logsumexp(scores_a, -1),
+                                                    torch::matmul(torch::softmax(scores_b, -1), values_b), torch::logsumexp(scores_b, -1));
+        torch::Tensor expected = torch::zeros({2, rows, dh}, torch::kDouble);
+        for (int64_t g = 0; g < 2; ++g)
+            for (int64_t i = 0; i < rows; ++i) {
+                double total = 0;
+                for (int64_t j = 0; j < Sa; ++j) total += std::exp(scores_a[g][i][j].item<double>());
+                for (int64_t j = 0; j < Sb; ++j) total += std::exp(scores_b[g][i][j].item<double>());
+                for (int64_t j = 0; j < Sa; ++j) expected[g][i] += std::exp(scores_a[g][i][j].item<double>()) / total * values_a[g][j];
+                for (int64_t j = 0; j < Sb; ++j) expected[g][i] += std::exp(scores_b[g][i][j].item<double>()) / total * values_b[g][j];
+            }
+        QCOMPARE(merged.scalar_type(), torch::kDouble);
+        QVERIFY2(torch::allclose(merged, expected, 1e-6, 1e-6), "merged parts differ from one softmax over all keys");
+    }
+
+    // Without a gradient the explicit path runs a few heads at a time when the scores are big: here 2 x 64 x
+    // (128 + 2048) fp32 scores per head, 1.1 MB, so chunks of 15 heads and 1 under its 16 MB. It must give what the
+    // whole-tensor computation (grad mode, one piece) gives, persistent vectors of every head included.
+    void attention_in_head_chunks_equals_whole() {
+        const int64_t D = 64, H = 16, dh = 4, N = 2048, B = 2, T = 64, M = 64;
+        RelativeAttention attention(RelativeAttentionOptions(D, H, dh).persistent(N));
+        {
+            torch::NoGradGuard no_grad;
+            attention->u_bias.normal_(0, 0.5);
+            attention->v_bias.normal_(0, 0.5);
+        }
+        attention->eval();
+        auto x = torch::randn({B, T, D}), mem = torch::randn({B, M, D}), pos = torch::randn({T + M, D});
+        auto keep = attention_keep_mask(T, M, true, torch::kCPU);
+        auto whole = attention->forward(x, mem, pos, keep, {}, {}, GateControl{}).out.detach();
+        torch::Tensor chunked;
+        {
+            torch::NoGradGuard no_grad;
+            chunked = attention->forward(x, mem, pos, keep, {}, {}, GateControl{}).out;
+        }
+        QCOMPARE(chunked.sizes(), whole.sizes());
+        QVERIFY2(torch::allclose(chunked, whole, 1e-5, 1e-6), "head chunks differ from the whole computation");
+    }
+
     void keep_mask() {
         auto keep = attention_keep_mask(3, 2, true, torch::kCPU);
         auto expected = torch::tensor({1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1}, torch::kBool).view({3, 5});
@@ -171,6 +217,24 @@ private Q_SLOTS:
         AdaptiveIO tied(AdaptiveIOOptions(40, 8).cutoffs({10, 25}).div_value(2));
         QVERIFY(tied->out_weight[1].is_same(tied->emb[1]));
         QCOMPARE(tied->widths, (std::vector<int64_t>{8, 4, 2}));
+    }
+
+    // Without a gradient on the CPU the loss takes rows in blocks whose widest logits stay under 16 MB: here the
+    // 3000-word tail makes blocks of 1398 rows, so 3000 rows run as 1398 + 1398 + 204. Every row's log-prob must be
+    // the one the single-block computation (grad mode) gives, for words of the head and of both tails.
+    void adaptive_softmax_in_row_blocks_equals_whole() {
+        AdaptiveIO io(AdaptiveIOOptions(5000, 16).cutoffs({1000, 2000}).div_value(2));
+        auto hidden = torch::randn({3000, 16});
+        auto target = torch::randint(0, 5000, {3000}, torch::kLong);
+        auto whole = io->target_log_prob(hidden, target).detach();
+        torch::Tensor blocks;
+        {
+            torch::NoGradGuard no_grad;
+            blocks = io->target_log_prob(hidden, target);
+        }
+        QCOMPARE(blocks.sizes(), whole.sizes());
+        QVERIFY2(torch::allclose(blocks, whole, 1e-5, 1e-6), "row blocks differ from the whole computation");
+        QVERIFY((target >= 2000).any().item<bool>() && (target < 1000).any().item<bool>());
     }
 
     void plain_softmax_without_cutoffs() {
