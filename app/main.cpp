@@ -7,11 +7,18 @@
 //   studio bench --train CONFIG [...]                     training-step speed, phases, memory, MFU
 //   studio selftest [--device D]                          fused GPU attention against the explicit computation
 //   studio devices [--json]                               CUDA devices this build can use
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <CLI/CLI.hpp>
+#include <ATen/Parallel.h>
 
 #include "commands.h"
 #include "launcher.h"
@@ -19,7 +26,34 @@
 #include "studio_gui.h"
 #endif
 
+namespace {
+/// Keep freed tensor memory in the process. By default glibc returns a freed block over its (moving) thresholds to
+/// the kernel, so the same multi-megabyte tensors of every CPU step come back as fresh pages, faulted and zeroed:
+/// on the 2-core dev VM that was 30-50% of a CPU benchmark's time, and it varied 4x with the order of its rows
+/// (docs/benchmarks.md, "CPU"). Blocks up to 32 MB (glibc's largest mmap threshold) come from the heap, which is never
+/// trimmed below 1 GB of free space. LibTorch's CUDA memory is its own caching allocator's and is not affected.
+void keep_freed_memory() {
+#ifdef __GLIBC__
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    mallopt(M_TOP_PAD, 256 << 20);
+#endif
+}
+/// Every logical CPU for LibTorch's intra-op threads, shared among the ranks on this host, unless OMP_NUM_THREADS
+/// says otherwise. LibTorch's own default is the physical cores, which a 2-vCPU VM reports as 1: the dev machine's
+/// CPU benchmark at batch 4 took 1.77 s a segment on 2 threads and 2.83 s on 1 (docs/benchmarks.md, "CPU").
+void use_every_cpu() {
+    if (std::getenv("OMP_NUM_THREADS")) return;
+    const char * local_ranks = std::getenv("LOCAL_WORLD_SIZE");
+    const int ranks = local_ranks ? std::max(1, std::atoi(local_ranks)) : 1;
+    const int cpus = (int) std::thread::hardware_concurrency();
+    if (cpus > 0) at::set_num_threads(std::max(1, cpus / ranks));
+}
+} // namespace
+
 int main(int argc, char ** argv) {
+    keep_freed_memory();
+    use_every_cpu();
     studio::launcher_set_argv(argc, argv);
 #ifdef STUDIO_WITH_GUI
     if (argc == 1 || std::strcmp(argv[1], "gui") == 0) return studio::studio_gui_main(argc > 1 ? argc - 1 : argc, argc > 1 ? argv + 1 : argv);
