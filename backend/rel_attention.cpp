@@ -18,6 +18,11 @@ bool fused_wanted = [] {
     const char * v = std::getenv("STUDIO_ATTENTION");
     return !(v && std::strcmp(v, "explicit") == 0);
 }();
+// STUDIO_ATTENTION=concat: fused, but inference too joins the persistent columns to the content ones in one kernel.
+const bool apart_wanted = [] {
+    const char * v = std::getenv("STUDIO_ATTENTION");
+    return !(v && std::strcmp(v, "concat") == 0);
+}();
 } // namespace
 
 torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
@@ -196,7 +201,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         auto bias = content_bias, keys = k, values = val;
         // Apart only where the kernels take the operands as they are: no gradient, no dropout, 16-aligned bias rows
         // and head dims (else the concatenation below).
-        const bool apart = N > 0 && !torch::GradMode::is_enabled() && !is_training() && S % 16 == 0 && dh % 8 == 0
+        const bool apart = apart_wanted && N > 0 && !torch::GradMode::is_enabled() && !is_training() && S % 16 == 0 && dh % 8 == 0
                            && q.scalar_type() != torch::kDouble;
         if (apart) {
             heads = persistent_apart_attention(q, k, val, content_bias, mem_k, mem_v, scale);
