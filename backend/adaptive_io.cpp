@@ -6,6 +6,8 @@
 
 #include <torch/torch.h>
 
+#include "device.h"
+
 namespace studio {
 
 namespace F = torch::nn::functional;
@@ -110,14 +112,12 @@ torch::Tensor AdaptiveIOImpl::target_log_prob(const torch::Tensor & hidden, cons
         head_weight = torch::cat({out_weight[0], cluster_weight}, 0);                  // (shortlist + C-1, D)
         head_bias = torch::cat({out_bias[0], cluster_bias}, 0);
     }
-    // Without a gradient on the CPU, rows in blocks whose widest fp32 logits stay under ~16 MB: the allocator then
-    // hands the same memory back block after block, where one (N,V) tensor (300 MB for the 160k-word cluster at
-    // batch 4 with random targets) would be fresh pages from the kernel at every step.
+    // Rows in blocks at CPU inference: one (N,V) fp32 logit tensor is 300 MB for the 160k-word cluster at batch 4
+    // with random targets.
     const int64_t rows = hidden.size(0);
     int64_t widest = head_weight.size(0);
     for (size_t i = 1; i < out_weight.size(); ++i) widest = std::max(widest, out_weight[i].size(0));
-    const int64_t block = hidden.is_cuda() || torch::GradMode::is_enabled()
-                              ? rows : std::max<int64_t>(1, (int64_t(16) << 20) / (widest * (int64_t) sizeof(float)));
+    const int64_t block = cpu_inference_block(hidden, rows, widest * (int64_t) sizeof(float));
     if (block >= rows) return target_log_prob_rows(hidden, target, head_weight, head_bias);
     std::vector<torch::Tensor> parts;
     for (int64_t r = 0; r < rows; r += block) {

@@ -6,6 +6,7 @@
 
 #include "config.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include <torch/version.h>
@@ -47,6 +48,11 @@ int64_t device_peak_memory(const torch::Device & device) {
 #endif
     (void) device;
     return 0;
+}
+
+int64_t cpu_inference_block(const torch::Tensor & like, int64_t units, int64_t bytes_per_unit) {
+    if (like.is_cuda() || torch::GradMode::is_enabled()) return units;
+    return std::max<int64_t>(1, (int64_t(16) << 20) / std::max<int64_t>(1, bytes_per_unit));
 }
 
 void device_reset_peak_memory(const torch::Device & device) {

@@ -18,6 +18,12 @@ void device_synchronize(const torch::Device & device);
 int64_t device_peak_memory(const torch::Device & device);
 void device_reset_peak_memory(const torch::Device & device);
 
+/// How many of `units` (heads, rows) to compute at a time so that a temporary of `bytes_per_unit` each stays under
+/// ~16 MB: on the CPU without a gradient; all at once otherwise. Temporaries that small come back from glibc's free
+/// lists step after step, where one large tensor would be fresh pages from the kernel every time (docs/benchmarks.md,
+/// "CPU").
+int64_t cpu_inference_block(const torch::Tensor & like, int64_t units, int64_t bytes_per_unit);
+
 /// bf16 autocast on CUDA for the guard's lifetime (weights stay fp32); does nothing when disabled or on CPU.
 class AutocastGuard {
 public:

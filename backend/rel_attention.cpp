@@ -9,20 +9,20 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include "device.h"
+
 namespace studio {
 
 namespace F = torch::nn::functional;
 
 namespace {
-bool fused_wanted = [] {
+bool attention_mode_is(const char * mode) {
     const char * v = std::getenv("STUDIO_ATTENTION");
-    return !(v && std::strcmp(v, "explicit") == 0);
-}();
+    return v && std::strcmp(v, mode) == 0;
+}
+bool fused_wanted = !attention_mode_is("explicit");
 // STUDIO_ATTENTION=concat: fused, but inference too joins the persistent columns to the content ones in one kernel.
-const bool apart_wanted = [] {
-    const char * v = std::getenv("STUDIO_ATTENTION");
-    return !(v && std::strcmp(v, "concat") == 0);
-}();
+const bool apart_wanted = !attention_mode_is("concat");
 } // namespace
 
 torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
@@ -132,11 +132,9 @@ torch::Tensor RelativeAttentionImpl::explicit_attention(const torch::Tensor & q,
                                                        const torch::Tensor & val, const torch::Tensor & bd, const torch::Tensor & keep,
                                                        double scale) {
     const int64_t H = q.size(0), B = q.size(1), T = q.size(2), S = k.size(2), N = options.persistent();
-    // Without a gradient, a few heads at a time: every head is independent, and score tensors under ~16 MB come back
-    // from the allocator's free lists, where the whole (H,B,T,S+N) tensor (60 MB per layer at batch 4 with 2048
-    // persistent columns) is fresh memory from the kernel at every step, page faults and zeroing included.
-    const int64_t score_bytes_per_head = B * T * (S + N) * (int64_t) sizeof(float);
-    const int64_t chunk = torch::GradMode::is_enabled() ? H : std::max<int64_t>(1, (int64_t(16) << 20) / score_bytes_per_head);
+    // A few heads at a time at CPU inference: every head is independent, and the whole (H,B,T,S+N) fp32 score tensor
+    // is 60 MB per layer at batch 4 with 2048 persistent columns.
+    const int64_t chunk = cpu_inference_block(q, H, B * T * (S + N) * (int64_t) sizeof(float));
     if (chunk >= H) return attention_of_heads(q, q_u, k, val, bd, keep, scale, 0, H);
     std::vector<torch::Tensor> parts;
     for (int64_t h = 0; h < H; h += chunk) {

@@ -1,6 +1,7 @@
 // `studio selftest`: numerical checks that need the machine's own device, above all the fused GPU attention
 // against the explicit reference computation (forward and every gradient; and the inference path, whose persistent
 // columns take their own kernel), which CPU tests cannot reach.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -39,14 +40,37 @@ Outputs run_attention(RelativeAttention & attention, const torch::Tensor & x, co
     return result;
 }
 
-/// Largest error over all tensors, relative to each tensor's largest reference magnitude.
+/// Largest error of a tensor relative to the reference's largest magnitude.
+double relative_error(const torch::Tensor & a, const torch::Tensor & reference) {
+    return (a - reference).abs().max().item<double>() / (reference.abs().max().item<double>() + 1e-12);
+}
+
+/// Largest relative error over all tensors.
 double worst_error(const Outputs & a, const Outputs & reference) {
     double worst = 0;
-    for (size_t i = 0; i < a.values.size(); ++i) {
-        const double scale = reference.values[i].abs().max().item<double>() + 1e-12;
-        worst = std::max(worst, (a.values[i] - reference.values[i]).abs().max().item<double>() / scale);
-    }
+    for (size_t i = 0; i < a.values.size(); ++i) worst = std::max(worst, relative_error(a.values[i], reference.values[i]));
     return worst;
+}
+
+/// An attention layer on the device with non-zero u/v biases: the fused paths must remove u . mem_k exactly.
+RelativeAttention attention_under_test(int64_t D, int64_t H, int64_t dh, int64_t persistent, const torch::Device & device) {
+    RelativeAttention attention(RelativeAttentionOptions(D, H, dh).persistent(persistent));
+    {
+        torch::NoGradGuard no_grad;
+        attention->u_bias.normal_(0, 0.5);
+        attention->v_bias.normal_(0, 0.5);
+    }
+    attention->to(device);
+    return attention;
+}
+
+/// fp32: the same maths in another order. bf16: the fused error may be at most twice the explicit path's own bf16
+/// error against fp32 (plus 1e-3), i.e. no worse than rounding already makes it. Prints one line; true if both pass.
+bool judge(const std::string & what, double fp32_error, double explicit_bf16, double fused_bf16) {
+    const bool pass_fp32 = fp32_error < 1e-4, pass_bf16 = fused_bf16 <= 2 * explicit_bf16 + 1e-3;
+    std::printf("selftest: %s vs explicit: fp32 max rel. error %.2e (< 1e-4) %s; bf16 %.2e vs explicit bf16 %.2e %s\n", what.c_str(),
+                fp32_error, pass_fp32 ? "ok" : "FAIL", fused_bf16, explicit_bf16, pass_bf16 ? "ok" : "FAIL");
+    return pass_fp32 && pass_bf16;
 }
 
 /// Inference output (eval mode, no gradient): on the GPU the persistent columns then take their own kernel.
@@ -58,23 +82,13 @@ torch::Tensor infer_attention(RelativeAttention & attention, const torch::Tensor
     return attention->forward(x, mem, pos, keep, {}, {}, GateControl{}).out.to(torch::kFloat);
 }
 
-double relative_error(const torch::Tensor & a, const torch::Tensor & reference) {
-    return (a - reference).abs().max().item<double>() / (reference.abs().max().item<double>() + 1e-12);
-}
-
 /// The inference path against the explicit one, at a small shape and at the reference layer's (d 512, 8 heads of 64,
 /// 2048 persistent vectors, 192 tokens with 192 of memory).
 bool check_inference(const torch::Device & device) {
     bool ok = true;
     struct Shape { int64_t D, H, dh, N, B, T, M; const char * name; };
     for (const Shape & shape : {Shape{64, 4, 16, 32, 3, 8, 8, "small"}, Shape{512, 8, 64, 2048, 2, 192, 192, "reference layer"}}) {
-        RelativeAttention attention(RelativeAttentionOptions(shape.D, shape.H, shape.dh).persistent(shape.N));
-        {
-            torch::NoGradGuard no_grad;
-            attention->u_bias.normal_(0, 0.5);
-            attention->v_bias.normal_(0, 0.5);
-        }
-        attention->to(device);
+        RelativeAttention attention = attention_under_test(shape.D, shape.H, shape.dh, shape.N, device);
         attention->eval();
         auto options = torch::TensorOptions().device(device);
         auto x = torch::randn({shape.B, shape.T, shape.D}, options), mem = torch::randn({shape.B, shape.M, shape.D}, options);
@@ -84,11 +98,8 @@ bool check_inference(const torch::Device & device) {
         const double fp32_error = relative_error(infer_attention(attention, x, mem, pos, keep, device, false, true), reference);
         const double explicit_bf16 = relative_error(infer_attention(attention, x, mem, pos, keep, device, true, false), reference);
         const double fused_bf16 = relative_error(infer_attention(attention, x, mem, pos, keep, device, true, true), reference);
-        const bool pass_fp32 = fp32_error < 1e-4, pass_bf16 = fused_bf16 <= 2 * explicit_bf16 + 1e-3;
-        std::printf("selftest: inference attention (%s, %lld persistent apart) vs explicit: fp32 max rel. error %.2e (< 1e-4) %s; "
-                    "bf16 %.2e vs explicit bf16 %.2e %s\n",
-                    shape.name, (long long) shape.N, fp32_error, pass_fp32 ? "ok" : "FAIL", fused_bf16, explicit_bf16, pass_bf16 ? "ok" : "FAIL");
-        ok = ok && pass_fp32 && pass_bf16;
+        const std::string what = std::string("inference attention (") + shape.name + ", " + std::to_string(shape.N) + " persistent apart)";
+        ok = judge(what, fp32_error, explicit_bf16, fused_bf16) && ok;
     }
     return ok;
 }
@@ -113,29 +124,18 @@ int selftest_command(const std::string & device_name) {
     torch::manual_seed(7);
     for (const int64_t persistent : {int64_t(32), int64_t(0)}) {
         const int64_t D = 64, H = 4, dh = 16, B = 3, T = 8, M = 8;
-        RelativeAttention attention(RelativeAttentionOptions(D, H, dh).persistent(persistent));
-        {
-            torch::NoGradGuard no_grad;
-            attention->u_bias.normal_(0, 0.5);   // non-zero biases: the fused path must remove u . mem_k exactly
-            attention->v_bias.normal_(0, 0.5);
-        }
-        attention->to(device);
+        RelativeAttention attention = attention_under_test(D, H, dh, persistent, device);
         attention->train();
         auto options = torch::TensorOptions().device(device);
         auto x = torch::randn({B, T, D}, options), mem = torch::randn({B, M, D}, options), pos = torch::randn({T + M, D}, options);
         auto keep = attention_keep_mask(T, M, true, device);
         auto upstream = torch::randn({B, T, D}, options);
         auto reference = run_attention(attention, x, mem, pos, keep, upstream, device, false, false);
-        // fp32: the same maths in another order. bf16: the fused error may be at most twice the explicit path's own
-        // bf16 error against fp32 (plus 1e-3), i.e. no worse than rounding already makes it.
         const double fp32_error = worst_error(run_attention(attention, x, mem, pos, keep, upstream, device, false, true), reference);
         const double explicit_bf16 = worst_error(run_attention(attention, x, mem, pos, keep, upstream, device, true, false), reference);
         const double fused_bf16 = worst_error(run_attention(attention, x, mem, pos, keep, upstream, device, true, true), reference);
-        const bool pass_fp32 = fp32_error < 1e-4, pass_bf16 = fused_bf16 <= 2 * explicit_bf16 + 1e-3;
-        std::printf("selftest: attention (%s) fused vs explicit: fp32 max rel. error %.2e (< 1e-4) %s; bf16 %.2e vs explicit bf16 %.2e %s\n",
-                    persistent ? "all-attention, 32 persistent" : "transformer-xl", fp32_error, pass_fp32 ? "ok" : "FAIL", fused_bf16,
-                    explicit_bf16, pass_bf16 ? "ok" : "FAIL");
-        ok = ok && pass_fp32 && pass_bf16;
+        const std::string what = std::string("attention (") + (persistent ? "all-attention, 32 persistent" : "transformer-xl") + ") fused";
+        ok = judge(what, fp32_error, explicit_bf16, fused_bf16) && ok;
     }
     ok = check_inference(device) && ok;
     set_fused_attention(previous);
