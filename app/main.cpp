@@ -97,7 +97,7 @@ int main(int argc, char ** argv) {
     bench->add_option("--with-loss", bc.with_loss, "1: include the adaptive-softmax loss (the reference's workload), 0: stop before it");
     bench->add_option("--out", bc.out_dir, "Folder for bench.json/csv/md (default: <run>/bench)");
     bench->add_option("--output,-o", bc.format, "stdout format: md, csv or json")->check(CLI::IsMember({"md", "csv", "json"}));
-    bench->add_option("--cuda-graphs", bc.cuda_graphs, "1: replay loss-free CUDA segments as a graph (default), 0: launch eagerly");
+    bench->add_option("--cuda-graphs", bc.cuda_graphs, "1: replay a CUDA segment's layers as a graph, the loss after it (default), 0: launch eagerly");
     bench->add_flag("--train", bc.train, "Time training steps (forward, backward, optimizer) of a config's model on random tokens");
     bench->add_option("--train-variants", bc.train_variants, "With --train: ungated,gated (default both)")->delimiter(',');
     bench->add_option("--peak-tflops", bc.peak_tflops, "With --train: the device's peak TFLOP/s for MFU (default 790 for cuda bf16)");

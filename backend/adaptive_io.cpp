@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -99,10 +102,32 @@ torch::Tensor AdaptiveIOImpl::embed(const torch::Tensor & ids, double word_drop)
 }
 
 namespace {
-/// log_softmax(logits) at one column per row, as logit - logsumexp: the whole (n,V) log-softmax, the size of the
-/// logits (2.4 GB in fp32 for the 160k-word cluster at batch 32 with random targets), is never written.
+/// log_softmax(logits) at one column per row, read in fp32. One fused softmax pass: `logit - logsumexp` made ATen
+/// write (logits - max) and its exp as two more (n,V) tensors, 2.4 GB each in fp32 for the 160k-word cluster at
+/// batch 32 with random targets, where this writes the log-softmax once.
 torch::Tensor log_prob_at(const torch::Tensor & logits, const torch::Tensor & column) {   // (n,V), (n,) -> (n,)
-    return logits.gather(1, column.unsqueeze(1)).squeeze(1) - torch::logsumexp(logits, 1);
+    return torch::log_softmax(logits.to(torch::kFloat), 1).gather(1, column.unsqueeze(1)).squeeze(1);
+}
+
+/// On the GPU, a product's output rows padded to a multiple of 8 with zero weights and -inf bias, which the softmax
+/// ignores: cuBLAS takes a slow unaligned kernel for an odd count (the head's 20,000 words + 3 clusters, the 67,735
+/// words of WikiText-103's last cluster; 1.5 ms of a batch-32 segment for the head alone). Returns (words + padding, d)
+/// and (words + padding).
+std::pair<torch::Tensor, torch::Tensor> padded_for_gemm(const torch::Tensor & weight, const torch::Tensor & bias) {
+    const int64_t padding = weight.is_cuda() ? (8 - weight.size(0) % 8) % 8 : 0;
+    if (!padding) return {weight, bias};
+    return {torch::cat({weight, torch::zeros({padding, weight.size(1)}, weight.options())}),
+            torch::cat({bias, torch::full({padding}, -std::numeric_limits<float>::infinity(), bias.options())})};
+}
+
+/// A tail cluster's logits. On the GPU from fp32 operands: the product has a small inner dimension (a tail's width:
+/// 128, 32 or 8 at div_value 4) and is bound by writing its output, so it writes fp32 once instead of bf16 that is
+/// then copied to fp32 (under autocast the product stays bf16 as before). On the CPU, where the loss runs in row
+/// blocks, converting or padding the weight for every block would cost more than it saves. Returns (n, words + padding).
+torch::Tensor tail_logits(const torch::Tensor & hidden, const torch::Tensor & weight, const torch::Tensor & bias) {
+    if (!hidden.is_cuda()) return F::linear(hidden, weight, bias);                    // (n, words)
+    auto [w, b] = padded_for_gemm(weight.to(torch::kFloat), bias.to(torch::kFloat));
+    return F::linear(hidden.to(torch::kFloat), w, b);                                 // (n, words + padding)
 }
 } // namespace
 
@@ -112,6 +137,7 @@ torch::Tensor AdaptiveIOImpl::target_log_prob(const torch::Tensor & hidden, cons
         head_weight = torch::cat({out_weight[0], cluster_weight}, 0);                  // (shortlist + C-1, D)
         head_bias = torch::cat({out_bias[0], cluster_bias}, 0);
     }
+    std::tie(head_weight, head_bias) = padded_for_gemm(head_weight, head_bias);      // (shortlist + C-1 + padding, D)
     // Rows in blocks at CPU inference: one (N,V) fp32 logit tensor is 300 MB for the 160k-word cluster at batch 4
     // with random targets.
     const int64_t rows = hidden.size(0);
@@ -135,19 +161,28 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
     }
     const int64_t shortlist = bounds[1];
     auto head_hidden = F::linear(hidden, out_head_proj);                               // (N,D)
-    auto head_logits = F::linear(head_hidden, head_weight, head_bias).to(torch::kFloat); // (N, shortlist + C-1)
-    auto head_lse = torch::logsumexp(head_logits, 1);                                  // (N,)
+    auto head_log_prob = torch::log_softmax(F::linear(head_hidden, head_weight, head_bias).to(torch::kFloat), 1); // (N, shortlist + C-1)
     // Shortlist words read their log-prob from the head; tail words get head[cluster] + their tail log-prob.
     auto head_index = torch::where(target < shortlist, target, torch::zeros_like(target));
-    auto result = head_logits.gather(1, head_index.unsqueeze(1)).squeeze(1) - head_lse; // (N,)
-    for (size_t i = 1; i < emb.size(); ++i) {
-        auto in_cluster = (target >= bounds[i]).logical_and(target < bounds[i + 1]);
-        auto index = in_cluster.nonzero().squeeze(1);                                  // (n,)
-        if (index.numel() == 0) continue;
+    auto result = head_log_prob.gather(1, head_index.unsqueeze(1)).squeeze(1);        // (N,)
+    // Rows grouped by cluster with one stable sort, and every cluster's row count read in one host transfer: the
+    // GPU waits for the host once a step, not once per cluster as a nonzero() per cluster made it.
+    const int64_t C = num_clusters();
+    auto cluster = torch::zeros_like(target);
+    for (int64_t i = 1; i < C; ++i) cluster += (target >= bounds[i]).to(torch::kLong);  // (N,) cluster of each row
+    auto order = std::get<1>(torch::sort(cluster, /*stable=*/true, 0, false));          // (N,) rows, by cluster
+    auto counts = torch::bincount(cluster, {}, C).to(torch::kCPU);                      // (C,) the one sync
+    const auto * count = counts.data_ptr<int64_t>();
+    int64_t first = count[0];
+    for (int64_t i = 1; i < C; ++i) {
+        const int64_t n = count[i];
+        if (n == 0) continue;
+        auto index = order.narrow(0, first, n);                                        // (n,)
+        first += n;
         auto h = hidden.index_select(0, index);
-        auto tail_logits = F::linear(F::linear(h, tail_projection(i)), out_weight[i], out_bias[i]).to(torch::kFloat); // (n, n_i)
-        auto tail_lp = log_prob_at(tail_logits, target.index_select(0, index) - bounds[i]);
-        auto cluster_lp = head_logits.index_select(0, index).select(1, shortlist + (int64_t) i - 1) - head_lse.index_select(0, index);
+        auto logits = tail_logits(F::linear(h, tail_projection(i)), out_weight[i], out_bias[i]); // (n, n_i + padding)
+        auto tail_lp = log_prob_at(logits, target.index_select(0, index) - bounds[i]);
+        auto cluster_lp = head_log_prob.index_select(0, index).select(1, shortlist + i - 1);
         result = result.index_copy(0, index, cluster_lp + tail_lp);
     }
     return result;

@@ -1,5 +1,6 @@
 #include "bench.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -152,24 +153,31 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                     };
                     for (int64_t w = 0; w < std::max<int64_t>(bench.warmup, device.is_cuda() ? 1 : 0); ++w) step();
 #ifdef STUDIO_CUDA
-                    // Without the loss a segment has static shapes: capture it once and replay it, so small batches
-                    // measure the GPU rather than the host's kernel launches (the reference's batch-4 problem).
+                    // The layers have static shapes: capture them once and replay them, so small batches measure the
+                    // GPU rather than the host's kernel launches (the reference's batch-4 problem). The loss groups
+                    // rows by their target's cluster, whose sizes the host must read, so it runs after the replay
+                    // from the graph's final hidden state, as the model's forward would run it.
                     std::unique_ptr<at::cuda::CUDAGraph> graph;
-                    if (device.is_cuda() && !bench.with_loss && bench.cuda_graphs) {
+                    torch::Tensor hidden;   // (B,T,D), written by every replay
+                    if (device.is_cuda() && bench.cuda_graphs) {
                         graph = std::make_unique<at::cuda::CUDAGraph>();
                         auto side = c10::cuda::getStreamFromPool();
                         side.synchronize();
                         {
                             c10::cuda::CUDAStreamGuard on_side(side);
                             graph->capture_begin();
-                            auto out = m.model->forward(input, target, memory, m.gates);
+                            auto out = m.model->forward(input, torch::Tensor(), memory, m.gates);
                             for (size_t l = 0; l < memory.size(); ++l) memory[l].copy_(out.memory[l]); // memory carried in place
+                            hidden = out.hidden;
                             graph->capture_end();
                         }
                         side.synchronize();
                         row.cuda_graph = true;
                     }
-                    if (graph) step = [&]() { graph->replay(); };
+                    if (graph) step = [&]() {
+                        graph->replay();
+                        if (target.defined()) m.model->io->target_log_prob(hidden.reshape({-1, hidden.size(-1)}), target.reshape({-1}));
+                    };
                     for (int64_t w = 0; graph && w < bench.warmup; ++w) step();
 #endif
                     DeviceTimer timer(device);
@@ -178,8 +186,15 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                         for (int64_t s = 0; s < bench.steps; ++s) step();
                         row.samples_ms.push_back(timer.stop_ms() / (double) bench.steps);
                     }
-                    if (const char * trace_path = std::getenv("STUDIO_PROFILE"); trace_path && *trace_path && rows.empty()) {
-                        TraceRecorder trace;   // STUDIO_PROFILE=trace.json: three more steps of the first row
+                    // STUDIO_PROFILE=trace.json: three more steps of the first row, or of the first row of the variant
+                    // STUDIO_PROFILE_VARIANT names (pruned-59, say), recorded as a Chrome trace.
+                    const char * trace_path = std::getenv("STUDIO_PROFILE");
+                    const char * trace_variant = std::getenv("STUDIO_PROFILE_VARIANT");
+                    const bool traced_before = std::any_of(rows.begin(), rows.end(), [&](const BenchRow & r) {
+                        return !trace_variant || !*trace_variant || r.variant == trace_variant;
+                    });
+                    if (trace_path && *trace_path && !traced_before && (!trace_variant || !*trace_variant || row.variant == trace_variant)) {
+                        TraceRecorder trace;
                         trace.start(trace_path);
                         for (int s = 0; s < 3; ++s) step();
                         device_synchronize(device);

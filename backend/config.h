@@ -125,7 +125,7 @@ struct BenchConfig {
     int64_t warmup = 2;                 // untimed segments before the first repetition
     int64_t repetitions = 5;
     bool with_loss = true;              // include the adaptive-softmax loss, as the reference's timing does
-    bool cuda_graphs = true;            // on CUDA without the loss: capture a segment once and replay it
+    bool cuda_graphs = true;            // on CUDA: capture a segment's layers once and replay them
 };
 
 struct DataConfig {

@@ -212,6 +212,11 @@ private Q_SLOTS:
             auto tail = torch::log_softmax(torch::matmul(tail_hidden, (tie ? io->emb[2] : io->out_weight[2]).t()) + io->out_bias[2], 1);
             auto expected = head.select(1, 11) + tail.select(1, 5);
             QVERIFY(torch::allclose(all.select(1, 30), expected, 1e-5, 1e-5));
+            // Rows of different clusters in one call, out of cluster order: the loss groups rows by cluster and must
+            // put each result back on its own row.
+            auto mixed = io->target_log_prob(hidden, torch::tensor({30, 2, 17}, torch::kLong));
+            auto picked = torch::stack({all[0][30], all[1][2], all[2][17]});
+            QVERIFY2(torch::allclose(mixed, picked, 1e-5, 1e-6), "mixed-cluster rows differ from their single-word values");
         }
         // Tying: the output of cluster i shares its tensor with the input table.
         AdaptiveIO tied(AdaptiveIOOptions(40, 8).cutoffs({10, 25}).div_value(2));
