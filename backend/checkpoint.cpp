@@ -71,6 +71,16 @@ std::string staging_name(const std::string & staging) {
                                      : std::string("this run has no complete checkpoint yet")));
 }
 
+// The staging folder, failing in the words of a failed file write: a disk without room (or without inodes) for one
+// more folder says so plainly rather than in std::filesystem's terms.
+void create_staging(const std::string & staging) {
+    std::error_code ec;
+    fs::create_directories(staging, ec);
+    if (!ec) return;
+    if (ec.value() == ENOSPC || ec.value() == EDQUOT) throw std::runtime_error("cannot create " + staging + ": no space left on device; free space on that disk");
+    throw std::runtime_error("cannot create " + staging + ": " + ec.message());
+}
+
 std::string stage_of(const std::string & staging) {
     const std::string name = staging_name(staging);
     const auto dash = name.rfind('-');
@@ -117,11 +127,19 @@ void remove_leftovers(const std::string & checkpoints_dir) {
 
 } // namespace
 
+void checkpoint_create_staging(const std::string & staging) {
+    try {
+        create_staging(staging);
+    } catch (const std::exception & e) {
+        write_failed(staging, stage_of(staging), e.what());
+    }
+}
+
 void checkpoint_write_memory(const std::string & staging, int64_t rank, const std::vector<torch::Tensor> & memory) {
     TensorMap tensors;
     for (size_t l = 0; l < memory.size(); ++l) tensors["layer_" + std::to_string(l)] = memory[l];
     try {
-        fs::create_directories(staging);
+        create_staging(staging);
         file_write_atomic((fs::path(staging) / ("memory-rank" + std::to_string(rank) + ".safetensors")).string(), tensors_serialize(tensors));
     } catch (const std::exception & e) {
         write_failed(staging, stage_of(staging), e.what());
@@ -137,7 +155,7 @@ std::string checkpoint_commit(const std::string & run_dir, const std::string & s
     };
     const std::string final_path = (fs::path(run_checkpoints_dir(run_dir)) / checkpoint_dir_name(state.stage, state.step)).string();
     try {
-        fs::create_directories(staging);
+        create_staging(staging);
         write("model.safetensors", tensors_serialize(module_state(model), {{"format", "head-pruning-studio"}}));
         if (optimizer) write("optimizer.safetensors", tensors_serialize(optimizer->state()));
         std::vector<fs::path> temporaries;

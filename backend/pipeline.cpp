@@ -226,6 +226,11 @@ int run_batch(const BatchOptions & options) {
         if (nl != std::string::npos) message = message.substr(0, nl);
         std::fprintf(stderr, "\nerror: %s\n", message.c_str());
         try {
+            // The step a --resume continues from, as for a stopped run.
+            if (auto latest = run_latest_checkpoint(ctx.run_dir, "")) last_step = latest->step;
+        } catch (...) {
+        }
+        try {
             ctx.event("error", {{"message", message}});
             ctx.event("run_end", {{"status", "error"}, {"step", last_step}});
         } catch (...) {

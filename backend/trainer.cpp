@@ -131,7 +131,7 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
     auto save_checkpoint = [&]() {
         const std::string staging = checkpoint_staging_dir(ctx.run_dir, stage, state.step);
         state.extra = json{{"lambda1", lambda1}, {"lambda2", lambda2}};
-        if (ctx.rank() == 0) std::filesystem::create_directories(staging);
+        if (ctx.rank() == 0) checkpoint_create_staging(staging);
         if (ctx.comm) ctx.comm->barrier();
         checkpoint_write_memory(staging, ctx.rank(), memory);
         if (ctx.comm) ctx.comm->barrier();

@@ -27,9 +27,12 @@ public:
         if (mounted_ && !run({"umount", path_})) run({"umount", "-l", path_});
     }
     // Empty on success, else why not.
-    QString mount(qint64 bytes) {
+    // inodes: how many files and folders it holds, its own root included (0: the tmpfs default).
+    QString mount(qint64 bytes, qint64 inodes = 0) {
         QString why;
-        if (!run({"mount", "-t", "tmpfs", "-o", "size=" + QString::number(bytes), "tmpfs", path_}, &why)) return why;
+        QString options = "size=" + QString::number(bytes);
+        if (inodes > 0) options += ",nr_inodes=" + QString::number(inodes);
+        if (!run({"mount", "-t", "tmpfs", "-o", options, "tmpfs", path_}, &why)) return why;
         mounted_ = true;
         return {};
     }
@@ -50,6 +53,15 @@ private:
     QString path_;
     bool mounted_ = false;
 };
+
+// A folder and everything under it, counted as a file system counts inodes.
+qint64 entries_under(const QString & folder) {
+    qint64 n = 1;
+    for (const QFileInfo & f : QDir(folder).entryInfoList(QDir::AllEntries | QDir::Hidden | QDir::NoDotAndDotDot)) {
+        n += f.isDir() ? entries_under(f.filePath()) : 1;
+    }
+    return n;
+}
 
 // What a folder's files take on a tmpfs: whole pages.
 qint64 disk_usage(const QString & folder) {
@@ -102,6 +114,7 @@ private Q_SLOTS:
         QCOMPARE(events[events.size() - 2]["event"].get<std::string>(), std::string("error"));
         QCOMPARE(QString::fromStdString(events[events.size() - 2]["message"].get<std::string>()), full.err.trimmed().mid(7));
         QCOMPARE(events.back()["status"].get<std::string>(), std::string("error"));
+        QCOMPARE(events.back()["step"].get<int64_t>(), int64_t(4));   // where --resume continues
 
         // With room again, the run continues from step 4 and ends where the uninterrupted one did.
         const QString resize_error = disk.resize(checkpoint * 4 + 64 * 1024);
@@ -114,6 +127,34 @@ private Q_SLOTS:
         for (const auto & [step, loss] : a) QVERIFY2(std::abs(loss - b.at(step)) <= 1e-6, qPrintable(QString("step %1").arg(step)));
         QCOMPARE(checkpoint_problem(checkpoints + "/train-00000012"), QString());
         QCOMPARE(QDir(checkpoints).entryList(QDir::AllEntries | QDir::Hidden | QDir::NoDotAndDotDot), QStringList{"train-00000012"});
+    }
+
+    // Room for the bytes but not for one more folder: the run holds as many files and folders with one checkpoint as
+    // at its end, so a disk of exactly that many inodes (plus its root) has none for step 8's staging folder.
+    void no_inode_for_the_staging_folder_says_so() {
+        if (::geteuid() != 0) QSKIP("needs root to mount a small tmpfs (CI runs as root)");
+        const QString data = small_wikitext(dir.path());
+        QVERIFY(!data.isEmpty());
+        json c = small_config("inodes", data);
+        c["train"]["keep_checkpoints"] = 1;
+        const QString config = write_config(dir.path(), c);
+        const QString reference = dir.path() + "/reference-inodes";
+        auto whole = studio_run({"--batch", config, "--run-dir", reference, "--no-progress"});
+        QVERIFY2(whole.code == 0, qPrintable(whole.err));
+
+        SmallDisk disk(dir.path() + "/few-inodes");
+        const QString mount_error = disk.mount(64 << 20, 1 + entries_under(reference));
+        if (!mount_error.isEmpty()) QSKIP(qPrintable("cannot mount a tmpfs here: " + mount_error));
+        const QString run = dir.path() + "/few-inodes/run", checkpoints = run + "/checkpoints";
+        auto full = studio_run({"--batch", config, "--run-dir", run, "--no-progress"});
+        QCOMPARE(full.code, 1);
+        QCOMPARE(full.err.trimmed(), QString("error: checkpoint train-00000008 not saved: cannot create %1/.train-00000008.staging: no space "
+                                             "left on device; free space on that disk; the last complete checkpoint %1/train-00000004 is "
+                                             "intact: continue from it with --resume").arg(checkpoints));
+        QCOMPARE(QDir(checkpoints).entryList(QDir::AllEntries | QDir::Hidden | QDir::NoDotAndDotDot), QStringList{"train-00000004"});
+        auto events = studio::events_read_all((run + "/events.jsonl").toStdString());
+        QCOMPARE(events.back()["status"].get<std::string>(), std::string("error"));
+        QCOMPARE(events.back()["step"].get<int64_t>(), int64_t(4));
     }
 };
 
