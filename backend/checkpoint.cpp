@@ -129,6 +129,9 @@ void remove_leftovers(const std::string & checkpoints_dir) {
 
 void checkpoint_create_staging(const std::string & staging) {
     try {
+        // A run killed while writing this same checkpoint left its folder, maybe with more ranks' memory files than
+        // this run has: they would enter the manifest. Start it empty.
+        fs::remove_all(staging);
         create_staging(staging);
     } catch (const std::exception & e) {
         write_failed(staging, stage_of(staging), e.what());

@@ -43,8 +43,9 @@ struct LoadedCheckpoint {
 
 /// Staging folder of a checkpoint being written (every rank writes its memory file there before rank 0 commits).
 std::string checkpoint_staging_dir(const std::string & run_dir, const std::string & stage, int64_t step);
-/// Creates a checkpoint's staging folder (rank 0, before the ranks write into it); a full disk fails like a failed
-/// checkpoint write, naming the checkpoint a --resume would continue from.
+/// Creates a checkpoint's staging folder empty (rank 0, before the ranks write into it), removing what a killed
+/// attempt at the same step left there; a full disk fails like a failed checkpoint write, naming the checkpoint a
+/// --resume would continue from.
 void checkpoint_create_staging(const std::string & staging);
 void checkpoint_write_memory(const std::string & staging, int64_t rank, const std::vector<torch::Tensor> & memory);
 /// Rank 0: writes the model, optimizer and state into the staging folder, renames it into place and deletes the

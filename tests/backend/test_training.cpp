@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <nlohmann/json.hpp>
 
 #include "bench_train.h"
 #include "checkpoint.h"
@@ -146,6 +147,29 @@ private Q_SLOTS:
         QVERIFY(!torch::equal(rolled, plain.batch(0, torch::kCPU).input));
         // A roll is a rotation of the row: the same tokens.
         QCOMPARE(std::get<0>(torch::sort(rolled[0])).sum().item<int64_t>() > 0, true);
+    }
+
+    // A run with two ranks killed while writing step 300 left memory-rank0 and memory-rank1 in the staging folder; the
+    // one-rank run that resumes writes step 300 again: its checkpoint must hold its own memory file only.
+    void a_killed_attempts_staging_folder_is_started_afresh() {
+        QTemporaryDir dir;
+        const std::string run = dir.path().toStdString();
+        LanguageModel model(small());
+        const std::string staging = checkpoint_staging_dir(run, "train", 300);
+        checkpoint_write_memory(staging, 0, model->initial_memory(2, torch::TensorOptions()));
+        checkpoint_write_memory(staging, 1, model->initial_memory(2, torch::TensorOptions()));
+        QVERIFY(QFile::exists(QString::fromStdString(staging + "/memory-rank1.safetensors")));
+        checkpoint_create_staging(staging);
+        QVERIFY(QDir(QString::fromStdString(staging)).isEmpty());
+        checkpoint_write_memory(staging, 0, model->initial_memory(2, torch::TensorOptions()));
+        TrainingState state;
+        state.step = 300;
+        const std::string path = checkpoint_commit(run, staging, *model, nullptr, state, 2);
+        QCOMPARE(QDir(QString::fromStdString(path)).entryList(QDir::Files), (QStringList{"memory-rank0.safetensors", "model.safetensors", "state.json"}));
+        QFile state_file(QString::fromStdString(path + "/state.json"));
+        QVERIFY(state_file.open(QIODevice::ReadOnly));
+        const auto manifest = nlohmann::json::parse(state_file.readAll().toStdString())["manifest"];
+        QVERIFY(manifest.contains("memory-rank0.safetensors") && !manifest.contains("memory-rank1.safetensors"));
     }
 
     void checkpoint_round_trip_and_refusals() {
