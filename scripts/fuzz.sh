@@ -43,19 +43,24 @@ run_one() {
              -print_final_stats=1 -artifact_prefix="$art" ${FUZZ_ARGS:-})
   [ "${KEEP_GOING:-0}" = 1 ] && cmd+=(-fork=1 -ignore_crashes=1)
   echo "[fuzz] $(date -u +%FT%TZ) ${cmd[*]}" | tee "$log"
+  # Crash files of earlier runs stay in $art until triaged; only the ones this run writes are its findings.
+  local started="$BUILD/logs/$h.started"
+  touch "$started"
   local rc=0
   "${cmd[@]}" >>"$log" 2>&1 || rc=$?
   local execs
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)
   # Fork mode has no final stats: its status lines start with "#<total executions>:".
   [ -n "$execs" ] || execs=$(grep -oE '^#[0-9]+' "$log" | tail -1 | tr -d '#' || true)
-  local crashes
-  crashes=$(find "$art" -type f | wc -l)
+  local crashes earlier
+  crashes=$(find "$art" -type f -newer "$started" | wc -l)
+  earlier=$(find "$art" -type f ! -newer "$started" | wc -l)
+  [ "$earlier" -eq 0 ] || echo "[fuzz] fuzz_$h: $earlier crash file(s) of earlier runs in $art (replay one: $BUILD/fuzz_$h FILE)"
   if [ "$rc" -eq 0 ] && [ "$crashes" -eq 0 ]; then
     echo "[fuzz] fuzz_$h: clean, ${execs:-?} executions in ${SECONDS_EACH}s (log $log)"
   else
-    echo "[fuzz] fuzz_$h: FOUND SOMETHING (exit $rc), ${execs:-?} executions; $crashes crash file(s):"
-    ls -1 "$art" | sed "s|^|  $art|"
+    echo "[fuzz] fuzz_$h: FOUND SOMETHING (exit $rc), ${execs:-?} executions; $crashes new crash file(s):"
+    find "$art" -type f -newer "$started" | sed "s|^|  |"
     grep -E 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error|==FUZZ FINDING==|SUMMARY' "$log" | sort | uniq -c | head -20 | sed 's/^/  /'
     rc=1
   fi
