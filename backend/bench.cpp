@@ -190,10 +190,8 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                     // STUDIO_PROFILE_VARIANT names (pruned-59, say), recorded as a Chrome trace.
                     const char * trace_path = std::getenv("STUDIO_PROFILE");
                     const char * trace_variant = std::getenv("STUDIO_PROFILE_VARIANT");
-                    const bool traced_before = std::any_of(rows.begin(), rows.end(), [&](const BenchRow & r) {
-                        return !trace_variant || !*trace_variant || r.variant == trace_variant;
-                    });
-                    if (trace_path && *trace_path && !traced_before && (!trace_variant || !*trace_variant || row.variant == trace_variant)) {
+                    auto wanted = [&](const BenchRow & r) { return !trace_variant || !*trace_variant || r.variant == trace_variant; };
+                    if (trace_path && *trace_path && wanted(row) && std::none_of(rows.begin(), rows.end(), wanted)) {
                         TraceRecorder trace;
                         trace.start(trace_path);
                         for (int s = 0; s < 3; ++s) step();
