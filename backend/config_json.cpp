@@ -9,33 +9,16 @@ namespace studio {
 using nlohmann::json;
 
 json model_config_to_json(const ModelConfig & m) {
-    json j;
-    j["type"] = m.type == ModelType::AllAttention ? "all_attention" : "transformer_xl";
-    j["num_layers"] = m.num_layers;
-    j["num_heads"] = m.num_heads;
-    j["heads_per_layer"] = m.heads_per_layer;
-    j["hidden_dim"] = m.hidden_dim;
-    j["head_dim"] = m.resolved_head_dim();
-    j["feedforward_dim"] = m.feedforward_dim;
-    j["vocab_size"] = m.vocab_size;
-    j["max_len"] = m.max_len;
-    j["tgt_len"] = m.tgt_len;
-    j["mem_len"] = m.mem_len;
-    j["same_length"] = m.same_length;
-    j["attn_drop"] = m.attn_drop;
-    j["proj_drop"] = m.proj_drop;
-    j["input_drop"] = m.input_drop;
-    j["output_drop"] = m.output_drop;
-    j["word_drop"] = m.word_drop;
-    j["ff_drop"] = m.resolved_ff_drop();
-    j["cutoffs"] = m.cutoffs;
-    j["div_value"] = m.div_value;
-    j["tie_weight"] = m.tie_weight;
-    j["tie_proj"] = m.tie_proj;
-    j["share_r_bias"] = m.resolved_share_r_bias();
-    j["head_gates"] = m.head_gates;
-    j["output_scale_folded"] = m.output_scale_folded;
-    return j;
+    return json{
+        {"type", m.type == ModelType::AllAttention ? "all_attention" : "transformer_xl"}, {"num_layers", m.num_layers},
+        {"num_heads", m.num_heads}, {"heads_per_layer", m.heads_per_layer}, {"hidden_dim", m.hidden_dim},
+        {"head_dim", m.resolved_head_dim()}, {"feedforward_dim", m.feedforward_dim}, {"vocab_size", m.vocab_size},
+        {"max_len", m.max_len}, {"tgt_len", m.tgt_len}, {"mem_len", m.mem_len}, {"same_length", m.same_length},
+        {"attn_drop", m.attn_drop}, {"proj_drop", m.proj_drop}, {"input_drop", m.input_drop}, {"output_drop", m.output_drop},
+        {"word_drop", m.word_drop}, {"ff_drop", m.resolved_ff_drop()}, {"cutoffs", m.cutoffs}, {"div_value", m.div_value},
+        {"tie_weight", m.tie_weight}, {"tie_proj", m.tie_proj}, {"share_r_bias", m.resolved_share_r_bias()},
+        {"head_gates", m.head_gates}, {"output_scale_folded", m.output_scale_folded},
+    };
 }
 
 namespace {
@@ -52,38 +35,25 @@ json stage_to_json(const StageConfig & s) {
 } // namespace
 
 json config_to_json(const Config & c) {
-    json j;
-    j["name"] = c.name;
-    j["stages"] = c.stages;
-    j["seed"] = c.seed;
-    j["device"] = c.device;
-    j["gpus"] = c.gpus;
-    j["runs_dir"] = c.runs_dir;
-    j["precision"] = c.precision;
-    j["data"] = {{"dir", c.data.dir}, {"dataset", c.data.dataset}};
-    j["model"] = model_config_to_json(c.model);
-    j["train"] = stage_to_json(c.train);
-    json g = stage_to_json(c.gate.stage);
-    g["checkpoint"] = c.gate.checkpoint;
-    g["gate_lr_multiplier"] = c.gate.gate_lr_multiplier;
-    g["l0_coefficient"] = c.gate.l0_coefficient;
-    g["l0_start"] = c.gate.l0_start;
-    g["l0_warmup"] = c.gate.l0_warmup;
-    g["l0_unit"] = c.gate.l0_unit;
-    g["init_log_alpha"] = c.gate.init_log_alpha;
-    g["beta"] = c.gate.beta;
-    g["gamma"] = c.gate.gamma;
-    g["zeta"] = c.gate.zeta;
-    g["output_scaling"] = c.gate.output_scaling;
-    g["target_sparsity"] = c.gate.target_sparsity ? json(*c.gate.target_sparsity) : json(nullptr);
-    g["lagrangian_lr"] = c.gate.lagrangian_lr;
-    g["gates_interval"] = c.gate.gates_interval;
-    j["gate"] = g;
-    j["eval"] = {{"batch_size", c.eval.batch_size}, {"splits", c.eval.splits}};
-    j["bench"] = {{"batch_sizes", c.bench.batch_sizes}, {"dtypes", c.bench.dtypes}, {"devices", c.bench.devices},
-                  {"variants", c.bench.variants}, {"head_lists", c.bench.head_lists}, {"steps", c.bench.steps},
-                  {"warmup", c.bench.warmup}, {"repetitions", c.bench.repetitions}, {"with_loss", c.bench.with_loss}, {"cuda_graphs", c.bench.cuda_graphs}};
-    return j;
+    json gate = stage_to_json(c.gate.stage);
+    gate.update(json{
+        {"checkpoint", c.gate.checkpoint}, {"gate_lr_multiplier", c.gate.gate_lr_multiplier},
+        {"l0_coefficient", c.gate.l0_coefficient}, {"l0_start", c.gate.l0_start}, {"l0_warmup", c.gate.l0_warmup},
+        {"l0_unit", c.gate.l0_unit}, {"init_log_alpha", c.gate.init_log_alpha}, {"beta", c.gate.beta}, {"gamma", c.gate.gamma},
+        {"zeta", c.gate.zeta}, {"output_scaling", c.gate.output_scaling},
+        {"target_sparsity", c.gate.target_sparsity ? json(*c.gate.target_sparsity) : json(nullptr)},
+        {"lagrangian_lr", c.gate.lagrangian_lr}, {"gates_interval", c.gate.gates_interval},
+    });
+    return json{
+        {"name", c.name}, {"stages", c.stages}, {"seed", c.seed}, {"device", c.device}, {"gpus", c.gpus},
+        {"runs_dir", c.runs_dir}, {"precision", c.precision}, {"data", {{"dir", c.data.dir}, {"dataset", c.data.dataset}}},
+        {"model", model_config_to_json(c.model)}, {"train", stage_to_json(c.train)}, {"gate", gate},
+        {"eval", {{"batch_size", c.eval.batch_size}, {"splits", c.eval.splits}}},
+        {"bench", {{"batch_sizes", c.bench.batch_sizes}, {"dtypes", c.bench.dtypes}, {"devices", c.bench.devices},
+                   {"variants", c.bench.variants}, {"head_lists", c.bench.head_lists}, {"steps", c.bench.steps},
+                   {"warmup", c.bench.warmup}, {"repetitions", c.bench.repetitions}, {"with_loss", c.bench.with_loss},
+                   {"cuda_graphs", c.bench.cuda_graphs}}},
+    };
 }
 
 } // namespace studio
