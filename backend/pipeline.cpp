@@ -168,7 +168,14 @@ int run_batch(const BatchOptions & options) {
 
     std::signal(SIGTERM, on_signal);
     std::signal(SIGINT, on_signal);
-    int64_t last_step = 0;
+    // The step a --resume continues from: the latest complete checkpoint's, at whatever end the run comes to.
+    auto resume_step = [&]() -> int64_t {
+        try {
+            if (auto latest = run_latest_checkpoint(ctx.run_dir, "")) return latest->step;
+        } catch (...) {
+        }
+        return 0;
+    };
     try {
         comm = communicator_create(rank, ctx.device);
         ctx.comm = comm.get();
@@ -212,13 +219,12 @@ int run_batch(const BatchOptions & options) {
             }
             if (ctx.comm) ctx.comm->barrier();
         }
-        if (auto latest = run_latest_checkpoint(ctx.run_dir, "")) last_step = latest->step;
         if (g_stop.load() || stopped) {
-            ctx.event("run_end", {{"status", "stopped"}, {"step", last_step}});
+            ctx.event("run_end", {{"status", "stopped"}, {"step", resume_step()}});
             std::fprintf(stderr, "\nstopped; continue with: studio --batch %s --run-dir %s --resume\n", options.config_path.c_str(), ctx.run_dir.c_str());
             return 3;
         }
-        ctx.event("run_end", {{"status", "ok"}, {"step", last_step}});
+        ctx.event("run_end", {{"status", "ok"}, {"step", resume_step()}});
         return 0;
     } catch (const std::exception & e) {
         std::string message = e.what();
@@ -226,13 +232,8 @@ int run_batch(const BatchOptions & options) {
         if (nl != std::string::npos) message = message.substr(0, nl);
         std::fprintf(stderr, "\nerror: %s\n", message.c_str());
         try {
-            // The step a --resume continues from, as for a stopped run.
-            if (auto latest = run_latest_checkpoint(ctx.run_dir, "")) last_step = latest->step;
-        } catch (...) {
-        }
-        try {
             ctx.event("error", {{"message", message}});
-            ctx.event("run_end", {{"status", "error"}, {"step", last_step}});
+            ctx.event("run_end", {{"status", "error"}, {"step", resume_step()}});
         } catch (...) {
         }
         return 1;
