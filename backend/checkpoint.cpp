@@ -161,14 +161,12 @@ std::string checkpoint_commit(const std::string & run_dir, const std::string & s
         create_staging(staging);
         write("model.safetensors", tensors_serialize(module_state(model), {{"format", "head-pruning-studio"}}));
         if (optimizer) write("optimizer.safetensors", tensors_serialize(optimizer->state()));
-        std::vector<fs::path> temporaries;
+        // checkpoint_create_staging started the folder empty, so a killed earlier attempt at this step left nothing
+        // here: what is in it is this attempt's, every rank's write done.
         for (const auto & entry : fs::directory_iterator(staging)) {
             const std::string name = entry.path().filename().string();
             if (name.rfind("memory-rank", 0) == 0) manifest[name] = file_checksum(entry.path().string());
-            // Temporaries of an earlier, killed attempt at this same step; every rank's own write is done by now.
-            if (name[0] == '.') temporaries.push_back(entry.path());
         }
-        for (const auto & t : temporaries) fs::remove_all(t);
         json j;
         j["format"] = "head-pruning-studio checkpoint";
         j["version"] = 1;

@@ -48,8 +48,9 @@ std::string checkpoint_staging_dir(const std::string & run_dir, const std::strin
 /// --resume would continue from.
 void checkpoint_create_staging(const std::string & staging);
 void checkpoint_write_memory(const std::string & staging, int64_t rank, const std::vector<torch::Tensor> & memory);
-/// Rank 0: writes the model, optimizer and state into the staging folder, renames it into place and deletes the
-/// oldest checkpoints of the stage beyond `keep`. Returns the final path.
+/// Rank 0: writes the model, optimizer and state into the staging folder (made by checkpoint_create_staging, holding the
+/// ranks' memory files), renames it into place and deletes the oldest checkpoints of the stage beyond `keep`. Returns
+/// the final path.
 std::string checkpoint_commit(const std::string & run_dir, const std::string & staging, const LanguageModelImpl & model,
                               const Optimizer * optimizer, const TrainingState & state, int64_t keep);
 /// Reads and verifies a checkpoint (checksums, formats). With rank >= 0 it also reads the memory, cut for `rank` of
