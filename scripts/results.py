@@ -138,13 +138,28 @@ def table(rows):
 
 
 def interpolate(points, x):
-    """Piecewise-linear y at x over (x, y) points; None outside their range."""
-    points = sorted(p for p in points if p[0] is not None and p[1] is not None)
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    """Piecewise-linear y at x over (x, y) points; None outside their range. Points that share an x (a dense model
+    and its gated control with no head closed are both at sparsity 0) count as one, at the mean of their y.
+
+    >>> interpolate([(0.0, 85.0), (0.0, 84.0), (0.5, 90.0)], 0.0)
+    84.5
+    >>> interpolate([(0.0, 85.0), (0.0, 84.0), (0.5, 90.0)], 0.25)
+    87.25
+    >>> interpolate([(0.0, 85.0), (0.5, 90.0)], 0.75) is None
+    True
+    >>> interpolate([(1.0, 2.0)], 1.0)
+    2.0
+    """
+    by_x = {}
+    for px, py in points:
+        if px is not None and py is not None:
+            by_x.setdefault(px, []).append(py)
+    merged = sorted((px, sum(ys) / len(ys)) for px, ys in by_x.items())
+    for (x0, y0), (x1, y1) in zip(merged, merged[1:]):
         if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    if len(points) == 1 and points[0][0] == x:
-        return points[0][1]
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    if len(merged) == 1 and merged[0][0] == x:
+        return merged[0][1]
     return None
 
 
@@ -157,7 +172,7 @@ def comparison(rows):
     out = []
     for axis, title, show in (("layer_params", "layer parameters", commas),
                               ("sparsity", "head sparsity", lambda v: fmt(100 * v, "%.1f%%"))):
-        out.append("At matched %s (Transformer-XL's test perplexity interpolated linearly between its rows; "
+        out.append("At matched %s (Transformer-XL's test perplexity interpolated linearly between its rows, rows at the same x averaged; "
                    "margin = Transformer-XL - All-attention, positive when All-attention is better):\n" % title)
         out.append("| All-attention row | %s | All-attention test ppl | Transformer-XL test ppl | margin | relative |" % title)
         out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
