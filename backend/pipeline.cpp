@@ -3,14 +3,17 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include <torch/torch.h>
 
 #include "bench.h"
 #include "checkpoint.h"
 #include "device.h"
+#include "events.h"
 #include "launcher.h"
 #include "model_info.h"
 #include "prune.h"
@@ -28,6 +31,18 @@ namespace {
 
 std::atomic<bool> g_stop{false};
 void on_signal(int) { g_stop.store(true); }
+
+/// The stages without checkpoints of their own (prune, eval, bench) that an earlier invocation of this run finished
+/// from the checkpoint at `step`: a resume from the same checkpoint does not run them (or write their events) again.
+/// A resume that trained further first finds them at another step and runs them.
+std::set<std::string> stages_finished_at(const std::string & run_dir, int64_t step) {
+    std::set<std::string> finished;
+    for (const auto & e : events_read_all(run_events_path(run_dir))) {
+        if (e.value("event", "") == "stage_end" && e.value("status", "") == "ok" && e.value("step", (int64_t) -1) == step)
+            finished.insert(e.value("stage", ""));
+    }
+    return finished;
+}
 
 LanguageModel load_model_from_checkpoint(const std::string & path, const torch::Device & device) {
     auto loaded = checkpoint_load(path);
@@ -196,30 +211,55 @@ int run_batch(const BatchOptions & options) {
         // Denormal floats (tiny gradients and optimizer moments late in training) are 10-100x slower on x86 CPUs.
         at::globalContext().setFlushDenormal(true);
         bool stopped = false;
+        // Tests stop a run between two stages, as a SIGTERM that arrives there would.
+        const char * stop_after_env = std::getenv("STUDIO_STOP_AFTER_STAGE");
+        const std::string stop_after_stage = stop_after_env ? stop_after_env : "";
+        const auto finished = options.resume && rank.rank == 0 ? stages_finished_at(ctx.run_dir, resume_step()) : std::set<std::string>{};
+        // Only rank 0 reads the events; the others follow it, or a stage run on some ranks only would leave its
+        // collectives unmatched.
+        auto skip = [&](const std::string & stage) {
+            bool skipped = finished.count(stage) > 0;
+            if (ctx.comm) {
+                auto flag = torch::full({1}, skipped ? 1.0f : 0.0f, torch::TensorOptions().device(ctx.device));
+                ctx.comm->sum(flag);
+                skipped = flag.item<float>() > 0;
+            }
+            if (skipped && rank.rank == 0) std::fprintf(stderr, "%s: finished before from this checkpoint, skipped\n", stage.c_str());
+            return skipped;
+        };
+        // Each stage's end carries the checkpoint step it ran from (what stages_finished_at matches on).
+        auto stage_done = [&](const std::string & stage) { ctx.event("stage_end", {{"stage", stage}, {"status", "ok"}, {"step", resume_step()}}); };
         for (const auto & stage : config.stages) {
-            if (g_stop.load() || stopped) break;
+            // A stop (signal) between stages stops the run before the next one; after the last one the run is whole.
+            if (g_stop.load() || stopped) {
+                stopped = true;
+                break;
+            }
             if (stage == "train") {
                 LanguageModel model(ctx.config.model);
                 model->to(ctx.device);
                 stopped = run_training_stage(ctx, "train", model, corpus) == StageOutcome::Stopped;
             } else if (stage == "gate") {
                 stopped = stage_gate(ctx, corpus) == StageOutcome::Stopped;
+            } else if (skip(stage)) {
+                continue;
             } else if (stage == "prune") {
                 ctx.event("stage_start", {{"stage", "prune"}});
                 stage_prune(ctx, resolved);
-                ctx.event("stage_end", {{"stage", "prune"}, {"status", "ok"}});
+                stage_done("prune");
             } else if (stage == "eval") {
                 ctx.event("stage_start", {{"stage", "eval"}});
                 stage_eval(ctx, corpus);
-                ctx.event("stage_end", {{"stage", "eval"}, {"status", "ok"}});
+                stage_done("eval");
             } else if (stage == "bench") {
                 ctx.event("stage_start", {{"stage", "bench"}});
                 if (rank.rank == 0) bench_run_stage(ctx);
-                ctx.event("stage_end", {{"stage", "bench"}, {"status", "ok"}});
+                stage_done("bench");
             }
+            if (stop_after_stage == stage) g_stop.store(true);
             if (ctx.comm) ctx.comm->barrier();
         }
-        if (g_stop.load() || stopped) {
+        if (stopped) {
             ctx.event("run_end", {{"status", "stopped"}, {"step", resume_step()}});
             std::fprintf(stderr, "\nstopped; continue with: studio --batch %s --run-dir %s --resume\n", options.config_path.c_str(), ctx.run_dir.c_str());
             return 3;
