@@ -142,9 +142,11 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
     int64_t noise_offset = 0;
     LMOutput out;
     for (int64_t l = 0; l < config.num_layers; ++l) {
-        // The memory of layer l is its own input, carried to the next segment.
-        if (M > 0) out.memory.push_back(torch::cat({memory[l], h}, 1).narrow(1, T, M).detach()); // (B,M,D)
-        else out.memory.push_back(memory[l]);
+        // The memory of layer l is its own input, carried to the next segment: its last M positions, which lie in
+        // this segment's input alone when M <= T (the reference shapes: 192 and 192), with no copy.
+        if (M == 0) out.memory.push_back(memory[l]);
+        else if (M <= T) out.memory.push_back(h.narrow(1, T - M, M).detach());                  // (B,M,D)
+        else out.memory.push_back(torch::cat({memory[l], h}, 1).narrow(1, T, M).detach());     // (B,M,D)
         auto & layer = layer_list[(size_t) l];
         GateControl control;
         control.enabled = gates.enabled;

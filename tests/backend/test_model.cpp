@@ -290,6 +290,15 @@ private Q_SLOTS:
         auto out = model->forward(input, input, {});
         auto embedded = model->io->embed(input, 0.0) * std::sqrt(8.0);
         QVERIFY(torch::allclose(out.memory[0], embedded.narrow(1, 1, 3)));
+        // Memories shorter than, as long as and longer than the segment: always the last M positions of the memory
+        // followed by the input (the longer one reaches back into the old memory).
+        for (int64_t M : {2, 4, 6}) {
+            std::vector<torch::Tensor> memory;
+            for (int l = 0; l < 2; ++l) memory.push_back(torch::randn({1, M, 8}));
+            auto next = model->forward(input, input, memory);
+            QCOMPARE(next.memory[0].sizes().vec(), (std::vector<int64_t>{1, M, 8}));
+            QVERIFY(torch::equal(next.memory[0], torch::cat({memory[0], embedded}, 1).narrow(1, 4, M)));
+        }
     }
 
     void dropout_only_in_training() {
