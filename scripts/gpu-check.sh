@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|numerics|multigpu|profile|train|bench|lossbench|gate|repro|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|numerics|multigpu|profile|train|bench|lossbench|layerbench|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -122,6 +122,22 @@ lossbench() {
   done
 }
 
+# The loss-free rows of [bench] 4 (the layers alone, one CUDA graph a segment; batch 4 and 32, bf16, dense vs the
+# 106/87/59-head models), then the kernel sums of three graphed batch-32 segments of the dense and the 59-head model:
+# what does not shrink with the heads.
+layerbench() {
+  log "bench wt103 reference shapes, bf16, no loss, CUDA graphs, batch 4 and 32"
+  $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --batch-sizes 4,32 --dtypes bf16 --with-loss 0 \
+    --variants dense,pruned --steps 20 --warmup 5 -r 7 --out "$OUT/bench-layers" 2>>"$OUT/bench.log" | tee -a "$OUT/summary.txt"
+  for variant in dense pruned-59; do
+    log "profile: inference segment without the loss, batch 32, bf16, graphed, $variant"
+    STUDIO_PROFILE=/tmp/layers-$variant.json STUDIO_PROFILE_VARIANT=$variant $STUDIO bench configs/wt103_all_16l_train.json \
+      --devices cuda --batch-sizes 32 --dtypes bf16 --with-loss 0 --variants dense,pruned --steps 3 --warmup 2 -r 1 \
+      --out /tmp/profile-layers > /dev/null 2>&1
+    python3 scripts/trace_summary.py /tmp/layers-$variant.json --top 25 | tee -a "$OUT/summary.txt"
+  done
+}
+
 # First 200 steps on the GPU in bf16 and fp32 against the CPU's fp32 losses of the same seed and data ([gpu-speed] 3).
 numerics() {
   for precision in bf16 fp32; do
@@ -193,7 +209,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
-    build|smoke|train|gate|bench|lossbench|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
+    build|smoke|train|gate|bench|lossbench|layerbench|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
