@@ -81,6 +81,15 @@ bool fused_attention_enabled() { return fused_wanted; }
 torch::Tensor rel_shift(const torch::Tensor & x) {
     auto sizes = x.sizes().vec();                                            // (..., T, S)
     const int64_t T = sizes[sizes.size() - 2], S = sizes.back();
+    if (!(torch::GradMode::is_enabled() && x.requires_grad()) && x.is_contiguous() && S >= T) {
+        // With no gradient to carry, a strided view and no copy: row i starts T-1-i columns into row i of x, at flat
+        // offset T-1 + i*(S-1), so the entries past a row's valid end (j > i + S-T, always masked) read the next
+        // row's first ones. (A gradient through this overlapping view would take ATen's index_add path: the padded
+        // copy below stays for training.)
+        auto strides = x.strides().vec();
+        strides[strides.size() - 2] = S - 1;
+        return x.as_strided(sizes, strides, x.storage_offset() + T - 1);    // (..., T, S)
+    }
     auto pad_sizes = sizes;
     pad_sizes.back() = 1;
     auto padded = torch::cat({torch::zeros(pad_sizes, x.options()), x}, -1); // (..., T, S+1)

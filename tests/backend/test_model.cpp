@@ -72,14 +72,31 @@ private Q_SLOTS:
         QCOMPARE(model_info(pruned)["params_layers"].get<int64_t>(), int64_t(25165184));
     }
 
+    // Both ways of shifting (a view without a gradient, a padded copy with one) agree on every valid entry, for
+    // memories longer than, as long as and without the segment, and the copy's gradient lands on the source entries.
     void rel_shift_moves_each_row_by_its_distance() {
-        const int64_t T = 3, S = 5;
-        auto x = torch::arange(T * S, torch::kFloat).view({1, 1, T, S});
-        auto y = rel_shift(x);
-        for (int64_t i = 0; i < T; ++i) {
-            for (int64_t j = 0; j < S; ++j) {
-                if (j + T - 1 - i < S) QCOMPARE(y[0][0][i][j].item<float>(), x[0][0][i][j + T - 1 - i].item<float>());
+        for (auto [T, S] : std::vector<std::pair<int64_t, int64_t>>{{3, 5}, {4, 8}, {4, 4}, {1, 3}}) {
+            auto x = torch::arange(2 * T * S, torch::kFloat).view({2, 1, T, S});
+            auto viewed = rel_shift(x);
+            auto source = x.clone().requires_grad_(true);
+            auto copied = rel_shift(source);
+            QVERIFY(copied.requires_grad());
+            auto weights = torch::zeros_like(x);
+            for (int64_t b = 0; b < 2; ++b) {
+                for (int64_t i = 0; i < T; ++i) {
+                    for (int64_t j = 0; j <= i + S - T; ++j) {
+                        const float expected = x[b][0][i][j + T - 1 - i].item<float>();
+                        QCOMPARE(viewed[b][0][i][j].item<float>(), expected);
+                        QCOMPARE(copied[b][0][i][j].item<float>(), expected);
+                        weights[b][0][i][j] = 1.0f + b + i * S + j;
+                    }
+                }
             }
+            (copied * weights).sum().backward();
+            for (int64_t b = 0; b < 2; ++b)
+                for (int64_t i = 0; i < T; ++i)
+                    for (int64_t j = 0; j <= i + S - T; ++j)
+                        QCOMPARE(source.grad()[b][0][i][j + T - 1 - i].item<float>(), weights[b][0][i][j].item<float>());
         }
     }
 
