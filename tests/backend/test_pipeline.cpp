@@ -178,6 +178,15 @@ private Q_SLOTS:
         QVERIFY2(r.code == 0, qPrintable(r.err));
         auto c = losses(spawned, "train");
         for (auto & [step, loss] : a) QVERIFY2(std::abs(loss - c[step]) <= 1e-5, qPrintable(QString("spawned step %1").arg(step)));
+
+        // And four ranks of one row each ([scale-8gpu] as far as CPUs go: the same code splits the batch 4 ways).
+        config["gpus"] = 4;
+        const QString four = dir.path() + "/four-ranks";
+        r = studio_run({"--batch", write_config(dir.path(), config), "--run-dir", four, "--no-progress"});
+        QVERIFY2(r.code == 0, qPrintable(r.err));
+        auto f = losses(four, "train");
+        QCOMPARE((int) f.size(), 20);
+        for (auto & [step, loss] : a) QVERIFY2(std::abs(loss - f[step]) <= 1e-5, qPrintable(QString("4 ranks, step %1: %2 vs %3").arg(step).arg(loss).arg(f[step])));
     }
 
     void resume_with_another_world_size() {
