@@ -158,12 +158,13 @@ PY
   return "${PIPESTATUS[0]}"
 }
 
-# Two GPUs ([multi-gpu] 3 and 6): 2 x 24 follows 1 x 48 (no dropout, bf16), and tokens/s of 2 x 24 vs 1 x 24.
+# Every GPU of the machine (N = 2: [multi-gpu] 3 and 6; N = 4 or 8: [scale-8gpu]; MULTI_GPUS=N to use fewer):
+# N ranks over a global batch of 48 follow one GPU with 48 (no dropout, bf16), and tokens/s of N x 24 vs 1 x 24.
 multigpu() {
-  local gpus; gpus=$(python3 -c 'import torch;print(torch.cuda.device_count())')
+  local gpus; gpus=${MULTI_GPUS:-$(python3 -c 'import torch;print(torch.cuda.device_count())')}
   if [ "$gpus" -lt 2 ]; then log "multigpu: skipped, $gpus GPU"; return 0; fi
   local steps=${MULTI_STEPS:-150}
-  for case in "agree-1:1:48:0" "agree-2:2:48:0" "speed-1:1:24:1" "speed-2:2:48:1"; do
+  for case in "agree-1:1:48:0" "agree-$gpus:$gpus:48:0" "speed-1:1:24:1" "speed-$gpus:$gpus:$((24 * gpus)):1"; do
     IFS=: read -r name ranks batch dropout <<< "$case"
     python3 - "$name" "$ranks" "$batch" "$dropout" "$steps" <<'PY'
 import json, sys
@@ -181,14 +182,14 @@ PY
     $STUDIO --batch /tmp/multigpu-$name.json --run-dir runs-gpu/multigpu-$name --no-progress 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
     cp runs-gpu/multigpu-$name/events.jsonl "$OUT/multigpu-$name-events.jsonl"
   done
-  python3 scripts/compare_losses.py runs-gpu/multigpu-agree-1/events.jsonl runs-gpu/multigpu-agree-2/events.jsonl --label "2x24 vs 1x48 bf16" | tee -a "$OUT/summary.txt"
-  python3 - runs-gpu/multigpu-speed-1/events.jsonl runs-gpu/multigpu-speed-2/events.jsonl <<'PY' | tee -a "$OUT/summary.txt"
+  python3 scripts/compare_losses.py runs-gpu/multigpu-agree-1/events.jsonl runs-gpu/multigpu-agree-$gpus/events.jsonl --label "$gpus ranks vs 1 x 48 bf16" | tee -a "$OUT/summary.txt"
+  python3 - runs-gpu/multigpu-speed-1/events.jsonl runs-gpu/multigpu-speed-$gpus/events.jsonl "$gpus" <<'PY' | tee -a "$OUT/summary.txt"
 import json, statistics, sys
 def tps(path):
     ev = [json.loads(l) for l in open(path) if l.strip()]
     return statistics.median([e["tokens_per_s"] for e in ev if e["event"] == "train"][1:])
-one, two = tps(sys.argv[1]), tps(sys.argv[2])
-print("scaling: 1 GPU x 24: %.0f tokens/s; 2 GPUs x 24: %.0f tokens/s; %.2fx" % (one, two, two / one))
+one, many, n = tps(sys.argv[1]), tps(sys.argv[2]), int(sys.argv[3])
+print("scaling: 1 GPU x 24: %.0f tokens/s; %d GPUs x 24: %.0f tokens/s; %.2fx" % (one, n, many, many / one))
 PY
 }
 
