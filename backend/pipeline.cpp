@@ -218,6 +218,7 @@ int run_batch(const BatchOptions & options) {
         // Only rank 0 reads the events; the others follow it, or a stage run on some ranks only would leave its
         // collectives unmatched.
         auto skip = [&](const std::string & stage) {
+            if (!options.resume) return false;   // the same on every rank: no collective needed
             bool skipped = finished.count(stage) > 0;
             if (ctx.comm) {
                 auto flag = torch::full({1}, skipped ? 1.0f : 0.0f, torch::TensorOptions().device(ctx.device));

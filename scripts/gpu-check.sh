@@ -106,37 +106,26 @@ profile() {
   python3 scripts/trace_summary.py /tmp/infer-trace.json --top 20 | tee -a "$OUT/summary.txt"
 }
 
-# The loss-included inference rows of [bench] 4 (batch 4 and 32, bf16, dense vs the 106/87/59-head models), then
-# where a batch-32 segment's time goes with the loss: kernel sums of three segments of the dense and the 59-head model
-# (busy against span shows how long the GPU waited for the host).
-lossbench() {
-  log "bench wt103 reference shapes, bf16, with loss, batch 4 and 32"
-  $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --batch-sizes 4,32 --dtypes bf16 --with-loss 1 \
-    --variants dense,pruned --steps 20 --warmup 5 -r 5 --out "$OUT/bench-loss" 2>>"$OUT/bench.log" | tee -a "$OUT/summary.txt"
+# The inference rows of [bench] 4 (batch 4 and 32, bf16, dense vs the 106/87/59-head models, the layers replayed as
+# a CUDA graph), then where a batch-32 segment's time goes: kernel sums of three segments of the dense and the 59-head
+# model (busy against span shows how long the GPU waited for the host).
+#   inference_rows_and_profiles WITH_LOSS NAME REPETITIONS TOP WHAT
+inference_rows_and_profiles() {
+  local loss=$1 name=$2 reps=$3 top=$4 what=$5
+  log "bench wt103 reference shapes, bf16, $what, batch 4 and 32"
+  $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --batch-sizes 4,32 --dtypes bf16 --with-loss "$loss" \
+    --variants dense,pruned --steps 20 --warmup 5 -r "$reps" --out "$OUT/bench-$name" 2>>"$OUT/bench.log" | tee -a "$OUT/summary.txt"
   for variant in dense pruned-59; do
-    log "profile: inference segment with the loss, batch 32, bf16, $variant"
-    STUDIO_PROFILE=/tmp/loss-$variant.json STUDIO_PROFILE_VARIANT=$variant $STUDIO bench configs/wt103_all_16l_train.json \
-      --devices cuda --batch-sizes 32 --dtypes bf16 --with-loss 1 --variants dense,pruned --steps 3 --warmup 2 -r 1 \
-      --out /tmp/profile-loss > /dev/null 2>&1
-    python3 scripts/trace_summary.py /tmp/loss-$variant.json --top 15 | tee -a "$OUT/summary.txt"
+    log "profile: inference segment $what, batch 32, bf16, $variant"
+    STUDIO_PROFILE=/tmp/$name-$variant.json STUDIO_PROFILE_VARIANT=$variant $STUDIO bench configs/wt103_all_16l_train.json \
+      --devices cuda --batch-sizes 32 --dtypes bf16 --with-loss "$loss" --variants dense,pruned --steps 3 --warmup 2 -r 1 \
+      --out /tmp/profile-$name > /dev/null 2>&1
+    python3 scripts/trace_summary.py /tmp/$name-$variant.json --top "$top" | tee -a "$OUT/summary.txt"
   done
 }
-
-# The loss-free rows of [bench] 4 (the layers alone, one CUDA graph a segment; batch 4 and 32, bf16, dense vs the
-# 106/87/59-head models), then the kernel sums of three graphed batch-32 segments of the dense and the 59-head model:
-# what does not shrink with the heads.
-layerbench() {
-  log "bench wt103 reference shapes, bf16, no loss, CUDA graphs, batch 4 and 32"
-  $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --batch-sizes 4,32 --dtypes bf16 --with-loss 0 \
-    --variants dense,pruned --steps 20 --warmup 5 -r 7 --out "$OUT/bench-layers" 2>>"$OUT/bench.log" | tee -a "$OUT/summary.txt"
-  for variant in dense pruned-59; do
-    log "profile: inference segment without the loss, batch 32, bf16, graphed, $variant"
-    STUDIO_PROFILE=/tmp/layers-$variant.json STUDIO_PROFILE_VARIANT=$variant $STUDIO bench configs/wt103_all_16l_train.json \
-      --devices cuda --batch-sizes 32 --dtypes bf16 --with-loss 0 --variants dense,pruned --steps 3 --warmup 2 -r 1 \
-      --out /tmp/profile-layers > /dev/null 2>&1
-    python3 scripts/trace_summary.py /tmp/layers-$variant.json --top 25 | tee -a "$OUT/summary.txt"
-  done
-}
+# With the loss (the reference's workload); without it (the layers alone: what does not shrink with the heads).
+lossbench() { inference_rows_and_profiles 1 loss 5 15 "with the loss"; }
+layerbench() { inference_rows_and_profiles 0 layers 7 25 "without the loss"; }
 
 # First 200 steps on the GPU in bf16 and fp32 against the CPU's fp32 losses of the same seed and data ([gpu-speed] 3).
 numerics() {

@@ -82,10 +82,11 @@ inline QString read_text(const QString & path) {
     return file.open(QIODevice::ReadOnly) ? QString::fromUtf8(file.readAll()) : QString();
 }
 
-/// How many events of `type` a run directory's events.jsonl holds.
-inline int count_events(const QString & run_dir, const std::string & type) {
+/// How many events of `type` a run directory's events.jsonl holds (only those of `stage`, when one is named).
+inline int count_events(const QString & run_dir, const std::string & type, const std::string & stage = "") {
     int n = 0;
-    for (const auto & e : studio::events_read_all((run_dir + "/events.jsonl").toStdString())) n += e["event"] == type;
+    for (const auto & e : studio::events_read_all((run_dir + "/events.jsonl").toStdString()))
+        n += e["event"] == type && (stage.empty() || e.value("stage", "") == stage);
     return n;
 }
 

@@ -129,20 +129,15 @@ private Q_SLOTS:
         config["stages"] = {"train", "gate", "prune", "eval"};
         config["gate"] = {{"steps", 4}, {"l0_coefficient", 0.5}, {"log_interval", 2}, {"optimizer", {{"lr", 0.01}}}};
         const QString path = write_config(dir.path(), config), run = dir.path() + "/between";
-        auto eval_stage_events = [&] {
-            int n = 0;
-            for (auto & e : studio::events_read_all((run + "/events.jsonl").toStdString())) n += e["event"] == "eval" && e["stage"] == "eval";
-            return n;
-        };
         auto stopped = studio_run({"--batch", path, "--run-dir", run, "--no-progress"}, {{"STUDIO_STOP_AFTER_STAGE", "prune"}});
         QVERIFY2(stopped.code == 3, qPrintable(stopped.err));
         QCOMPARE(count_events(run, "prune"), 1);
-        QCOMPARE(eval_stage_events(), 0);
+        QCOMPARE(count_events(run, "eval", "eval"), 0);
         auto resumed = studio_run({"--batch", path, "--run-dir", run, "--resume", "--no-progress"}, {{"STUDIO_STOP_AFTER_STAGE", "eval"}});
         QVERIFY2(resumed.code == 0, qPrintable(resumed.err));
         QVERIFY2(resumed.err.contains("prune: finished before from this checkpoint, skipped"), qPrintable(resumed.err));
         QCOMPARE(count_events(run, "prune"), 1);
-        QCOMPARE(eval_stage_events(), 2);   // the gated and the pruned model, valid split
+        QCOMPARE(count_events(run, "eval", "eval"), 2);   // the gated and the pruned model, valid split
         std::vector<std::string> ends;
         for (auto & e : studio::events_read_all((run + "/events.jsonl").toStdString()))
             if (e["event"] == "run_end") ends.push_back(e["status"].get<std::string>());
@@ -151,7 +146,7 @@ private Q_SLOTS:
         auto again = studio_run({"--batch", path, "--run-dir", run, "--resume", "--no-progress"});
         QVERIFY2(again.code == 0, qPrintable(again.err));
         QCOMPARE(count_events(run, "prune"), 1);
-        QCOMPARE(eval_stage_events(), 2);
+        QCOMPARE(count_events(run, "eval", "eval"), 2);
     }
 
     void two_gloo_ranks_follow_one_rank() {
