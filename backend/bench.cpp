@@ -24,6 +24,7 @@
 #include "events.h"
 #include "pipeline.h"
 #include "prune.h"
+#include "rel_attention.h"
 #include "run_dir.h"
 #include "safetensors.h"
 #include "trainer.h"
@@ -142,6 +143,7 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                     row.dtype = dtype_name;
                     row.device = device_name;
                     row.with_loss = bench.with_loss;
+                    row.attention = inference_attention_name(device, dtype);
                     torch::manual_seed(1234);
                     auto ids = torch::randint(0, shape.vocab_size, {batch, shape.tgt_len + 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
                     auto input = ids.narrow(1, 0, shape.tgt_len);

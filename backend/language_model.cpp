@@ -44,7 +44,8 @@ void LanguageModelImpl::reset() {
                              .persistent(all_attention ? c.feedforward_dim : 0)
                              .own_r_bias(!shared_bias)
                              .gated(c.head_gates)
-                             .attn_drop(c.attn_drop);
+                             .attn_drop(c.attn_drop)
+                             .same_length(c.same_length);
         auto layer = TransformerLayer(TransformerLayerOptions(attention)
                                           .feedforward_dim(all_attention ? 0 : c.feedforward_dim)
                                           .proj_drop(c.proj_drop)

@@ -11,6 +11,14 @@
 
 #include "device.h"
 
+#ifdef STUDIO_CUDA_KERNELS
+#include <ATen/autocast_mode.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "rel_attention_kernel.h"
+#endif
+
 namespace studio {
 
 namespace F = torch::nn::functional;
@@ -23,6 +31,8 @@ bool attention_mode_is(const char * mode) {
 bool fused_wanted = !attention_mode_is("explicit");
 // STUDIO_ATTENTION=concat: fused, but inference too joins the persistent columns to the content ones in one kernel.
 const bool apart_wanted = !attention_mode_is("concat");
+// STUDIO_ATTENTION=sdpa: LibTorch's fused kernels only, not our relative-attention kernel (for side-by-side timing).
+bool own_kernel_wanted = !attention_mode_is("sdpa") && !attention_mode_is("concat");
 } // namespace
 
 torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
@@ -65,6 +75,19 @@ torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::T
                                  persistent_lse.view({H, B, T}));
 }
 #endif
+
+#ifdef STUDIO_CUDA_KERNELS
+/// Whether our kernel takes these operands as they are: bf16 on the GPU, a built head size, 16-byte aligned rows.
+bool kernel_takes(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val, const torch::Tensor & r) {
+    const int64_t dh = q.size(-1);
+    if (!q.is_cuda() || !relative_attention_kernel_supports(dh)) return false;
+    for (const auto * t : {&q, &k, &val, &r}) {
+        if (t->scalar_type() != torch::kBFloat16 || t->stride(-1) != 1 || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return false;
+        for (int64_t d = 0; d + 1 < t->dim(); ++d) if (t->stride(d) % 8 != 0) return false;
+    }
+    return true;
+}
+#endif
 } // namespace
 
 bool fused_attention_available(const torch::Device & device) {
@@ -76,6 +99,19 @@ bool fused_attention_available(const torch::Device & device) {
 #endif
 }
 void set_fused_attention(bool enabled) { fused_wanted = enabled; }
+bool own_attention_kernel_built() {
+#ifdef STUDIO_CUDA_KERNELS
+    return true;
+#else
+    return false;
+#endif
+}
+void set_own_attention_kernel(bool enabled) { own_kernel_wanted = enabled; }
+bool own_attention_kernel_enabled() { return own_attention_kernel_built() && own_kernel_wanted; }
+std::string inference_attention_name(const torch::Device & device, torch::ScalarType dtype) {
+    if (!fused_wanted || !fused_attention_available(device)) return "explicit";
+    return dtype == torch::kBFloat16 && own_attention_kernel_enabled() ? "studio-kernel" : "sdpa";
+}
 bool fused_attention_enabled() { return fused_wanted; }
 
 torch::Tensor rel_shift(const torch::Tensor & x) {
@@ -174,9 +210,82 @@ torch::Tensor RelativeAttentionImpl::attention_of_heads(const torch::Tensor & q,
     return torch::matmul(probs.narrow(-1, 0, S), val) + persistent_part.view({H, B, T, dh});
 }
 
+#ifdef STUDIO_CUDA_KERNELS
+torch::Tensor RelativeAttentionImpl::kernel_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
+                                                     const torch::Tensor & r, const torch::Tensor & u, const torch::Tensor & v, double scale) {
+    const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), S = k.size(2), N = options.persistent();
+    c10::cuda::CUDAGuard device_guard(q.device());
+    RelativeAttentionKernelArgs args;
+    torch::Tensor persistent_out, persistent_lse;
+    if (N > 0) {
+        // The persistent keys are the same for every batch row: one flash call with the batch folded into the query
+        // rows, reading q in place ((B,T,H,dh) storage as H heads of B*T rows; flash's own layout).
+        auto rows = q.permute({1, 2, 0, 3}).reshape({1, B * T, H, dh}).transpose(1, 2);                // (1,H,B*T,dh)
+        auto keys = mem_k.to(q.dtype()).unsqueeze(0);                                                   // (1,H,N,dh)
+        auto values = mem_v.to(q.dtype()).unsqueeze(0);                                                 // (1,H,N,dh)
+        // q . mem_k unscaled, as the reference computes it.
+        auto part = at::_scaled_dot_product_flash_attention(rows, keys, values, 0.0, false, false, 1.0);
+        persistent_out = std::get<0>(part);                                                             // (1,H,B*T,dh)
+        persistent_lse = std::get<1>(part);                                                             // (1,H,B*T) fp32
+        args.persistent_out = persistent_out.data_ptr();
+        args.persistent_out_stride[0] = persistent_out.stride(1);
+        args.persistent_out_stride[1] = persistent_out.stride(2);
+        args.persistent_lse = persistent_lse.data_ptr<float>();
+        args.persistent_lse_stride[0] = persistent_lse.stride(1);
+        args.persistent_lse_stride[1] = persistent_lse.stride(2);
+        args.persistent_value_scale = (float) std::sqrt((double) N);   // the reference's mem_v x sqrt(N), applied once
+    }
+    // The biases as they are (bf16 in a bf16 model, fp32 under autocast): no cast kernels.
+    const bool bias_bf16 = u.scalar_type() == torch::kBFloat16 && v.scalar_type() == torch::kBFloat16;
+    auto u_bias_in = bias_bf16 ? u.contiguous() : u.to(torch::kFloat).contiguous();
+    auto v_bias_in = bias_bf16 ? v.contiguous() : v.to(torch::kFloat).contiguous();
+    auto out = torch::empty({B, T, H, dh}, q.options());                                                 // (B,T,H,dh)
+    args.q = q.data_ptr();
+    args.k = k.data_ptr();
+    args.v = val.data_ptr();
+    args.r = r.data_ptr();
+    args.u_bias = u_bias_in.data_ptr();
+    args.v_bias = v_bias_in.data_ptr();
+    args.bias_bf16 = bias_bf16;
+    args.out = out.data_ptr();
+    args.heads = H;
+    args.batch = B;
+    args.tgt_len = T;
+    args.mem_len = S - T;
+    args.head_dim = dh;
+    args.same_length = options.same_length();
+    args.scale = (float) scale;
+    for (int d = 0; d < 3; ++d) {
+        args.q_stride[d] = q.stride(d);
+        args.k_stride[d] = k.stride(d);
+        args.v_stride[d] = val.stride(d);
+    }
+    args.r_stride[0] = r.stride(0);
+    args.r_stride[1] = r.stride(1);
+    args.out_stride[0] = out.stride(2);
+    args.out_stride[1] = out.stride(0);
+    args.out_stride[2] = out.stride(1);
+    const char * error = launch_relative_attention(args, c10::cuda::getCurrentCUDAStream(q.device().index()).stream());
+    TORCH_CHECK(error == nullptr, "relative attention kernel: ", error, " (STUDIO_ATTENTION=sdpa runs LibTorch's kernels instead)");
+    return out.permute({2, 0, 1, 3});                                                                   // (H,B,T,dh)
+}
+#endif
+
+bool RelativeAttentionImpl::own_kernel_applies(const torch::Tensor & x) const {
+#ifdef STUDIO_CUDA_KERNELS
+    const bool bf16 = x.scalar_type() == torch::kBFloat16
+                      || (at::autocast::is_autocast_enabled(at::kCUDA) && at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16);
+    return fused_wanted && own_kernel_wanted && x.is_cuda() && bf16 && !torch::GradMode::is_enabled() && !is_training()
+           && options.num_heads() > 0 && relative_attention_kernel_supports(options.head_dim());
+#else
+    (void) x;
+    return false;
+#endif
+}
+
 AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const torch::Tensor & mem_n, const torch::Tensor & pos,
                                                const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
-                                               const GateControl & gates) {
+                                               const GateControl & gates, const torch::Tensor & keys_n) {
     const int64_t B = x_n.size(0), T = x_n.size(1), H = options.num_heads(), dh = options.head_dim();
     AttentionOutput result;
     if (H == 0) {
@@ -184,7 +293,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         result.out = o_bias.to(x_n.dtype()).expand({B, T, options.hidden_dim()});
         return result;
     }
-    auto kv_in = mem_n.size(1) > 0 ? torch::cat({mem_n, x_n}, 1) : x_n;   // (B,S,D)
+    auto kv_in = keys_n.defined() ? keys_n : mem_n.size(1) > 0 ? torch::cat({mem_n, x_n}, 1) : x_n;   // (B,S,D)
     const int64_t S = kv_in.size(1), N = options.persistent();
     const double scale = 1.0 / std::sqrt((double) dh);
     // Head-major layout (H,B,...): the position and persistent terms are the same for every batch row, so they
@@ -195,11 +304,19 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     auto r = F::linear(pos, r_weight).view({S, H, dh}).transpose(0, 1);              // (H,S,dh)
     const auto & ub = options.own_r_bias() ? u_bias : u;
     const auto & vb = options.own_r_bias() ? v_bias : v;
-    auto q_rows = (q + vb.view({H, 1, 1, dh}).to(q.dtype())).reshape({H, B * T, dh});                // (H,B*T,dh)
-    auto bd = rel_shift(torch::matmul(q_rows, r.transpose(-1, -2)).view({H, B, T, S}));               // (H,B,T,S)
     torch::Tensor heads;                                                     // (H,B,T,dh)
+#ifdef STUDIO_CUDA_KERNELS
+    // Inference only: no gradient to carry, no dropout.
+    if (own_kernel_applies(x_n) && ub.numel() == H * dh && kernel_takes(q, k, val, r))
+        heads = kernel_attention(q, k, val, r, ub, vb, scale);
+#endif
+    auto position_scores = [&] {
+        auto q_rows = (q + vb.view({H, 1, 1, dh}).to(q.dtype())).reshape({H, B * T, dh});                // (H,B*T,dh)
+        return rel_shift(torch::matmul(q_rows, r.transpose(-1, -2)).view({H, B, T, S}));                 // (H,B,T,S)
+    };
 #if TORCH_VERSION_MAJOR >= 2
-    if (fused_wanted && fused_attention_available(x_n.device())) {
+    if (!heads.defined() && fused_wanted && fused_attention_available(x_n.device())) {
+        auto bd = position_scores();
         // One kernel over content and persistent keys with q as the query: u . k_j joins the position term in the
         // additive bias of the content columns, so the persistent columns (keys mem_k x sqrt(dh), which the
         // kernel's scale cancels) need no bias at all: q . mem_k, as the reference computes it.
@@ -225,7 +342,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
                                                      /*is_causal=*/false, scale);
     }
 #endif
-    if (!heads.defined()) heads = explicit_attention(q, q + ub.view({H, 1, 1, dh}).to(q.dtype()), k, val, bd, keep, scale);
+    if (!heads.defined()) heads = explicit_attention(q, q + ub.view({H, 1, 1, dh}).to(q.dtype()), k, val, position_scores(), keep, scale);
     if (gates.enabled && gate) {
         auto sample = gate->forward(gates.noise);
         auto weight = sample.gate;                                           // (H,)

@@ -3,6 +3,8 @@
 // (reference-model.md sections 1.4 and 2). Every layer may have its own head count, including 0.
 #pragma once
 
+#include <string>
+
 #include <torch/types.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
@@ -21,6 +23,9 @@ struct RelativeAttentionOptions {
     TORCH_ARG(bool, own_r_bias) = true;   ///< this layer's own u/v biases (else the model passes shared ones)
     TORCH_ARG(bool, gated) = false;       ///< build a hard-concrete gate per head
     TORCH_ARG(double, attn_drop) = 0.0;
+    /// The mask forward's `keep` holds: attention_keep_mask(T, M, same_length). Our CUDA kernel forms the mask from
+    /// this and the lengths instead of reading `keep`.
+    TORCH_ARG(bool, same_length) = true;
 };
 
 /// How the gates act in one forward.
@@ -42,10 +47,14 @@ public:
     void pretty_print(std::ostream & stream) const override;
 
     /// x_n (B,T,D) and mem_n (B,M,D) are layer-normed; pos (S,D) with S = M+T encodes distances S-1 .. 0;
-    /// keep (T,S) bool; u, v (H*dh,) used when the layer has no biases of its own.
+    /// keep (T,S) bool; u, v (H*dh,) used when the layer has no biases of its own. keys_n, when given, is
+    /// cat(mem_n, x_n) already (B,S,D), and mem_n is not read.
     AttentionOutput forward(const torch::Tensor & x_n, const torch::Tensor & mem_n, const torch::Tensor & pos,
                             const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
-                            const GateControl & gates);
+                            const GateControl & gates, const torch::Tensor & keys_n = {});
+
+    /// Whether a forward with layer input x would run our CUDA kernel (bf16 inference on the GPU, where built).
+    bool own_kernel_applies(const torch::Tensor & x) const;
 
     /// Parameters that belong to head h (its q/k/v/r rows, u/v slice, persistent vectors, output columns, gate).
     int64_t parameters_per_head() const;
@@ -58,6 +67,10 @@ public:
     HardConcreteGate gate{nullptr};
 
 private:
+    /// Inference through our CUDA kernel (built where a CUDA compiler was found): q (H,B,T,dh), k/val (H,B,S,dh),
+    /// r (H,S,dh), u/v (H*dh,). The persistent columns, if any, go first through a flash kernel of their own.
+    torch::Tensor kernel_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val, const torch::Tensor & r,
+                                   const torch::Tensor & u, const torch::Tensor & v, double scale);
     /// Scores and probabilities materialised in fp32: the reference computation, and the path on CPU.
     torch::Tensor explicit_attention(const torch::Tensor & q, const torch::Tensor & q_u, const torch::Tensor & k, const torch::Tensor & val,
                                      const torch::Tensor & bd, const torch::Tensor & keep, double scale);
@@ -73,6 +86,13 @@ TORCH_MODULE(RelativeAttention);
 bool fused_attention_available(const torch::Device & device);
 void set_fused_attention(bool enabled);
 bool fused_attention_enabled();
+/// Our relative-attention CUDA kernel (rel_attention_kernel.h) for bf16 inference on the GPU: built where CMake found
+/// a CUDA compiler; on unless STUDIO_ATTENTION is sdpa, concat or explicit.
+bool own_attention_kernel_built();
+void set_own_attention_kernel(bool enabled);
+bool own_attention_kernel_enabled();
+/// What computes inference attention on this device in this dtype: "explicit", "sdpa" or "studio-kernel".
+std::string inference_attention_name(const torch::Device & device, torch::ScalarType dtype);
 
 /// Attention over two disjoint sets of keys, computed apart, as one softmax over their union: each part's output
 /// weighted by its share of the softmax mass, sigmoid(lse_a - lse_b). out_a, out_b (..., T, dh); lse_a, lse_b (..., T):

@@ -14,6 +14,7 @@
 #include "device.h"
 #include "language_model.h"
 #include "rel_attention.h"
+#include "transformer_layer.h"
 
 namespace studio {
 
@@ -54,8 +55,9 @@ double worst_error(const Outputs & a, const Outputs & reference) {
 }
 
 /// An attention layer on the device with non-zero u/v biases: the fused paths must remove u . mem_k exactly.
-RelativeAttention attention_under_test(int64_t D, int64_t H, int64_t dh, int64_t persistent, const torch::Device & device) {
-    RelativeAttention attention(RelativeAttentionOptions(D, H, dh).persistent(persistent));
+RelativeAttention attention_under_test(int64_t D, int64_t H, int64_t dh, int64_t persistent, const torch::Device & device,
+                                       bool same_length = true) {
+    RelativeAttention attention(RelativeAttentionOptions(D, H, dh).persistent(persistent).same_length(same_length));
     {
         torch::NoGradGuard no_grad;
         attention->u_bias.normal_(0, 0.5);
@@ -83,24 +85,42 @@ torch::Tensor infer_attention(RelativeAttention & attention, const torch::Tensor
     return attention->forward(x, mem, pos, keep, {}, {}, GateControl{}).out.to(torch::kFloat);
 }
 
-/// The inference path against the explicit one, at a small shape and at the reference layer's (d 512, 8 heads of 64,
-/// 2048 persistent vectors, 192 tokens with 192 of memory).
+/// The inference path against the explicit one, at a small shape, at the reference layer's (d 512, 8 heads of 64,
+/// 2048 persistent vectors, 192 tokens with 192 of memory) and at shapes that leave our kernel's tiles part-full
+/// (lengths not multiples of 64, memory longer than the segment, the causal mask without same_length, no
+/// persistent columns). In bf16 both LibTorch's fused kernels and our own kernel, where built, are judged.
 bool check_inference(const torch::Device & device) {
     bool ok = true;
-    struct Shape { int64_t D, H, dh, N, B, T, M; const char * name; };
-    for (const Shape & shape : {Shape{64, 4, 16, 32, 3, 8, 8, "small"}, Shape{512, 8, 64, 2048, 2, 192, 192, "reference layer"}}) {
-        RelativeAttention attention = attention_under_test(shape.D, shape.H, shape.dh, shape.N, device);
+    struct Shape { int64_t D, H, dh, N, B, T, M; bool same_length; const char * name; };
+    const Shape shapes[] = {Shape{64, 4, 16, 32, 3, 8, 8, true, "small"},
+                            Shape{512, 8, 64, 2048, 2, 192, 192, true, "reference layer"},
+                            Shape{192, 3, 64, 0, 2, 100, 37, false, "transformer-xl, causal, T 100, M 37"},
+                            Shape{128, 4, 32, 48, 3, 70, 150, true, "T 70, M 150"},
+                            Shape{256, 2, 128, 16, 1, 65, 65, true, "head_dim 128, T 65"}};
+    const bool own_kernel = own_attention_kernel_enabled();
+    for (const Shape & shape : shapes) {
+        RelativeAttention attention = attention_under_test(shape.D, shape.H, shape.dh, shape.N, device, shape.same_length);
         attention->eval();
         auto options = torch::TensorOptions().device(device);
         auto x = torch::randn({shape.B, shape.T, shape.D}, options), mem = torch::randn({shape.B, shape.M, shape.D}, options);
         auto pos = torch::randn({shape.T + shape.M, shape.D}, options);
-        auto keep = attention_keep_mask(shape.T, shape.M, true, device);
-        auto reference = infer_attention(attention, x, mem, pos, keep, device, false, false);
-        const double fp32_error = relative_error(infer_attention(attention, x, mem, pos, keep, device, false, true), reference);
-        const double explicit_bf16 = relative_error(infer_attention(attention, x, mem, pos, keep, device, true, false), reference);
-        const double fused_bf16 = relative_error(infer_attention(attention, x, mem, pos, keep, device, true, true), reference);
+        auto keep = attention_keep_mask(shape.T, shape.M, shape.same_length, device);
+        auto infer = [&](bool bf16, bool fused) { return infer_attention(attention, x, mem, pos, keep, device, bf16, fused); };
+        auto reference = infer(false, false);
+        const double explicit_bf16 = relative_error(infer(true, false), reference);
+        set_own_attention_kernel(false);
+        const double fp32_error = relative_error(infer(false, true), reference);
+        const double fused_bf16 = relative_error(infer(true, true), reference);
         const std::string what = std::string("inference attention (") + shape.name + ", " + std::to_string(shape.N) + " persistent apart)";
         ok = judge(what, fp32_error, explicit_bf16, fused_bf16) && ok;
+        set_own_attention_kernel(own_kernel);
+        if (own_kernel) {
+            const double kernel_bf16 = relative_error(infer(true, true), reference);
+            const bool pass = kernel_bf16 <= 2 * explicit_bf16 + 1e-3;
+            std::printf("selftest: inference attention (%s), our kernel bf16 vs explicit fp32: max rel. error %.2e vs explicit bf16 %.2e %s\n",
+                        shape.name, kernel_bf16, explicit_bf16, pass ? "ok" : "FAIL");
+            ok = pass && ok;
+        }
     }
     return ok;
 }
@@ -138,6 +158,51 @@ bool check_loss(const torch::Device & device) {
     return ok;
 }
 
+/// A whole All-attention layer at inference (layer norm of memory and segment, attention, residual), where our
+/// kernels take both the norm and the attention, against the explicit path in fp32: in a bf16 model (as the benchmark
+/// runs) and under bf16 autocast with fp32 weights (as evaluation during training runs), with the memory a strided
+/// view of the previous segment's input, as the model carries it.
+bool check_layer_inference(const torch::Device & device) {
+    const bool previous_own = own_attention_kernel_enabled();
+    const int64_t D = 512, H = 8, dh = 64, N = 2048, B = 3, T = 192, M = 96;
+    TransformerLayer layer(TransformerLayerOptions(RelativeAttentionOptions(D, H, dh).persistent(N)));
+    {
+        torch::NoGradGuard no_grad;
+        for (auto & p : layer->parameters()) if (p.dim() == 1) p.normal_(0, 0.3);   // gains, biases, u and v off their zeros
+    }
+    layer->to(device);
+    layer->eval();
+    auto options = torch::TensorOptions().device(device);
+    auto previous = torch::randn({B, T, D}, options) * 2 + 0.5;
+    auto memory = previous.narrow(1, T - M, M);                              // (B,M,D) view, batch stride T*D
+    auto x = torch::randn({B, T, D}, options) * 2 - 0.5;
+    auto pos = torch::randn({T + M, D}, options);
+    auto keep = attention_keep_mask(T, M, true, device);
+    auto run = [&](bool own, bool bf16_model, bool autocast) {
+        set_own_attention_kernel(own);
+        torch::NoGradGuard no_grad;
+        AutocastGuard guard(device, autocast);
+        const auto dtype = bf16_model ? torch::kBFloat16 : torch::kFloat;
+        layer->to(dtype);
+        auto out = layer->forward(x.to(dtype), memory.to(dtype), pos.to(dtype), keep, {}, {}, GateControl{}).to(torch::kFloat);
+        layer->to(torch::kFloat);
+        return out;
+    };
+    set_fused_attention(false);
+    auto reference = run(false, false, false);
+    const double explicit_bf16 = relative_error(run(false, true, false), reference);
+    const double explicit_autocast = relative_error(run(false, false, true), reference);
+    set_fused_attention(true);
+    const double own_bf16 = relative_error(run(true, true, false), reference);
+    const double own_autocast = relative_error(run(true, false, true), reference);
+    const bool pass_bf16 = own_bf16 <= 2 * explicit_bf16 + 1e-3, pass_autocast = own_autocast <= 2 * explicit_autocast + 1e-3;
+    std::printf("selftest: all-attention layer inference, our kernels vs explicit fp32: bf16 model %.2e (explicit %.2e) %s; "
+                "autocast %.2e (explicit %.2e) %s\n", own_bf16, explicit_bf16, pass_bf16 ? "ok" : "FAIL", own_autocast, explicit_autocast,
+                pass_autocast ? "ok" : "FAIL");
+    set_own_attention_kernel(previous_own);
+    return pass_bf16 && pass_autocast;
+}
+
 /// The fused training attention (forward and every gradient) and the inference path, against the explicit one.
 bool check_fused_attention(const torch::Device & device) {
     const bool previous = fused_attention_enabled();
@@ -158,6 +223,7 @@ bool check_fused_attention(const torch::Device & device) {
         ok = judge(what, fp32_error, explicit_bf16, fused_bf16) && ok;
     }
     ok = check_inference(device) && ok;
+    if (own_attention_kernel_built()) ok = check_layer_inference(device) && ok;
     set_fused_attention(previous);
     return ok;
 }

@@ -2,9 +2,62 @@
 
 #include <torch/torch.h>
 
+#ifdef STUDIO_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "layer_norm_kernel.h"
+#endif
+
 namespace studio {
 
 namespace F = torch::nn::functional;
+
+namespace {
+#ifdef STUDIO_CUDA_KERNELS
+/// Our segment-norm kernel: LN(cat(memory, x)) as the keys' input (B,S,D) and LN(x) as the queries' (B,T,D), both
+/// bf16, in one launch. Undefined tensors when the kernel does not take these operands.
+std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & memory, const torch::Tensor & x, const OffsetLayerNorm & norm) {
+    const int64_t B = x.size(0), T = x.size(1), D = x.size(2), M = memory.size(1);
+    auto floating = [](const torch::Tensor & t) { return t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat; };
+    auto aligned = [](const torch::Tensor & t) {
+        const int64_t unit = t.element_size();
+        return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && t.stride(-1) == 1 && (t.stride(0) * unit) % 16 == 0
+               && (t.stride(1) * unit) % 16 == 0;
+    };
+    if (!segment_norm_kernel_supports(D) || !floating(x) || memory.scalar_type() != x.scalar_type() || !floating(norm->weight)
+        || norm->bias.scalar_type() != norm->weight.scalar_type() || !norm->weight.is_contiguous() || !norm->bias.is_contiguous()
+        || !aligned(x) || (M > 0 && !aligned(memory)))
+        return {};
+    c10::cuda::CUDAGuard device_guard(x.device());
+    auto options = x.options().dtype(torch::kBFloat16);
+    auto keys = torch::empty({B, M + T, D}, options), queries = torch::empty({B, T, D}, options);
+    SegmentNormKernelArgs args;
+    args.memory = M > 0 ? memory.data_ptr() : nullptr;
+    args.segment = x.data_ptr();
+    args.weight = norm->weight.data_ptr();
+    args.bias = norm->bias.data_ptr();
+    args.keys_out = keys.data_ptr();
+    args.queries_out = queries.data_ptr();
+    args.input_bf16 = x.scalar_type() == torch::kBFloat16;
+    args.params_bf16 = norm->weight.scalar_type() == torch::kBFloat16;
+    args.batch = B;
+    args.mem_len = M;
+    args.tgt_len = T;
+    args.dim = D;
+    if (M > 0) {
+        args.memory_stride[0] = memory.stride(0);
+        args.memory_stride[1] = memory.stride(1);
+    }
+    args.segment_stride[0] = x.stride(0);
+    args.segment_stride[1] = x.stride(1);
+    args.eps = (float) norm->eps;
+    const char * error = launch_segment_norm(args, c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+    TORCH_CHECK(error == nullptr, "segment norm kernel: ", error, " (STUDIO_ATTENTION=sdpa runs LibTorch's kernels instead)");
+    return {keys, queries};
+}
+#endif
+} // namespace
 
 torch::Tensor OffsetLayerNormImpl::forward(const torch::Tensor & x) {
     return torch::layer_norm(x, {dim}, weight + 1.0, bias, eps);
@@ -40,9 +93,15 @@ torch::Tensor TransformerLayerImpl::forward(const torch::Tensor & x, const torch
                                             const GateControl & gates, torch::Tensor * closed) {
     auto drop = F::DropoutFuncOptions().p(options.proj_drop()).training(is_training());
     // The same LayerNorm normalises the memory: it is this layer's input from the previous segment.
-    auto x_n = norm->forward(x);
-    auto mem_n = memory.size(1) > 0 ? norm->forward(memory) : memory;
-    auto attended = attention->forward(x_n, mem_n, pos, keep, u, v, gates);
+    torch::Tensor x_n, mem_n, keys_n;
+#ifdef STUDIO_CUDA_KERNELS
+    if (attention->own_kernel_applies(x)) std::tie(keys_n, x_n) = normalize_segment(memory, x, norm);
+#endif
+    if (!x_n.defined()) {
+        x_n = norm->forward(x);
+        mem_n = memory.size(1) > 0 ? norm->forward(memory) : memory;
+    }
+    auto attended = attention->forward(x_n, mem_n, pos, keep, u, v, gates, keys_n);
     if (closed) *closed = attended.closed;
     auto h = x + F::dropout(attended.out, drop);                                  // (B,T,D)
     if (options.feedforward_dim() == 0) return h;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|numerics|multigpu|profile|train|bench|lossbench|layerbench|gate|repro|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,7 @@ build() {
   log "build against $(python3 -c 'import torch;print(torch.__version__)') (nccl: ${nccl:-none})"
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTUDIO_GUI=OFF -DSTUDIO_TESTS=OFF \
     -DCMAKE_PREFIX_PATH="$torch_prefix" -DCUDAToolkit_ROOT=/usr/local/cuda -DCMAKE_CUDA_ARCHITECTURES=90 \
+    $([ -x /usr/local/cuda/bin/nvcc ] && echo -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc) \
     -DSTUDIO_EXTRA_INCLUDE="$PWD/.gpu/include" ${nccl:+-DSTUDIO_NCCL_INCLUDE="$nccl/include"} > "$OUT/cmake.log" 2>&1 \
     || { tail -30 "$OUT/cmake.log"; return 1; }
   cmake --build build-gpu -j16 > "$OUT/build.log" 2>&1 || { grep -E "error" -A5 "$OUT/build.log" | head -60; return 1; }
@@ -125,6 +126,16 @@ inference_rows_and_profiles() {
 }
 # With the loss (the reference's workload); without it (the layers alone: what does not shrink with the heads).
 lossbench() { inference_rows_and_profiles 1 loss 5 15 "with the loss"; }
+# Our relative-attention kernel against LibTorch's fused kernels (STUDIO_ATTENTION=sdpa): same build, same machine,
+# loss-free graphed segments, one invocation each.
+kernelbench() {
+  for mode in sdpa own; do
+    log "bench wt103 reference shapes, bf16, without the loss, batch 4 and 32, attention: $mode"
+    STUDIO_ATTENTION=$([ $mode = sdpa ] && echo sdpa) $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --batch-sizes 4,32 \
+      --dtypes bf16 --with-loss 0 --variants dense,pruned --steps 20 --warmup 5 -r 7 --out "$OUT/bench-kernel-$mode" \
+      2>>"$OUT/bench.log" | tee -a "$OUT/summary.txt"
+  done
+}
 layerbench() { inference_rows_and_profiles 0 layers 7 25 "without the loss"; }
 
 # First 200 steps on the GPU in bf16 and fp32 against the CPU's fp32 losses of the same seed and data ([gpu-speed] 3).
@@ -199,7 +210,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
-    build|smoke|train|gate|bench|lossbench|layerbench|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
+    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done

@@ -1,0 +1,46 @@
+// A CUDA kernel for Transformer-XL relative attention at inference: the content term (q+u).k and the position term
+// (q+v).r of each query tile are formed on chip, tile by tile, so the (H,B,T,S) position scores, their relative shift
+// and the additive bias never reach device memory. The persistent columns of All-attention, which carry no position
+// term, are attended apart (a flash kernel) and enter as the online softmax's starting state.
+// Plain C++ on purpose: neither LibTorch nor CUDA headers, so this header costs nothing to include and the kernel's
+// source compiles with nvcc alone. Built only where CMake finds a CUDA compiler (STUDIO_ATTENTION_KERNEL).
+#pragma once
+
+#include <cstdint>
+
+namespace studio {
+
+/// Pointers and element strides of one call. All matrices are bf16 with unit stride along the head dimension.
+/// Query i (0..T-1) sees key j (0..S-1, S = T+M, memory first) when j <= i+M and, with same_length, j >= i; their
+/// position vector is row j+T-1-i of r (rows hold distances S-1 .. 0).
+struct RelativeAttentionKernelArgs {
+    const void * q = nullptr;                   ///< (H,B,T,dh) bf16
+    const void * k = nullptr;                   ///< (H,B,S,dh) bf16
+    const void * v = nullptr;                   ///< (H,B,S,dh) bf16
+    const void * r = nullptr;                   ///< (H,S,dh) bf16
+    const void * u_bias = nullptr;              ///< (H*dh,) content bias u
+    const void * v_bias = nullptr;              ///< (H*dh,) position bias v
+    bool bias_bf16 = false;                     ///< u and v are bf16, else fp32
+    const void * persistent_out = nullptr;      ///< (H,B*T,dh) bf16: softmax over the persistent columns alone; null = none
+    const float * persistent_lse = nullptr;     ///< (H,B*T) their natural log-sum-exp
+    float persistent_value_scale = 1.0f;        ///< persistent_out is multiplied by this (All-attention: sqrt(N))
+    void * out = nullptr;                       ///< (H,B,T,dh) bf16
+    int64_t heads = 0, batch = 0, tgt_len = 0, mem_len = 0, head_dim = 0;
+    bool same_length = true;
+    float scale = 1.0f;                         ///< applied to both terms (1/sqrt(dh))
+    int64_t q_stride[3] = {0, 0, 0};            ///< head, batch, position
+    int64_t k_stride[3] = {0, 0, 0};
+    int64_t v_stride[3] = {0, 0, 0};
+    int64_t r_stride[2] = {0, 0};               ///< head, position
+    int64_t persistent_out_stride[2] = {0, 0};  ///< head, row (b*T+i)
+    int64_t persistent_lse_stride[2] = {0, 0};
+    int64_t out_stride[3] = {0, 0, 0};
+};
+
+/// Head dimensions the kernel is built for (multiples of 16 up to 128).
+bool relative_attention_kernel_supports(int64_t head_dim);
+
+/// Launches on the given cudaStream_t. Returns nullptr on success, else CUDA's error text.
+const char * launch_relative_attention(const RelativeAttentionKernelArgs & args, void * stream);
+
+} // namespace studio
