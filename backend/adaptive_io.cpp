@@ -10,6 +10,14 @@
 #include <torch/torch.h>
 
 #include "device.h"
+#include "rel_attention.h"
+
+#ifdef STUDIO_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "tail_log_prob_kernel.h"
+#endif
 
 namespace studio {
 
@@ -129,6 +137,43 @@ torch::Tensor tail_logits(const torch::Tensor & hidden, const torch::Tensor & we
     auto [w, b] = padded_for_gemm(weight.to(torch::kFloat), bias.to(torch::kFloat));
     return F::linear(hidden.to(torch::kFloat), w, b);                                 // (n, words + padding)
 }
+
+/// A tail cluster's log-probabilities at the targets, through our kernel where it applies (inference on the GPU, where
+/// built): no (n, words) logits. projected (n,d), weight (words,d), bias (words,), column (n,). Undefined otherwise.
+torch::Tensor tail_log_prob_by_kernel(const torch::Tensor & projected, const torch::Tensor & weight, const torch::Tensor & bias,
+                                      const torch::Tensor & column) {
+#ifdef STUDIO_CUDA_KERNELS
+    auto floating = [](const torch::Tensor & t) { return t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat; };
+    if (torch::GradMode::is_enabled() || !projected.is_cuda() || !own_kernels_enabled() || !floating(projected)
+        || !floating(weight) || bias.scalar_type() != weight.scalar_type() || projected.stride(1) != 1 || !weight.is_contiguous()
+        || !bias.is_contiguous() || !tail_log_prob_kernel_supports(projected.size(1)))
+        return {};
+    c10::cuda::CUDAGuard device_guard(projected.device());
+    const int64_t rows = projected.size(0), words = weight.size(0);
+    auto target = column.to(torch::kLong).contiguous();
+    auto out = torch::empty({rows}, projected.options().dtype(torch::kFloat));
+    auto workspace = torch::empty({tail_log_prob_workspace_floats(rows, words)}, out.options());
+    TailLogProbKernelArgs args;
+    args.hidden = projected.data_ptr();
+    args.weight = weight.data_ptr();
+    args.bias = bias.data_ptr();
+    args.target = target.data_ptr<int64_t>();
+    args.out = out.data_ptr<float>();
+    args.workspace = workspace.data_ptr<float>();
+    args.hidden_bf16 = projected.scalar_type() == torch::kBFloat16;
+    args.weight_bf16 = weight.scalar_type() == torch::kBFloat16;
+    args.rows = rows;
+    args.words = words;
+    args.dim = projected.size(1);
+    args.hidden_stride = projected.stride(0);
+    const char * error = launch_tail_log_prob(args, c10::cuda::getCurrentCUDAStream(projected.device().index()).stream());
+    TORCH_CHECK(error == nullptr, "tail log-prob kernel: ", error, " (STUDIO_ATTENTION=sdpa runs LibTorch's kernels instead)");
+    return out;                                                                        // (n,)
+#else
+    (void) projected, (void) weight, (void) bias, (void) column;
+    return {};
+#endif
+}
 } // namespace
 
 torch::Tensor AdaptiveIOImpl::target_log_prob(const torch::Tensor & hidden, const torch::Tensor & target) {
@@ -180,8 +225,10 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
         auto index = order.narrow(0, first, n);                                        // (n,)
         first += n;
         auto h = hidden.index_select(0, index);
-        auto logits = tail_logits(F::linear(h, tail_projection(i)), out_weight[i], out_bias[i]); // (n, n_i + padding)
-        auto tail_lp = log_prob_at(logits, target.index_select(0, index) - bounds[i]);
+        auto projected = F::linear(h, tail_projection(i));                             // (n, d_i)
+        auto column = target.index_select(0, index) - bounds[i];                       // (n,)
+        auto tail_lp = tail_log_prob_by_kernel(projected, out_weight[i], out_bias[i], column);
+        if (!tail_lp.defined()) tail_lp = log_prob_at(tail_logits(projected, out_weight[i], out_bias[i]), column); // (n,)
         auto cluster_lp = head_log_prob.index_select(0, index).select(1, shortlist + i - 1);
         result = result.index_copy(0, index, cluster_lp + tail_lp);
     }

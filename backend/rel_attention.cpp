@@ -31,7 +31,7 @@ bool attention_mode_is(const char * mode) {
 bool fused_wanted = !attention_mode_is("explicit");
 // STUDIO_ATTENTION=concat: fused, but inference too joins the persistent columns to the content ones in one kernel.
 const bool apart_wanted = !attention_mode_is("concat");
-// STUDIO_ATTENTION=sdpa: LibTorch's fused kernels only, not our relative-attention kernel (for side-by-side timing).
+// STUDIO_ATTENTION=sdpa: LibTorch's kernels only, none of our own (for side-by-side timing).
 bool own_kernel_wanted = !attention_mode_is("sdpa") && !attention_mode_is("concat");
 } // namespace
 
@@ -99,18 +99,18 @@ bool fused_attention_available(const torch::Device & device) {
 #endif
 }
 void set_fused_attention(bool enabled) { fused_wanted = enabled; }
-bool own_attention_kernel_built() {
+bool own_kernels_built() {
 #ifdef STUDIO_CUDA_KERNELS
     return true;
 #else
     return false;
 #endif
 }
-void set_own_attention_kernel(bool enabled) { own_kernel_wanted = enabled; }
-bool own_attention_kernel_enabled() { return own_attention_kernel_built() && own_kernel_wanted; }
+void set_own_kernels(bool enabled) { own_kernel_wanted = enabled; }
+bool own_kernels_enabled() { return own_kernels_built() && own_kernel_wanted && fused_wanted; }
 std::string inference_attention_name(const torch::Device & device, torch::ScalarType dtype) {
     if (!fused_wanted || !fused_attention_available(device)) return "explicit";
-    return dtype == torch::kBFloat16 && own_attention_kernel_enabled() ? "studio-kernel" : "sdpa";
+    return dtype == torch::kBFloat16 && own_kernels_enabled() ? "studio-kernel" : "sdpa";
 }
 bool fused_attention_enabled() { return fused_wanted; }
 

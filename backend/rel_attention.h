@@ -86,11 +86,12 @@ TORCH_MODULE(RelativeAttention);
 bool fused_attention_available(const torch::Device & device);
 void set_fused_attention(bool enabled);
 bool fused_attention_enabled();
-/// Our relative-attention CUDA kernel (rel_attention_kernel.h) for bf16 inference on the GPU: built where CMake found
-/// a CUDA compiler; on unless STUDIO_ATTENTION is sdpa, concat or explicit.
-bool own_attention_kernel_built();
-void set_own_attention_kernel(bool enabled);
-bool own_attention_kernel_enabled();
+/// Our CUDA kernels for inference on the GPU (rel_attention_kernel.h, layer_norm_kernel.h, tail_log_prob_kernel.h):
+/// built where CMake found a CUDA compiler; on unless STUDIO_ATTENTION is sdpa or concat (LibTorch's kernels only)
+/// or explicit.
+bool own_kernels_built();
+void set_own_kernels(bool enabled);
+bool own_kernels_enabled();
 /// What computes inference attention on this device in this dtype: "explicit", "sdpa" or "studio-kernel".
 std::string inference_attention_name(const torch::Device & device, torch::ScalarType dtype);
 

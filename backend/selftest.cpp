@@ -97,7 +97,7 @@ bool check_inference(const torch::Device & device) {
                             Shape{192, 3, 64, 0, 2, 100, 37, false, "transformer-xl, causal, T 100, M 37"},
                             Shape{128, 4, 32, 48, 3, 70, 150, true, "T 70, M 150"},
                             Shape{256, 2, 128, 16, 1, 65, 65, true, "head_dim 128, T 65"}};
-    const bool own_kernel = own_attention_kernel_enabled();
+    const bool own_kernel = own_kernels_enabled();
     for (const Shape & shape : shapes) {
         RelativeAttention attention = attention_under_test(shape.D, shape.H, shape.dh, shape.N, device, shape.same_length);
         attention->eval();
@@ -108,12 +108,12 @@ bool check_inference(const torch::Device & device) {
         auto infer = [&](bool bf16, bool fused) { return infer_attention(attention, x, mem, pos, keep, device, bf16, fused); };
         auto reference = infer(false, false);
         const double explicit_bf16 = relative_error(infer(true, false), reference);
-        set_own_attention_kernel(false);
+        set_own_kernels(false);
         const double fp32_error = relative_error(infer(false, true), reference);
         const double fused_bf16 = relative_error(infer(true, true), reference);
         const std::string what = std::string("inference attention (") + shape.name + ", " + std::to_string(shape.N) + " persistent apart)";
         ok = judge(what, fp32_error, explicit_bf16, fused_bf16) && ok;
-        set_own_attention_kernel(own_kernel);
+        set_own_kernels(own_kernel);
         if (own_kernel) {
             const double kernel_bf16 = relative_error(infer(true, true), reference);
             const bool pass = kernel_bf16 <= 2 * explicit_bf16 + 1e-3;
@@ -139,7 +139,12 @@ bool check_loss(const torch::Device & device) {
     io->eval();
     auto hidden = torch::randn({256, 64});
     auto target = torch::randint(0, 3001, {256}, torch::kLong);
+    const bool previous_own = own_kernels_enabled();
+    std::vector<bool> kernel_choices{false};
+    if (previous_own) kernel_choices.push_back(true);   // the tails through our kernel, and through LibTorch's
+    for (const bool own : kernel_choices)
     for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+        set_own_kernels(own);
         torch::NoGradGuard no_grad;
         io->to(torch::kCPU, dtype);
         auto rounded_hidden = hidden.to(dtype);
@@ -150,10 +155,35 @@ bool check_loss(const torch::Device & device) {
         const double error = (got - reference).abs().max().item<double>();
         const double limit = dtype == torch::kFloat ? 1e-4 : 0.05;
         const bool pass = std::isfinite(error) && error < limit;
-        std::printf("selftest: adaptive softmax (3001 words, last cluster 1001) %s on %s vs CPU float64: max abs error %.2e (< %.0e) %s\n",
-                    dtype == torch::kFloat ? "fp32" : "bf16", device.str().c_str(), error, limit, pass ? "ok" : "FAIL");
+        std::printf("selftest: adaptive softmax (3001 words, last cluster 1001) %s on %s%s vs CPU float64: max abs error %.2e (< %.0e) %s\n",
+                    dtype == torch::kFloat ? "fp32" : "bf16", device.str().c_str(), own ? ", tails by our kernel" : "", error, limit,
+                    pass ? "ok" : "FAIL");
         ok = pass && ok;
         io->to(torch::kCPU, torch::kFloat);
+    }
+    set_own_kernels(previous_own);
+    if (previous_own) {
+        // At the reference's size (WikiText-103's 267,735 words; a 160,000-word tail of width 32), where the kernel
+        // splits each row's words over many blocks: our tails against LibTorch's product and softmax, both fp32.
+        // fp32 takes the kernel's fp32 path, bf16 its tensor-core path; LibTorch's forms the same products in fp32.
+        AdaptiveIO big(AdaptiveIOOptions(267735, 512).cutoffs({20000, 40000, 200000}).div_value(4));
+        big->eval();
+        torch::NoGradGuard no_grad;
+        auto rows = torch::randn({4096, 512}, torch::TensorOptions().device(device));
+        auto words = torch::randint(0, 267735, {4096}, torch::TensorOptions().dtype(torch::kLong).device(device));
+        for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+            big->to(device, dtype);
+            set_own_kernels(false);
+            auto libtorch = big->target_log_prob(rows.to(dtype), words);
+            set_own_kernels(true);
+            auto ours = big->target_log_prob(rows.to(dtype), words);
+            const double error = (ours - libtorch).abs().max().item<double>();
+            const bool pass = std::isfinite(error) && error < 1e-3;
+            std::printf("selftest: adaptive softmax (267735 words) %s on %s, tails by our kernel vs LibTorch's: max abs error %.2e (< 1e-03) %s\n",
+                        dtype == torch::kFloat ? "fp32" : "bf16", device.str().c_str(), error, pass ? "ok" : "FAIL");
+            ok = pass && ok;
+        }
+        set_own_kernels(previous_own);
     }
     return ok;
 }
@@ -163,7 +193,7 @@ bool check_loss(const torch::Device & device) {
 /// runs) and under bf16 autocast with fp32 weights (as evaluation during training runs), with the memory a strided
 /// view of the previous segment's input, as the model carries it.
 bool check_layer_inference(const torch::Device & device) {
-    const bool previous_own = own_attention_kernel_enabled();
+    const bool previous_own = own_kernels_enabled();
     const int64_t D = 512, H = 8, dh = 64, N = 2048, B = 3, T = 192, M = 96;
     TransformerLayer layer(TransformerLayerOptions(RelativeAttentionOptions(D, H, dh).persistent(N)));
     {
@@ -179,7 +209,7 @@ bool check_layer_inference(const torch::Device & device) {
     auto pos = torch::randn({T + M, D}, options);
     auto keep = attention_keep_mask(T, M, true, device);
     auto run = [&](bool own, bool bf16_model, bool autocast) {
-        set_own_attention_kernel(own);
+        set_own_kernels(own);
         torch::NoGradGuard no_grad;
         AutocastGuard guard(device, autocast);
         const auto dtype = bf16_model ? torch::kBFloat16 : torch::kFloat;
@@ -199,7 +229,7 @@ bool check_layer_inference(const torch::Device & device) {
     std::printf("selftest: all-attention layer inference, our kernels vs explicit fp32: bf16 model %.2e (explicit %.2e) %s; "
                 "autocast %.2e (explicit %.2e) %s\n", own_bf16, explicit_bf16, pass_bf16 ? "ok" : "FAIL", own_autocast, explicit_autocast,
                 pass_autocast ? "ok" : "FAIL");
-    set_own_attention_kernel(previous_own);
+    set_own_kernels(previous_own);
     return pass_bf16 && pass_autocast;
 }
 
@@ -223,7 +253,7 @@ bool check_fused_attention(const torch::Device & device) {
         ok = judge(what, fp32_error, explicit_bf16, fused_bf16) && ok;
     }
     ok = check_inference(device) && ok;
-    if (own_attention_kernel_built()) ok = check_layer_inference(device) && ok;
+    if (own_kernels_built()) ok = check_layer_inference(device) && ok;
     set_fused_attention(previous);
     return ok;
 }

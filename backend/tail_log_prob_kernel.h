@@ -1,0 +1,31 @@
+// A CUDA kernel for inference: the log-probability of each row's target word in one tail cluster of the adaptive
+// softmax, log_softmax(h W^T + b)[target], without the (n, words) logit tensor. The tails' inner dimension is narrow
+// (D / div_value^i: 128, 32, 8) and their word count large (160,000 for WikiText-103's second tail), so the product
+// is bound by writing its output: here each block keeps a running log-sum-exp of its columns in registers and only
+// (n, splits) partial results reach memory. fp32 arithmetic, like the path it replaces: bf16 operands go through the
+// tensor cores with fp32 accumulation, fp32 ones through fp32 multiply-adds. Plain C++ interface.
+#pragma once
+
+#include <cstdint>
+
+namespace studio {
+
+struct TailLogProbKernelArgs {
+    const void * hidden = nullptr;        ///< (n, dim), row stride hidden_stride, unit column stride
+    const void * weight = nullptr;        ///< (words, dim) contiguous
+    const void * bias = nullptr;          ///< (words,)
+    const int64_t * target = nullptr;     ///< (n,) word within the cluster, 0 .. words-1
+    float * out = nullptr;                ///< (n,) log-probabilities
+    float * workspace = nullptr;          ///< tail_log_prob_workspace_floats(n, words) floats
+    bool hidden_bf16 = true, weight_bf16 = true; ///< each bf16, else fp32 (the bias follows the weight)
+    int64_t rows = 0, words = 0, dim = 0, hidden_stride = 0;
+};
+
+/// Any positive dim.
+bool tail_log_prob_kernel_supports(int64_t dim);
+int64_t tail_log_prob_workspace_floats(int64_t rows, int64_t words);
+
+/// Launches on the given cudaStream_t. Returns nullptr on success, else CUDA's error text.
+const char * launch_tail_log_prob(const TailLogProbKernelArgs & args, void * stream);
+
+} // namespace studio
