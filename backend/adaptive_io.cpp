@@ -13,6 +13,7 @@
 #include "rel_attention.h"
 
 #ifdef STUDIO_CUDA_KERNELS
+#include <ATen/autocast_mode.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -138,16 +139,28 @@ torch::Tensor tail_logits(const torch::Tensor & hidden, const torch::Tensor & we
     return F::linear(hidden.to(torch::kFloat), w, b);                                 // (n, words + padding)
 }
 
-/// A tail cluster's log-probabilities at the targets, through our kernel where it applies (inference on the GPU, where
-/// built): no (n, words) logits. projected (n,d), weight (words,d), bias (words,), column (n,). Undefined otherwise.
-torch::Tensor tail_log_prob_by_kernel(const torch::Tensor & projected, const torch::Tensor & weight, const torch::Tensor & bias,
-                                      const torch::Tensor & column) {
+/// Whether our tail kernel takes rows like `like` (inference on the GPU, where built) and this cluster's weights.
+bool tail_kernel_applies(const torch::Tensor & like, const torch::Tensor & weight, const torch::Tensor & bias) {
 #ifdef STUDIO_CUDA_KERNELS
-    auto floating = [](const torch::Tensor & t) { return t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat; };
-    if (torch::GradMode::is_enabled() || !projected.is_cuda() || !own_kernels_enabled() || !floating(projected)
-        || !floating(weight) || bias.scalar_type() != weight.scalar_type() || projected.stride(1) != 1 || !weight.is_contiguous()
-        || !bias.is_contiguous() || !tail_log_prob_kernel_supports(projected.size(1)))
-        return {};
+    auto floating = [](const torch::ScalarType t) { return t == torch::kBFloat16 || t == torch::kFloat; };
+    const auto rows_dtype = at::autocast::is_autocast_enabled(at::kCUDA) ? at::kBFloat16 : like.scalar_type();
+    return !torch::GradMode::is_enabled() && like.is_cuda() && own_kernels_enabled() && floating(rows_dtype)
+           && floating(weight.scalar_type()) && bias.scalar_type() == weight.scalar_type() && weight.is_contiguous()
+           && bias.is_contiguous() && tail_log_prob_kernel_supports(weight.size(1));
+#else
+    (void) like, (void) weight, (void) bias;
+    return false;
+#endif
+}
+
+/// A tail cluster's log-probabilities at the targets, through our kernel where it applies: no (n, words) logits.
+/// projected (n,d), weight (words,d), bias (words,), column (n,). With row_index and range (device tensors: all rows
+/// in cluster order, and this cluster's [start, count]), only those rows are read and written, and the host need not
+/// know how many there are. Undefined where the kernel does not apply.
+torch::Tensor tail_log_prob_by_kernel(const torch::Tensor & projected, const torch::Tensor & weight, const torch::Tensor & bias,
+                                      const torch::Tensor & column, const torch::Tensor & row_index = {}, const torch::Tensor & range = {}) {
+#ifdef STUDIO_CUDA_KERNELS
+    if (!tail_kernel_applies(projected, weight, bias) || projected.stride(1) != 1) return {};
     c10::cuda::CUDAGuard device_guard(projected.device());
     const int64_t rows = projected.size(0), words = weight.size(0);
     auto target = column.to(torch::kLong).contiguous();
@@ -166,11 +179,15 @@ torch::Tensor tail_log_prob_by_kernel(const torch::Tensor & projected, const tor
     args.words = words;
     args.dim = projected.size(1);
     args.hidden_stride = projected.stride(0);
+    if (row_index.defined()) {
+        args.row_index = row_index.data_ptr<int64_t>();
+        args.range = range.data_ptr<int64_t>();
+    }
     const char * error = launch_tail_log_prob(args, c10::cuda::getCurrentCUDAStream(projected.device().index()).stream());
     TORCH_CHECK(error == nullptr, "tail log-prob kernel: ", error, " (STUDIO_ATTENTION=sdpa runs LibTorch's kernels instead)");
     return out;                                                                        // (n,)
 #else
-    (void) projected, (void) weight, (void) bias, (void) column;
+    (void) projected, (void) weight, (void) bias, (void) column, (void) row_index, (void) range;
     return {};
 #endif
 }
@@ -210,12 +227,25 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
     // Shortlist words read their log-prob from the head; tail words get head[cluster] + their tail log-prob.
     auto head_index = torch::where(target < shortlist, target, torch::zeros_like(target));
     auto result = head_log_prob.gather(1, head_index.unsqueeze(1)).squeeze(1);        // (N,)
-    // Rows grouped by cluster with one stable sort, and every cluster's row count read in one host transfer: the
-    // GPU waits for the host once a step, not once per cluster as a nonzero() per cluster made it.
     const int64_t C = num_clusters();
     auto cluster = torch::zeros_like(target);
     for (int64_t i = 1; i < C; ++i) cluster += (target >= bounds[i]).to(torch::kLong);  // (N,) cluster of each row
     auto order = std::get<1>(torch::sort(cluster, /*stable=*/true, 0, false));          // (N,) rows, by cluster
+    if (target_log_prob_graph_safe(hidden)) {
+        // Our tail kernel finds each cluster's rows on the device (counts and starts never cross to the host), so
+        // this path has static shapes and no sync: a CUDA graph can capture the whole segment, loss included.
+        auto counts = torch::zeros({C}, cluster.options()).scatter_add_(0, cluster, torch::ones_like(cluster)); // (C,)
+        auto ranges = torch::stack({counts.cumsum(0) - counts, counts}, 1).contiguous();                    // (C,2)
+        for (int64_t i = 1; i < C; ++i) {
+            auto projected = F::linear(hidden, tail_projection(i));                    // (N, d_i): only cluster i's rows are read
+            auto tail_lp = tail_log_prob_by_kernel(projected, out_weight[i], out_bias[i], target - bounds[i], order, ranges[i]);
+            auto cluster_lp = head_log_prob.select(1, shortlist + i - 1);              // (N,)
+            result = torch::where(cluster == i, cluster_lp + tail_lp, result);        // tail_lp is written at cluster i's rows
+        }
+        return result;
+    }
+    // Every cluster's row count read in one host transfer: the GPU waits for the host once a step, not once per
+    // cluster as a nonzero() per cluster made it.
     auto counts = torch::bincount(cluster, {}, C).to(torch::kCPU);                      // (C,) the one sync
     const auto * count = counts.data_ptr<int64_t>();
     int64_t first = count[0];
@@ -233,6 +263,13 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
         result = result.index_copy(0, index, cluster_lp + tail_lp);
     }
     return result;
+}
+
+bool AdaptiveIOImpl::target_log_prob_graph_safe(const torch::Tensor & hidden) const {
+    if (!hidden.is_cuda() || torch::GradMode::is_enabled()) return false;
+    for (size_t i = 1; i < out_weight.size(); ++i)
+        if (!tail_kernel_applies(hidden, out_weight[i], out_bias[i])) return false;
+    return true;
 }
 
 int64_t AdaptiveIOImpl::input_parameter_count() const {

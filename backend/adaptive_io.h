@@ -31,6 +31,9 @@ public:
     torch::Tensor embed(const torch::Tensor & ids, double word_drop);
     /// hidden (N,D), target (N,) -> log p(target) (N,), float32.
     torch::Tensor target_log_prob(const torch::Tensor & hidden, const torch::Tensor & target);
+    /// Whether target_log_prob of such hidden rows runs with static shapes and no host sync, so a CUDA graph may
+    /// capture it: GPU inference with our tail kernel (or a plain softmax).
+    bool target_log_prob_graph_safe(const torch::Tensor & hidden) const;
 
     int64_t num_clusters() const { return (int64_t) bounds.size() - 1; }
     /// Parameters of the input side (embedding tables and their projections), and of the output side not tied to it.

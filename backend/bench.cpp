@@ -156,9 +156,9 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                     for (int64_t w = 0; w < std::max<int64_t>(bench.warmup, device.is_cuda() ? 1 : 0); ++w) step();
 #ifdef STUDIO_CUDA
                     // The layers have static shapes: capture them once and replay them, so small batches measure the
-                    // GPU rather than the host's kernel launches (the reference's batch-4 problem). The loss groups
-                    // rows by their target's cluster, whose sizes the host must read, so it runs after the replay
-                    // from the graph's final hidden state, as the model's forward would run it.
+                    // GPU rather than the host's kernel launches (the reference's batch-4 problem). The loss joins
+                    // the graph where our tail kernel finds each cluster's rows on the device; else (the host must
+                    // read the clusters' sizes) it runs after the replay from the graph's final hidden state.
                     std::unique_ptr<at::cuda::CUDAGraph> graph;
                     torch::Tensor hidden;   // (B,T,D), written by every replay
                     if (device.is_cuda() && bench.cuda_graphs) {
@@ -171,6 +171,8 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                             auto out = m.model->forward(input, torch::Tensor(), memory, m.gates);
                             for (size_t l = 0; l < memory.size(); ++l) memory[l].copy_(out.memory[l]); // memory carried in place
                             hidden = out.hidden;
+                            row.loss_in_graph = target.defined() && m.model->io->target_log_prob_graph_safe(hidden);
+                            if (row.loss_in_graph) m.model->io->target_log_prob(hidden.reshape({-1, hidden.size(-1)}), target.reshape({-1}));
                             graph->capture_end();
                         }
                         side.synchronize();
@@ -178,7 +180,8 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                     }
                     if (graph) step = [&]() {
                         graph->replay();
-                        if (target.defined()) m.model->io->target_log_prob(hidden.reshape({-1, hidden.size(-1)}), target.reshape({-1}));
+                        if (target.defined() && !row.loss_in_graph)
+                            m.model->io->target_log_prob(hidden.reshape({-1, hidden.size(-1)}), target.reshape({-1}));
                     };
                     for (int64_t w = 0; graph && w < bench.warmup; ++w) step();
 #endif

@@ -48,7 +48,7 @@ std::string bench_markdown(const std::vector<BenchRow> & rows) {
     s << "| variant | heads | layer params | batch | dtype | device | loss | ms/step (median) | p10-p90 ms | tokens/s | speed-up | ideal | efficiency |\n";
     s << "| --- | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     for (const auto & r : rows) {
-        std::string notes = r.cuda_graph ? "graph" : "";
+        std::string notes = r.cuda_graph ? (r.loss_in_graph ? "graph, loss in graph" : "graph") : "";
         if (!r.attention.empty() && r.attention != "explicit") notes += (notes.empty() ? "" : ", ") + r.attention;
         const std::string device = notes.empty() ? r.device : r.device + " (" + notes + ")";
         char line[512];
@@ -63,12 +63,12 @@ std::string bench_markdown(const std::vector<BenchRow> & rows) {
 
 std::string bench_csv(const std::vector<BenchRow> & rows) {
     std::ostringstream s;
-    s << "variant,heads_kept,layer_params,batch,tgt_len,mem_len,dtype,device,with_loss,median_ms,p10_ms,p90_ms,mean_ms,stddev_ms,tokens_per_s,speedup,ideal_speedup,efficiency,cuda_graph,attention\n";
+    s << "variant,heads_kept,layer_params,batch,tgt_len,mem_len,dtype,device,with_loss,median_ms,p10_ms,p90_ms,mean_ms,stddev_ms,tokens_per_s,speedup,ideal_speedup,efficiency,cuda_graph,attention,loss_in_graph\n";
     for (const auto & r : rows) {
         s << r.variant << ',' << r.heads_kept << ',' << r.layer_params << ',' << r.batch << ',' << r.tgt_len << ',' << r.mem_len << ','
           << r.dtype << ',' << r.device << ',' << (r.with_loss ? 1 : 0) << ',' << r.median_ms << ',' << r.p10_ms << ',' << r.p90_ms << ','
           << r.mean_ms << ',' << r.stddev_ms << ',' << r.tokens_per_s << ',' << r.speedup << ',' << r.ideal_speedup << ',' << r.efficiency << ',' << (r.cuda_graph ? 1 : 0) << ','
-          << r.attention << '\n';
+          << r.attention << ',' << (r.loss_in_graph ? 1 : 0) << '\n';
     }
     return s.str();
 }
@@ -77,7 +77,8 @@ json bench_json(const std::vector<BenchRow> & rows) {
     json out = json::array();
     for (const auto & r : rows) {
         out.push_back({{"variant", r.variant}, {"heads_kept", r.heads_kept}, {"layer_params", r.layer_params}, {"batch", r.batch},
-                       {"tgt_len", r.tgt_len}, {"mem_len", r.mem_len}, {"dtype", r.dtype}, {"device", r.device}, {"cuda_graph", r.cuda_graph}, {"attention", r.attention},
+                       {"tgt_len", r.tgt_len}, {"mem_len", r.mem_len}, {"dtype", r.dtype}, {"device", r.device}, {"cuda_graph", r.cuda_graph}, {"loss_in_graph", r.loss_in_graph},
+                       {"attention", r.attention},
                        {"with_loss", r.with_loss},
                        {"samples_ms", r.samples_ms}, {"median_ms", r.median_ms}, {"p10_ms", r.p10_ms}, {"p90_ms", r.p90_ms},
                        {"mean_ms", r.mean_ms}, {"stddev_ms", r.stddev_ms}, {"tokens_per_s", r.tokens_per_s}, {"speedup", r.speedup},

@@ -20,6 +20,7 @@ struct BenchRow {
     std::string device;             ///< "cpu" / "cuda"
     bool with_loss = true;
     bool cuda_graph = false;        ///< the segment's layers were captured once and replayed as a CUDA graph
+    bool loss_in_graph = false;     ///< ... and the loss with them (else it ran eagerly after each replay)
     std::string attention;          ///< what computed attention: "explicit", "sdpa" (LibTorch's fused) or "studio-kernel"
     std::vector<double> samples_ms; ///< per-step milliseconds, one per repetition
     double median_ms = 0, p10_ms = 0, p90_ms = 0, mean_ms = 0, stddev_ms = 0;

@@ -171,7 +171,10 @@ bool check_loss(const torch::Device & device) {
         torch::NoGradGuard no_grad;
         auto rows = torch::randn({4096, 512}, torch::TensorOptions().device(device));
         auto words = torch::randint(0, 267735, {4096}, torch::TensorOptions().dtype(torch::kLong).device(device));
-        for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+        // Third: fp32 weights under bf16 autocast (evaluation during training), bf16 rows against fp32 weights.
+        for (const char * mode : {"fp32", "bf16", "autocast"}) {
+            const auto dtype = std::string(mode) == "bf16" ? torch::kBFloat16 : torch::kFloat;
+            AutocastGuard autocast(device, std::string(mode) == "autocast");
             big->to(device, dtype);
             set_own_kernels(false);
             auto libtorch = big->target_log_prob(rows.to(dtype), words);
@@ -180,7 +183,7 @@ bool check_loss(const torch::Device & device) {
             const double error = (ours - libtorch).abs().max().item<double>();
             const bool pass = std::isfinite(error) && error < 1e-3;
             std::printf("selftest: adaptive softmax (267735 words) %s on %s, tails by our kernel vs LibTorch's: max abs error %.2e (< 1e-03) %s\n",
-                        dtype == torch::kFloat ? "fp32" : "bf16", device.str().c_str(), error, pass ? "ok" : "FAIL");
+                        mode, device.str().c_str(), error, pass ? "ok" : "FAIL");
             ok = pass && ok;
         }
         set_own_kernels(previous_own);

@@ -36,6 +36,15 @@ __device__ inline void join(float & m, float & l, float m2, float l2) {
 }
 
 /// Column splits for a grid of about kTargetBlocks blocks of rows_per_block x cols_per_tile.
+/// Rows of this call: how many (read from device memory when indirect) and the physical row of logical row r.
+struct Rows {
+    int64_t first = 0, count = 0;
+    const int64_t * index = nullptr;
+    __device__ explicit Rows(const TailLogProbKernelArgs & args)
+        : first(args.range ? args.range[0] : 0), count(args.range ? args.range[1] : args.rows), index(args.row_index) {}
+    __device__ int64_t physical(int64_t r) const { return index ? index[first + r] : r; }
+};
+
 int64_t splits_for(int64_t rows, int64_t words, int64_t rows_per_block, int64_t cols_per_tile) {
     const int64_t row_tiles = (rows + rows_per_block - 1) / rows_per_block, col_tiles = (words + cols_per_tile - 1) / cols_per_tile;
     const int64_t wanted = (kTargetBlocks + row_tiles - 1) / row_tiles;
@@ -58,13 +67,15 @@ __global__ void __launch_bounds__(kThreads) partial_kernel(const TailLogProbKern
     const Hidden * hidden = static_cast<const Hidden *>(args.hidden);
     const Weight * weight = static_cast<const Weight *>(args.weight);
     const Weight * bias = static_cast<const Weight *>(args.bias);
+    const Rows rows(args);
+    if (first_row >= rows.count) return;
 
     int64_t my_target[4];
     float run_max[4], run_sum[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int64_t row = first_row + warp * 4 + i;
-        my_target[i] = row < args.rows ? args.target[row] : -1;
+        my_target[i] = row < rows.count ? args.target[rows.physical(row)] : -1;
         run_max[i] = -INFINITY;
         run_sum[i] = 0.0f;
     }
@@ -76,7 +87,7 @@ __global__ void __launch_bounds__(kThreads) partial_kernel(const TailLogProbKern
             for (int idx = threadIdx.x; idx < kRows * inner; idx += kThreads) {
                 const int r = idx / inner, k = idx % inner;
                 const int64_t row = first_row + r;
-                hidden_slice[k * kRowPitch + r] = row < args.rows ? to_float(hidden[row * args.hidden_stride + k0 + k]) : 0.0f;
+                hidden_slice[k * kRowPitch + r] = row < rows.count ? to_float(hidden[rows.physical(row) * args.hidden_stride + k0 + k]) : 0.0f;
             }
             for (int idx = threadIdx.x; idx < kCols * inner; idx += kThreads) {
                 const int c = idx / inner, k = idx % inner;
@@ -121,7 +132,7 @@ __global__ void __launch_bounds__(kThreads) partial_kernel(const TailLogProbKern
             join(run_max[i], run_sum[i], m2, l2);
         }
         const int64_t row = first_row + warp * 4 + i;
-        if (lane == 0 && row < args.rows) {
+        if (lane == 0 && row < rows.count) {
             args.workspace[row * splits + split] = run_max[i];
             args.workspace[args.rows * splits + row * splits + split] = run_sum[i];
         }
@@ -151,29 +162,33 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
     const bf16 * weight = static_cast<const bf16 *>(args.weight);
     const bf16 * bias = static_cast<const bf16 *>(args.bias);
     const int chunks = inner_padded / 8;
+    const Rows rows(args);
+    if (first_row >= rows.count) return;
 
     // Rows (zero past the end and past dim), 8 bf16 at a time when dim allows, else one by one.
-    auto load_tile = [&](bf16 * tile, const bf16 * src, int64_t stride, int64_t first, int64_t limit) {
+    // gather: whether tile row r is logical row first + r of this call (else row first + r of src itself).
+    auto load_tile = [&](bf16 * tile, const bf16 * src, int64_t stride, int64_t first, int64_t limit, bool gather) {
         for (int idx = threadIdx.x; idx < 64 * chunks; idx += kTensorThreads) {
             const int r = idx / chunks, c = (idx % chunks) * 8;
             const int64_t row = first + r;
             uint4 value = make_uint4(0, 0, 0, 0);
             bf16 * e = reinterpret_cast<bf16 *>(&value);
             if (row < limit) {
-                if (vector_loads && c + 8 <= args.dim) value = *reinterpret_cast<const uint4 *>(src + row * stride + c);
-                else for (int i = 0; i < 8; ++i) e[i] = c + i < args.dim ? src[row * stride + c + i] : __float2bfloat16(0.0f);
+                const bf16 * line = src + (gather ? rows.physical(row) : row) * stride;
+                if (vector_loads && c + 8 <= args.dim) value = *reinterpret_cast<const uint4 *>(line + c);
+                else for (int i = 0; i < 8; ++i) e[i] = c + i < args.dim ? line[c + i] : __float2bfloat16(0.0f);
             }
             *reinterpret_cast<uint4 *>(tile + r * pitch + c) = value;
         }
     };
-    load_tile(hidden_tile, hidden, args.hidden_stride, first_row, args.rows);
+    load_tile(hidden_tile, hidden, args.hidden_stride, first_row, rows.count, true);
 
     const int64_t row = first_row + warp * 16 + mine_row;
-    const int64_t my_target = row < args.rows ? args.target[row] : -1;
+    const int64_t my_target = row < rows.count ? args.target[rows.physical(row)] : -1;
     float run_max = -INFINITY, run_sum = 0.0f;
     for (int64_t col0 = first_col; col0 < end_col; col0 += kTensorCols) {
         __syncthreads();
-        load_tile(weight_tile, weight, args.dim, col0, end_col);
+        load_tile(weight_tile, weight, args.dim, col0, end_col, false);
         __syncthreads();
         wmma::fragment<wmma::accumulator, 16, 16, 16, float> logits[kTensorCols / 16];
 #pragma unroll
@@ -191,24 +206,33 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
 #pragma unroll
         for (int n = 0; n < kTensorCols / 16; ++n) wmma::store_matrix_sync(warp_scores + n * 16, logits[n], kTensorCols + 4, wmma::mem_row_major);
         __syncwarp();
+        // The lane's 32 logits of this tile: their max first, then one rescale of the running sum (no branch a logit).
+        float z[kTensorCols / 2];
+        float tile_max = -INFINITY;
+#pragma unroll
         for (int t = 0; t < kTensorCols / 2; ++t) {
             const int c = 2 * t + half;
             const int64_t col = col0 + c;
-            if (col >= end_col) continue;
-            const float z = warp_scores[mine_row * (kTensorCols + 4) + c] + __bfloat162float(bias[col]);
-            if (z > run_max) {
-                run_sum = run_sum * __expf(run_max - z) + 1.0f;
-                run_max = z;
-            } else {
-                run_sum += __expf(z - run_max);
-            }
-            if (col == my_target) args.workspace[2 * args.rows * splits + row] = z;
+            z[t] = col < end_col ? warp_scores[mine_row * (kTensorCols + 4) + c] + __bfloat162float(bias[col]) : -INFINITY;
+            tile_max = fmaxf(tile_max, z[t]);
         }
+        const float new_max = fmaxf(run_max, tile_max);
+        if (new_max != -INFINITY) {   // else this lane has seen no column yet
+            float tile_sum = 0.0f;
+#pragma unroll
+            for (int t = 0; t < kTensorCols / 2; ++t) tile_sum += __expf(z[t] - new_max);
+            run_sum = (run_max == -INFINITY ? 0.0f : run_sum * __expf(run_max - new_max)) + tile_sum;
+            run_max = new_max;
+        }
+        const int64_t target_in_tile = my_target - col0;   // the target's logit, if this lane holds it
+        if (target_in_tile >= 0 && target_in_tile < kTensorCols && (target_in_tile & 1) == half && col0 + target_in_tile < end_col)
+            args.workspace[2 * args.rows * splits + row] = warp_scores[mine_row * (kTensorCols + 4) + target_in_tile]
+                                                           + __bfloat162float(bias[col0 + target_in_tile]);
         __syncwarp();
     }
     const float other_max = __shfl_xor_sync(0xffffffffu, run_max, 1), other_sum = __shfl_xor_sync(0xffffffffu, run_sum, 1);
     join(run_max, run_sum, other_max, other_sum);
-    if (half == 0 && row < args.rows) {
+    if (half == 0 && row < rows.count) {
         args.workspace[row * splits + split] = run_max;
         args.workspace[args.rows * splits + row * splits + split] = run_sum;
     }
@@ -216,10 +240,11 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
 
 __global__ void combine_kernel(const TailLogProbKernelArgs args, int64_t splits) {
     const int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (row >= args.rows) return;
+    const Rows rows(args);
+    if (row >= rows.count) return;
     float m = -INFINITY, l = 0.0f;
     for (int64_t s = 0; s < splits; ++s) join(m, l, args.workspace[row * splits + s], args.workspace[args.rows * splits + row * splits + s]);
-    args.out[row] = args.workspace[2 * args.rows * splits + row] - (m + logf(l));
+    args.out[rows.physical(row)] = args.workspace[2 * args.rows * splits + row] - (m + logf(l));
 }
 
 cudaError_t launch_tensor_cores(const TailLogProbKernelArgs & args, cudaStream_t stream) {

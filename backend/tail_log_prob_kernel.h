@@ -14,8 +14,13 @@ struct TailLogProbKernelArgs {
     const void * hidden = nullptr;        ///< (n, dim), row stride hidden_stride, unit column stride
     const void * weight = nullptr;        ///< (words, dim) contiguous
     const void * bias = nullptr;          ///< (words,)
-    const int64_t * target = nullptr;     ///< (n,) word within the cluster, 0 .. words-1
-    float * out = nullptr;                ///< (n,) log-probabilities
+    const int64_t * target = nullptr;     ///< (n,) word within the cluster, 0 .. words-1 (read at this cluster's rows)
+    float * out = nullptr;                ///< (n,) log-probabilities (written at this cluster's rows only)
+    /// This cluster's rows without the host knowing how many: row_index[range[0] .. range[0]+range[1]-1] (both in
+    /// device memory). Null: rows 0 .. n-1. The grid is sized for n rows; blocks past the count return at once, so
+    /// the call has static shapes and can be captured in a CUDA graph.
+    const int64_t * row_index = nullptr;
+    const int64_t * range = nullptr;
     float * workspace = nullptr;          ///< tail_log_prob_workspace_floats(n, words) floats
     bool hidden_bf16 = true, weight_bf16 = true; ///< each bf16, else fp32 (the bias follows the weight)
     int64_t rows = 0, words = 0, dim = 0, hidden_stride = 0;
