@@ -172,6 +172,17 @@ private Q_SLOTS:
         const std::string md = studio::bench_markdown(rows);
         QVERIFY(md.find("| pruned | 0 | 0.00M | 4 | fp32 | cpu | yes | 5.500 | 5.100-5.900 |") != std::string::npos);
         QVERIFY(studio::bench_csv(rows).rfind("variant,heads_kept,layer_params,batch", 0) == 0);
+        // A GPU row names its graph, whether the loss was in it, and what computed attention; "explicit" goes unsaid.
+        rows[0].device = "cuda"; rows[0].cuda_graph = true; rows[0].loss_in_graph = true; rows[0].attention = "studio-kernel";
+        rows[1].device = "cuda"; rows[1].cuda_graph = true; rows[1].attention = "explicit";
+        const std::string gpu_md = studio::bench_markdown(rows);
+        QVERIFY(gpu_md.find("| fp32 | cuda (graph, loss in graph, studio-kernel) | yes |") != std::string::npos);
+        QVERIFY(gpu_md.find("| fp32 | cuda (graph) | yes |") != std::string::npos);
+        const std::string csv = studio::bench_csv(rows);
+        QVERIFY(csv.find(",cuda_graph,attention,loss_in_graph\n") != std::string::npos);
+        QVERIFY(csv.find(",1,studio-kernel,1\n") != std::string::npos);
+        QVERIFY(studio::bench_json(rows)[0]["attention"].get<std::string>() == "studio-kernel");
+        QCOMPARE(studio::bench_json(rows)[1]["loss_in_graph"].get<bool>(), false);
 
         // Training rows: the same statistics; the optimizer's share is of the three phases; MFU only when known.
         studio::TrainBenchRow train;

@@ -146,6 +146,25 @@ private Q_SLOTS:
         QVERIFY2(torch::allclose(chunked, whole, 1e-5, 1e-6), "head chunks differ from the whole computation");
     }
 
+    // A layer that normalised memory and segment together (our GPU kernel's way) hands attention the keys' input
+    // ready made: the result must be what the separate memory gives. On this CPU build none of our kernels exist,
+    // so nothing may claim they run.
+    void attention_takes_prejoined_keys() {
+        const int64_t D = 16, H = 2, dh = 8, N = 3, B = 2, T = 5, M = 4;
+        RelativeAttention attention(RelativeAttentionOptions(D, H, dh).persistent(N));
+        attention->eval();
+        torch::NoGradGuard no_grad;
+        auto x = torch::randn({B, T, D}), mem = torch::randn({B, M, D}), pos = torch::randn({T + M, D});
+        auto keep = attention_keep_mask(T, M, true, torch::kCPU);
+        auto apart = attention->forward(x, mem, pos, keep, {}, {}, GateControl{}).out;
+        auto joined = attention->forward(x, {}, pos, keep, {}, {}, GateControl{}, torch::cat({mem, x}, 1)).out;
+        QVERIFY(torch::equal(apart, joined));
+        QVERIFY(!own_kernels_built());
+        QVERIFY(!own_kernels_enabled());
+        QVERIFY(!attention->own_kernel_applies(x.to(torch::kBFloat16)));
+        QVERIFY(inference_attention_name(torch::kCPU, torch::kBFloat16) == "explicit");
+    }
+
     void keep_mask() {
         auto keep = attention_keep_mask(3, 2, true, torch::kCPU);
         auto expected = torch::tensor({1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1}, torch::kBool).view({3, 5});
