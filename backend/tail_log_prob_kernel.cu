@@ -20,7 +20,7 @@ constexpr int kRows = 32;                 // rows of a block: 8 warps x 4 rows
 constexpr int kCols = 128;                // columns of a tile: 32 lanes x 4 columns
 constexpr int kInner = 32;                // inner (dim) slice held in shared memory at a time
 constexpr int kThreads = 256;
-constexpr int64_t kTargetBlocks = 1024;   // enough blocks to fill an H200 a few times over
+constexpr int64_t kTargetBlocks = 2048;   // enough blocks to fill an H200 a few times over
 constexpr int kRowPitch = kRows + 4;      // k-major hidden slice, 16-byte aligned rows
 constexpr int kColPitch = kCols + 1;      // k-major weight slice, odd pitch against bank conflicts on the stores
 
@@ -152,6 +152,7 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
     bf16 * hidden_tile = reinterpret_cast<bf16 *>(smem);                          // (64, inner_padded)
     bf16 * weight_tile = hidden_tile + kTensorRows * pitch;                       // (64, inner_padded)
     float * scores = reinterpret_cast<float *>(weight_tile + kTensorCols * pitch); // 4 x (16, 68)
+    float * bias_tile = scores + (kTensorThreads / 32) * 16 * (kTensorCols + 4);    // (64,) the tile's biases
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, mine_row = lane / 2, half = lane % 2;
     float * warp_scores = scores + warp * 16 * (kTensorCols + 4);
     const int64_t first_row = int64_t(blockIdx.x) * kTensorRows;
@@ -189,6 +190,7 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
     for (int64_t col0 = first_col; col0 < end_col; col0 += kTensorCols) {
         __syncthreads();
         load_tile(weight_tile, weight, args.dim, col0, end_col, false);
+        if (threadIdx.x < kTensorCols) bias_tile[threadIdx.x] = col0 + threadIdx.x < end_col ? __bfloat162float(bias[col0 + threadIdx.x]) : 0.0f;
         __syncthreads();
         wmma::fragment<wmma::accumulator, 16, 16, 16, float> logits[kTensorCols / 16];
 #pragma unroll
@@ -213,7 +215,7 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
         for (int t = 0; t < kTensorCols / 2; ++t) {
             const int c = 2 * t + half;
             const int64_t col = col0 + c;
-            z[t] = col < end_col ? warp_scores[mine_row * (kTensorCols + 4) + c] + __bfloat162float(bias[col]) : -INFINITY;
+            z[t] = col < end_col ? warp_scores[mine_row * (kTensorCols + 4) + c] + bias_tile[c] : -INFINITY;
             tile_max = fmaxf(tile_max, z[t]);
         }
         const float new_max = fmaxf(run_max, tile_max);
@@ -227,7 +229,7 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
         const int64_t target_in_tile = my_target - col0;   // the target's logit, if this lane holds it
         if (target_in_tile >= 0 && target_in_tile < kTensorCols && (target_in_tile & 1) == half && col0 + target_in_tile < end_col)
             args.workspace[2 * args.rows * splits + row] = warp_scores[mine_row * (kTensorCols + 4) + target_in_tile]
-                                                           + __bfloat162float(bias[col0 + target_in_tile]);
+                                                           + bias_tile[target_in_tile];
         __syncwarp();
     }
     const float other_max = __shfl_xor_sync(0xffffffffu, run_max, 1), other_sum = __shfl_xor_sync(0xffffffffu, run_sum, 1);
@@ -250,7 +252,7 @@ __global__ void combine_kernel(const TailLogProbKernelArgs args, int64_t splits)
 cudaError_t launch_tensor_cores(const TailLogProbKernelArgs & args, cudaStream_t stream) {
     const int64_t splits = splits_for(args.rows, args.words, kTensorRows, kTensorCols);
     const int inner_padded = int((args.dim + 15) / 16 * 16);
-    const size_t smem = size_t(kTensorRows + kTensorCols) * (inner_padded + 8) * sizeof(bf16) + size_t(kTensorThreads / 32) * 16 * (kTensorCols + 4) * sizeof(float);
+    const size_t smem = size_t(kTensorRows + kTensorCols) * (inner_padded + 8) * sizeof(bf16) + (size_t(kTensorThreads / 32) * 16 * (kTensorCols + 4) + kTensorCols) * sizeof(float);
     cudaError_t status = cudaFuncSetAttribute(tensor_core_partial_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (status != cudaSuccess) return status;
     const dim3 grid(unsigned((args.rows + kTensorRows - 1) / kTensorRows), unsigned(splits));
