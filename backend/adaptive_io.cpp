@@ -13,9 +13,7 @@
 #include "rel_attention.h"
 
 #ifdef STUDIO_CUDA_KERNELS
-#include <ATen/autocast_mode.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include "tail_log_prob_kernel.h"
 #endif
@@ -142,10 +140,8 @@ torch::Tensor tail_logits(const torch::Tensor & hidden, const torch::Tensor & we
 /// Whether our tail kernel takes rows like `like` (inference on the GPU, where built) and this cluster's weights.
 bool tail_kernel_applies(const torch::Tensor & like, const torch::Tensor & weight, const torch::Tensor & bias) {
 #ifdef STUDIO_CUDA_KERNELS
-    auto floating = [](const torch::ScalarType t) { return t == torch::kBFloat16 || t == torch::kFloat; };
-    const auto rows_dtype = at::autocast::is_autocast_enabled(at::kCUDA) ? at::kBFloat16 : like.scalar_type();
-    return !torch::GradMode::is_enabled() && like.is_cuda() && own_kernels_enabled() && floating(rows_dtype)
-           && floating(weight.scalar_type()) && bias.scalar_type() == weight.scalar_type() && weight.is_contiguous()
+    return !torch::GradMode::is_enabled() && like.is_cuda() && own_kernels_enabled() && is_bf16_or_fp32(cuda_compute_dtype(like))
+           && is_bf16_or_fp32(weight.scalar_type()) && bias.scalar_type() == weight.scalar_type() && weight.is_contiguous()
            && bias.is_contiguous() && tail_log_prob_kernel_supports(weight.size(1));
 #else
     (void) like, (void) weight, (void) bias;
@@ -183,8 +179,7 @@ torch::Tensor tail_log_prob_by_kernel(const torch::Tensor & projected, const tor
         args.row_index = row_index.data_ptr<int64_t>();
         args.range = range.data_ptr<int64_t>();
     }
-    const char * error = launch_tail_log_prob(args, c10::cuda::getCurrentCUDAStream(projected.device().index()).stream());
-    TORCH_CHECK(error == nullptr, "tail log-prob kernel: ", error, " (STUDIO_ATTENTION=sdpa runs LibTorch's kernels instead)");
+    check_kernel_launch(launch_tail_log_prob(args, current_cuda_stream(projected.device())), "tail log-prob");
     return out;                                                                        // (n,)
 #else
     (void) projected, (void) weight, (void) bias, (void) column, (void) row_index, (void) range;

@@ -161,6 +161,7 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                     // read the clusters' sizes) it runs after the replay from the graph's final hidden state.
                     std::unique_ptr<at::cuda::CUDAGraph> graph;
                     torch::Tensor hidden;   // (B,T,D), written by every replay
+                    auto loss = [&] { m.model->io->target_log_prob(hidden.reshape({-1, hidden.size(-1)}), target.reshape({-1})); };
                     if (device.is_cuda() && bench.cuda_graphs) {
                         graph = std::make_unique<at::cuda::CUDAGraph>();
                         auto side = c10::cuda::getStreamFromPool();
@@ -172,7 +173,7 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                             for (size_t l = 0; l < memory.size(); ++l) memory[l].copy_(out.memory[l]); // memory carried in place
                             hidden = out.hidden;
                             row.loss_in_graph = target.defined() && m.model->io->target_log_prob_graph_safe(hidden);
-                            if (row.loss_in_graph) m.model->io->target_log_prob(hidden.reshape({-1, hidden.size(-1)}), target.reshape({-1}));
+                            if (row.loss_in_graph) loss();
                             graph->capture_end();
                         }
                         side.synchronize();
@@ -180,8 +181,7 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                     }
                     if (graph) step = [&]() {
                         graph->replay();
-                        if (target.defined() && !row.loss_in_graph)
-                            m.model->io->target_log_prob(hidden.reshape({-1, hidden.size(-1)}), target.reshape({-1}));
+                        if (target.defined() && !row.loss_in_graph) loss();
                     };
                     for (int64_t w = 0; graph && w < bench.warmup; ++w) step();
 #endif

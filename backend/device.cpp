@@ -17,6 +17,7 @@
 #endif
 #ifdef STUDIO_CUDA
 #include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #endif
@@ -84,6 +85,34 @@ AutocastGuard::~AutocastGuard() {
     at::autocast::set_enabled(previous_);
 #endif
     at::autocast::clear_cache();
+}
+
+torch::ScalarType cuda_compute_dtype(const torch::Tensor & x) {
+#if TORCH_VERSION_MAJOR >= 2
+    if (at::autocast::is_autocast_enabled(at::kCUDA)) return at::autocast::get_autocast_dtype(at::kCUDA);
+#else
+    if (at::autocast::is_enabled()) return at::autocast::get_autocast_gpu_dtype();
+#endif
+    return x.scalar_type();
+}
+
+bool rows_16_byte_aligned(const torch::Tensor & t) {
+    if (t.dim() == 0 || t.stride(-1) != 1 || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
+    for (int64_t d = 0; d + 1 < t.dim(); ++d)
+        if ((t.stride(d) * (int64_t) t.element_size()) % 16 != 0) return false;
+    return true;
+}
+
+void * current_cuda_stream(const torch::Device & device) {
+#ifdef STUDIO_CUDA
+    return c10::cuda::getCurrentCUDAStream(device.index()).stream();
+#else
+    TORCH_CHECK(false, "no CUDA stream on ", device.str(), ": this LibTorch has no CUDA");
+#endif
+}
+
+void check_kernel_launch(const char * error, const char * kernel) {
+    TORCH_CHECK(error == nullptr, kernel, " kernel: ", error, " (STUDIO_ATTENTION=sdpa runs LibTorch's kernels instead)");
 }
 
 namespace {

@@ -37,6 +37,19 @@ private:
     bool previous_ = false;
 };
 
+/// The dtype CUDA work on x computes in: the autocast dtype while CUDA autocast is on, else x's own.
+torch::ScalarType cuda_compute_dtype(const torch::Tensor & x);
+inline bool is_bf16_or_fp32(torch::ScalarType t) { return t == torch::kBFloat16 || t == torch::kFloat; }
+
+// Calling our CUDA kernels (backend/*_kernel.h, plain C++ interfaces).
+/// Whether t's rows can be read 16 bytes at a time: unit last stride, a 16-byte aligned start and every other
+/// stride a multiple of 16 bytes.
+bool rows_16_byte_aligned(const torch::Tensor & t);
+/// The current CUDA stream of device, as the void * our kernels' launchers take (CUDA builds; throws elsewhere).
+void * current_cuda_stream(const torch::Device & device);
+/// Throws a launcher's error (null: none), naming the kernel and the way back to LibTorch's kernels.
+void check_kernel_launch(const char * error, const char * kernel);
+
 /// Wall time of GPU work: CUDA events on CUDA, a steady clock after synchronising on the CPU.
 class DeviceTimer {
 public:

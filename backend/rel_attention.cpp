@@ -12,9 +12,7 @@
 #include "device.h"
 
 #ifdef STUDIO_CUDA_KERNELS
-#include <ATen/autocast_mode.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include "rel_attention_kernel.h"
 #endif
@@ -79,12 +77,9 @@ torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::T
 #ifdef STUDIO_CUDA_KERNELS
 /// Whether our kernel takes these operands as they are: bf16 on the GPU, a built head size, 16-byte aligned rows.
 bool kernel_takes(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val, const torch::Tensor & r) {
-    const int64_t dh = q.size(-1);
-    if (!q.is_cuda() || !relative_attention_kernel_supports(dh)) return false;
-    for (const auto * t : {&q, &k, &val, &r}) {
-        if (t->scalar_type() != torch::kBFloat16 || t->stride(-1) != 1 || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return false;
-        for (int64_t d = 0; d + 1 < t->dim(); ++d) if (t->stride(d) % 8 != 0) return false;
-    }
+    if (!q.is_cuda() || !relative_attention_kernel_supports(q.size(-1))) return false;
+    for (const auto * t : {&q, &k, &val, &r})
+        if (t->scalar_type() != torch::kBFloat16 || !rows_16_byte_aligned(*t)) return false;
     return true;
 }
 #endif
@@ -265,17 +260,15 @@ torch::Tensor RelativeAttentionImpl::kernel_attention(const torch::Tensor & q, c
     args.out_stride[0] = out.stride(2);
     args.out_stride[1] = out.stride(0);
     args.out_stride[2] = out.stride(1);
-    const char * error = launch_relative_attention(args, c10::cuda::getCurrentCUDAStream(q.device().index()).stream());
-    TORCH_CHECK(error == nullptr, "relative attention kernel: ", error, " (STUDIO_ATTENTION=sdpa runs LibTorch's kernels instead)");
+    check_kernel_launch(launch_relative_attention(args, current_cuda_stream(q.device())), "relative attention");
     return out.permute({2, 0, 1, 3});                                                                   // (H,B,T,dh)
 }
 #endif
 
 bool RelativeAttentionImpl::own_kernel_applies(const torch::Tensor & x) const {
 #ifdef STUDIO_CUDA_KERNELS
-    const bool bf16 = x.scalar_type() == torch::kBFloat16
-                      || (at::autocast::is_autocast_enabled(at::kCUDA) && at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16);
-    return fused_wanted && own_kernel_wanted && x.is_cuda() && bf16 && !torch::GradMode::is_enabled() && !is_training()
+    return fused_wanted && own_kernel_wanted && x.is_cuda() && cuda_compute_dtype(x) == torch::kBFloat16
+           && !torch::GradMode::is_enabled() && !is_training()
            && options.num_heads() > 0 && relative_attention_kernel_supports(options.head_dim());
 #else
     (void) x;

@@ -2,9 +2,10 @@
 
 #include <torch/torch.h>
 
+#include "device.h"
+
 #ifdef STUDIO_CUDA_KERNELS
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include "layer_norm_kernel.h"
 #endif
@@ -19,15 +20,9 @@ namespace {
 /// bf16, in one launch. Undefined tensors when the kernel does not take these operands.
 std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & memory, const torch::Tensor & x, const OffsetLayerNorm & norm) {
     const int64_t B = x.size(0), T = x.size(1), D = x.size(2), M = memory.size(1);
-    auto floating = [](const torch::Tensor & t) { return t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat; };
-    auto aligned = [](const torch::Tensor & t) {
-        const int64_t unit = t.element_size();
-        return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && t.stride(-1) == 1 && (t.stride(0) * unit) % 16 == 0
-               && (t.stride(1) * unit) % 16 == 0;
-    };
-    if (!segment_norm_kernel_supports(D) || !floating(x) || memory.scalar_type() != x.scalar_type() || !floating(norm->weight)
-        || norm->bias.scalar_type() != norm->weight.scalar_type() || !norm->weight.is_contiguous() || !norm->bias.is_contiguous()
-        || !aligned(x) || (M > 0 && !aligned(memory)))
+    if (!segment_norm_kernel_supports(D) || !is_bf16_or_fp32(x.scalar_type()) || memory.scalar_type() != x.scalar_type()
+        || !is_bf16_or_fp32(norm->weight.scalar_type()) || norm->bias.scalar_type() != norm->weight.scalar_type()
+        || !norm->weight.is_contiguous() || !norm->bias.is_contiguous() || !rows_16_byte_aligned(x) || (M > 0 && !rows_16_byte_aligned(memory)))
         return {};
     c10::cuda::CUDAGuard device_guard(x.device());
     auto options = x.options().dtype(torch::kBFloat16);
@@ -52,8 +47,7 @@ std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & 
     args.segment_stride[0] = x.stride(0);
     args.segment_stride[1] = x.stride(1);
     args.eps = (float) norm->eps;
-    const char * error = launch_segment_norm(args, c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
-    TORCH_CHECK(error == nullptr, "segment norm kernel: ", error, " (STUDIO_ATTENTION=sdpa runs LibTorch's kernels instead)");
+    check_kernel_launch(launch_segment_norm(args, current_cuda_stream(x.device())), "segment norm");
     return {keys, queries};
 }
 #endif

@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "device.h"
 #include "language_model.h"
 #include "model_info.h"
 
@@ -163,6 +164,18 @@ private Q_SLOTS:
         QVERIFY(!own_kernels_enabled());
         QVERIFY(!attention->own_kernel_applies(x.to(torch::kBFloat16)));
         QVERIFY(inference_attention_name(torch::kCPU, torch::kBFloat16) == "explicit");
+    }
+
+    // What our kernels' wrappers ask of an operand before a 16-byte load: the start and every row aligned.
+    void kernel_operand_checks() {
+        auto rows = torch::zeros({4, 8}, torch::kBFloat16);                  // rows of 16 bytes
+        QVERIFY(rows_16_byte_aligned(rows));
+        QVERIFY(!rows_16_byte_aligned(rows.narrow(1, 1, 7)));                // starts 2 bytes in
+        QVERIFY(!rows_16_byte_aligned(torch::zeros({4, 7}, torch::kBFloat16))); // rows of 14 bytes
+        QVERIFY(!rows_16_byte_aligned(rows.t()));                            // columns are not unit-stride
+        QVERIFY(rows_16_byte_aligned(torch::zeros({3, 4, 4}, torch::kFloat).narrow(1, 1, 2)));
+        QVERIFY(cuda_compute_dtype(torch::zeros({2}, torch::kFloat)) == torch::kFloat);   // no CUDA autocast here
+        QVERIFY(is_bf16_or_fp32(torch::kBFloat16) && is_bf16_or_fp32(torch::kFloat) && !is_bf16_or_fp32(torch::kHalf));
     }
 
     void keep_mask() {
