@@ -95,16 +95,19 @@ trainbench() {
     --steps 10 --warmup 3 -r 5 --out "$OUT/train-bench" 2>>"$OUT/train-bench.log" | tee -a "$OUT/summary.txt"
 }
 
-# Kernel-time breakdowns of three training steps (batch 24) and three inference segments (batch 32, no loss).
+# Kernel-time breakdowns of three training steps (batch 24) and three inference segments (batch 32, no loss), by
+# kernel and by the operator that launched each kernel.
 profile() {
   log "profile: training step, batch 24, bf16"
   STUDIO_PROFILE=/tmp/train-trace.json $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 \
     --batch-sizes 24 --train-variants ungated --steps 3 --warmup 3 -r 1 --out /tmp/pt > /dev/null 2>&1
   python3 scripts/trace_summary.py /tmp/train-trace.json --top 30 | tee -a "$OUT/summary.txt"
+  python3 scripts/trace_summary.py /tmp/train-trace.json --top 40 --by-op | tee -a "$OUT/summary.txt"
   log "profile: inference segment, batch 32, bf16, no loss, eager"
   STUDIO_PROFILE=/tmp/infer-trace.json $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 --batch-sizes 32 \
     --variants dense --with-loss 0 --cuda-graphs 0 --steps 3 --warmup 2 -r 1 --out /tmp/pi > /dev/null 2>&1
   python3 scripts/trace_summary.py /tmp/infer-trace.json --top 20 | tee -a "$OUT/summary.txt"
+  python3 scripts/trace_summary.py /tmp/infer-trace.json --top 30 --by-op | tee -a "$OUT/summary.txt"
 }
 
 # The inference rows of [bench] 4 (batch 4 and 32, bf16, dense vs the 106/87/59-head models, the layers replayed as
