@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include "apart_attention.h"
 #include "device.h"
 
 #ifdef STUDIO_CUDA_KERNELS
@@ -27,52 +28,11 @@ bool attention_mode_is(const char * mode) {
     return v && std::strcmp(v, mode) == 0;
 }
 bool fused_wanted = !attention_mode_is("explicit");
-// STUDIO_ATTENTION=concat: fused, but inference too joins the persistent columns to the content ones in one kernel.
+// STUDIO_ATTENTION=concat: fused, but the persistent columns join the content ones in one kernel call, in training
+// and inference alike (the layout before they were attended apart; for side-by-side timing).
 const bool apart_wanted = !attention_mode_is("concat");
 // STUDIO_ATTENTION=sdpa: LibTorch's kernels only, none of our own (for side-by-side timing).
 bool own_kernel_wanted = !attention_mode_is("sdpa") && !attention_mode_is("concat");
-} // namespace
-
-torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
-                                    const torch::Tensor & lse_b) {
-    const auto wide = c10::promoteTypes(out_a.scalar_type(), torch::kFloat);   // bf16 parts are joined in fp32
-    auto share_a = torch::sigmoid(lse_a.to(wide) - lse_b.to(wide)).unsqueeze(-1);                    // (...,T,1)
-    return (out_a.to(wide) * share_a + out_b.to(wide) * (1 - share_a)).to(out_a.dtype());            // (...,T,dh)
-}
-
-namespace {
-#if TORCH_VERSION_MAJOR >= 2
-/// Inference attention of an All-attention layer with the persistent columns apart (no gradient: the kernels return
-/// their log-sum-exp without one). The content columns go through one kernel with their bias; the persistent ones,
-/// the same for every batch row, through another with the batch folded into the queries, so the N persistent keys
-/// and values are read once per head instead of copied for every row next to a zero bias of the same size.
-/// q (H,B,T,dh), k/val (H,B,S,dh), content_bias (H,B,T,S) already scaled, mem_k/mem_v (H,N,dh).
-torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
-                                         const torch::Tensor & content_bias, const torch::Tensor & mem_k,
-                                         const torch::Tensor & mem_v, double scale) {
-    const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), N = mem_k.size(1);
-    auto content = at::_scaled_dot_product_efficient_attention(q, k, val, content_bias.to(q.dtype()), /*compute_log_sumexp=*/true,
-                                                               0.0, /*is_causal=*/false, scale);
-    auto content_out = std::get<0>(content);                                 // (H,B,T,dh)
-    auto content_lse = std::get<1>(content).narrow(-1, 0, T);               // (H,B,T): the kernel pads its length
-    auto rows = q.reshape({H, 1, B * T, dh});                                // (H,1,B*T,dh)
-    auto keys = mem_k.to(q.dtype()).unsqueeze(1);                            // (H,1,N,dh)
-    auto values = (mem_v * std::sqrt((double) N)).to(q.dtype()).unsqueeze(1); // (H,1,N,dh)
-    torch::Tensor persistent_out, persistent_lse;
-    // q . mem_k unscaled, as the reference computes it. Flash attention has no fp32 kernel.
-    if (q.scalar_type() == torch::kFloat) {
-        auto part = at::_scaled_dot_product_efficient_attention(rows, keys, values, {}, true, 0.0, false, 1.0);
-        persistent_out = std::get<0>(part);
-        persistent_lse = std::get<1>(part).narrow(-1, 0, B * T);
-    } else {
-        auto part = at::_scaled_dot_product_flash_attention(rows, keys, values, 0.0, false, false, 1.0);
-        persistent_out = std::get<0>(part);
-        persistent_lse = std::get<1>(part);
-    }
-    return merge_attention_parts(content_out, content_lse, persistent_out.view({H, B, T, dh}),  // (H,B,T,dh)
-                                 persistent_lse.view({H, B, T}));
-}
-#endif
 
 #ifdef STUDIO_CUDA_KERNELS
 /// Whether our kernel takes these operands as they are: bf16 on the GPU, a built head size, 16-byte aligned rows.
@@ -322,6 +282,11 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
                            && q.scalar_type() != torch::kDouble;
         if (apart) {
             heads = persistent_apart_attention(q, k, val, content_bias, mem_k, mem_v, scale);
+        } else if (apart_wanted && N > 0 && apart_attention_kernels_take(q, k)) {
+            // Training: the same two kernels with their backward and attention dropout, joined exactly.
+            heads = trainable_apart_attention(q, k, val, content_bias.to(q.dtype()), mem_k.to(q.dtype()),
+                                              (mem_v * std::sqrt((double) N)).to(q.dtype()), scale,
+                                              is_training() ? options.attn_drop() : 0.0);
         } else if (N > 0) {
             // Only contiguous operands: the persistent block is B copies of one (H,1,N,dh) tensor joined along the
             // batch, because copying from a broadcast (expanded) view takes a slow generic strided kernel.

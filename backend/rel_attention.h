@@ -95,12 +95,6 @@ bool own_kernels_enabled();
 /// What computes inference attention on this device in this dtype: "explicit", "sdpa" or "studio-kernel".
 std::string inference_attention_name(const torch::Device & device, torch::ScalarType dtype);
 
-/// Attention over two disjoint sets of keys, computed apart, as one softmax over their union: each part's output
-/// weighted by its share of the softmax mass, sigmoid(lse_a - lse_b). out_a, out_b (..., T, dh); lse_a, lse_b (..., T):
-/// the natural log-sum-exp of each part's (scaled, biased) scores. Part b must have at least one unmasked key per row.
-torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
-                                    const torch::Tensor & lse_b);
-
 /// Transformer-XL's relative shift: out[.., i, j] = x[.., i, j + T-1-i] for the valid (unmasked) entries.
 torch::Tensor rel_shift(const torch::Tensor & x);
 

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "adaptive_io.h"
+#include "apart_attention.h"
 #include "commands.h"
 #include "device.h"
 #include "language_model.h"
@@ -249,6 +250,129 @@ bool check_layer_inference(const torch::Device & device) {
     return pass_bf16 && pass_autocast;
 }
 
+/// Training attention with the persistent columns apart, through LibTorch's kernels (memory-efficient with the
+/// content bias, flash over the persistent columns, each backward given the joined output and log-sum-exp), against
+/// the same contract in fp32 tensor operations: forward and every gradient without dropout; with dropout, that the
+/// backward replays the forward's masks: for the upstream gradient out itself, <out, out> = <dV, V> over both parts
+/// (out is linear in the values for fixed masks; fresh masks would miss by tens of percent).
+/// Tolerance 2.5e-2 of the largest magnitude: the kernels round probabilities and score gradients to bf16 (2^-9
+/// relative) before sums of 128-384 terms; a wrong joined normaliser or correction term is off by O(1).
+bool check_apart_training(const torch::Device & device, int64_t H, int64_t B, int64_t dh, bool model_layout) {
+    const int64_t T = 64, S = 128, N = 256;
+    const double scale = 1.0 / std::sqrt((double) dh);
+    auto options = torch::TensorOptions().device(device);
+    auto bias = torch::randn({H, B, T, S}, options);
+    for (int64_t i = 0; i < T; ++i) bias.select(2, i).narrow(-1, i + S - T + 1, T - 1 - i).fill_(-INFINITY);   // future keys
+    // The model's layout: q, k, v are (H,B,L,dh) views of projections laid out (B,L,H,dh).
+    auto rows = [&](int64_t L) { return model_layout ? torch::randn({B, L, H, dh}, options) : torch::randn({H, B, L, dh}, options); };
+    auto as_heads = [&](const torch::Tensor & t) { return model_layout ? t.permute({2, 0, 1, 3}) : t; };
+    const std::vector<torch::Tensor> inputs = {rows(T), rows(S), rows(S), bias, torch::randn({H, N, dh}, options) * scale,
+                                               torch::randn({H, N, dh}, options)};
+    auto upstream = torch::randn({H, B, T, dh}, options);
+    auto leaves = [&](torch::ScalarType dtype) {
+        std::vector<torch::Tensor> result;
+        for (const auto & t : inputs) result.push_back(t.to(dtype).detach().requires_grad_(true));
+        return result;
+    };
+    auto apart = [&](const std::vector<torch::Tensor> & x, double dropout, AttentionParts parts) {
+        return trainable_apart_attention(as_heads(x[0]), as_heads(x[1]), as_heads(x[2]), x[3], x[4], x[5], scale, dropout, parts);
+    };
+    auto run = [&](torch::ScalarType dtype, AttentionParts parts) {
+        auto x = leaves(dtype);
+        auto out = apart(x, 0.0, parts);
+        (out.to(torch::kFloat) * upstream).sum().backward();
+        Outputs result;
+        result.values.push_back(out.detach().to(torch::kFloat));
+        for (const auto & t : x) result.values.push_back(t.grad().to(torch::kFloat));
+        return result;
+    };
+    const auto reference = run(torch::kFloat, AttentionParts::math);
+    const double math_bf16 = worst_error(run(torch::kBFloat16, AttentionParts::math), reference);
+    const auto kernels = run(torch::kBFloat16, AttentionParts::kernels);
+    const double kernels_bf16 = worst_error(kernels, reference);
+    std::string non_finite;
+    const char * names[] = {"out", "dq", "dk", "dv", "dbias", "dkeys", "dvalues"};
+    for (size_t i = 0; i < kernels.values.size(); ++i)
+        if (!torch::isfinite(kernels.values[i]).all().item<bool>()) non_finite += std::string(" ") + names[i];
+    const bool pass = kernels_bf16 < 2.5e-2 && non_finite.empty();
+    std::printf("selftest: training attention (H %ld, B %ld, dh %ld, %s layout), persistent columns apart (kernels, bf16) vs fp32 "
+                "math: forward and 6 gradients max rel. error %.2e (< 2.5e-2; the math in bf16: %.2e)%s%s %s\n", (long) H, (long) B,
+                (long) dh, model_layout ? "the model's" : "contiguous", kernels_bf16, math_bf16, non_finite.empty() ? "" : "; not finite:",
+                non_finite.c_str(), pass ? "ok" : "FAIL");
+
+    auto x = leaves(torch::kBFloat16);
+    auto out = apart(x, 0.2, AttentionParts::kernels);
+    auto out_f = out.detach().to(torch::kFloat);
+    (out.to(torch::kFloat) * out_f).sum().backward();
+    const double forward_side = (out_f * out_f).sum().item<double>();
+    const double backward_side = (x[2].grad().to(torch::kFloat) * x[2].detach().to(torch::kFloat)).sum().item<double>()
+                                 + (x[5].grad().to(torch::kFloat) * x[5].detach().to(torch::kFloat)).sum().item<double>();
+    const double mismatch = std::abs(forward_side - backward_side) / forward_side;
+    double dropped;
+    {
+        torch::NoGradGuard no_grad;
+        dropped = relative_error(out_f, apart(x, 0.0, AttentionParts::kernels).to(torch::kFloat));
+    }
+    const bool replayed = mismatch < 1e-2 && dropped > 0.05;
+    std::printf("selftest: training attention with dropout 0.2 (kernels): <out,out> vs <dV,V> rel. difference %.2e (< 1e-2), "
+                "output moved %.2f by dropout (> 0.05) %s\n", mismatch, dropped, replayed ? "ok" : "FAIL");
+    return pass && replayed;
+}
+
+/// One training step of a small All-attention model at the numerics check's shapes (4 layers of 4 heads of 32, 128
+/// persistent vectors, 64 tokens after 64 of zero memory, batch 16, no dropout): under bf16 autocast with the fused
+/// attention against the explicit path in fp32. The loss and every gradient must be finite; the loss within 1e-2
+/// nats and the gradients no further from the fp32 ones than twice the explicit bf16 path's own error (+ 1e-2).
+bool check_training_step(const torch::Device & device) {
+    ModelConfig m;
+    m.num_layers = 4;
+    m.num_heads = 4;
+    m.hidden_dim = 128;
+    m.feedforward_dim = 128;
+    m.vocab_size = 1000;
+    m.cutoffs = {200, 500};
+    m.max_len = 128;
+    m.tgt_len = 64;
+    m.mem_len = 64;
+    m.attn_drop = m.proj_drop = m.input_drop = m.output_drop = m.word_drop = 0.0;
+    LanguageModel model(m);
+    model->to(device);
+    model->train();
+    auto tokens = torch::randint(0, m.vocab_size, {16, m.tgt_len + 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
+    auto input = tokens.narrow(1, 0, m.tgt_len), target = tokens.narrow(1, 1, m.tgt_len);
+    std::vector<std::string> names;
+    for (const auto & p : model->named_parameters()) names.push_back(p.key());
+    auto step = [&](bool fused, bool bf16, double & loss) {
+        set_fused_attention(fused);
+        model->zero_grad();
+        torch::Tensor objective;
+        {
+            AutocastGuard autocast(device, bf16);
+            objective = -model->forward(input, target, {}).target_log_prob.mean();
+        }
+        objective.backward();
+        loss = objective.item<double>();
+        Outputs grads;
+        for (const auto & p : model->parameters()) grads.values.push_back(p.grad().defined() ? p.grad().to(torch::kFloat) : torch::zeros_like(p));
+        return grads;
+    };
+    double loss_fp32 = 0, loss_explicit = 0, loss_fused = 0;
+    const auto reference = step(false, false, loss_fp32);
+    const double explicit_error = worst_error(step(false, true, loss_explicit), reference);
+    const auto fused = step(true, true, loss_fused);
+    std::string non_finite;
+    int non_finite_count = 0;
+    for (size_t i = 0; i < fused.values.size(); ++i)
+        if (!torch::isfinite(fused.values[i]).all().item<bool>() && ++non_finite_count <= 4) non_finite += " " + names[i];
+    const double fused_error = worst_error(fused, reference);
+    const bool pass = std::isfinite(loss_fused) && non_finite.empty() && std::abs(loss_fused - loss_fp32) < 1e-2
+                      && fused_error <= 2 * explicit_error + 1e-2;
+    std::printf("selftest: training step of a 4-layer all-attention model, fused bf16 vs explicit fp32: loss %.5f vs %.5f; gradients max "
+                "rel. error %.2e (explicit bf16 %.2e)%s %s\n", loss_fused, loss_fp32, fused_error, explicit_error,
+                non_finite.empty() ? "" : (", " + std::to_string(non_finite_count) + " gradients not finite:" + non_finite).c_str(), pass ? "ok" : "FAIL");
+    return pass;
+}
+
 /// The fused training attention (forward and every gradient) and the inference path, against the explicit one.
 bool check_fused_attention(const torch::Device & device) {
     const bool previous = fused_attention_enabled();
@@ -267,6 +391,13 @@ bool check_fused_attention(const torch::Device & device) {
         const double fused_bf16 = worst_error(run_attention(attention, x, mem, pos, keep, upstream, device, true, true), reference);
         const std::string what = std::string("attention (") + (persistent ? "all-attention, 32 persistent" : "transformer-xl") + ") fused";
         ok = judge(what, fp32_error, explicit_bf16, fused_bf16) && ok;
+    }
+    if (device.is_cuda()) {
+        ok = check_apart_training(device, 2, 3, 64, false) && ok;
+        ok = check_apart_training(device, 4, 16, 32, true) && ok;
+        ok = check_apart_training(device, 4, 16, 32, false) && ok;
+        ok = check_apart_training(device, 2, 3, 64, true) && ok;
+        ok = check_training_step(device) && ok;
     }
     ok = check_inference(device) && ok;
     if (own_kernels_built()) ok = check_layer_inference(device) && ok;

@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "apart_attention.h"
 #include "device.h"
 #include "language_model.h"
 #include "model_info.h"
@@ -126,6 +127,64 @@ private Q_SLOTS:
     // Without a gradient the explicit path runs a few heads at a time when the scores are big: here 2 x 64 x
     // (128 + 2048) fp32 scores per head, 1.1 MB, so chunks of 15 heads and 1 under its 16 MB. It must give what the
     // whole-tensor computation (grad mode, one piece) gives, persistent vectors of every head included.
+    // Training attends to the content and the persistent keys apart too, and each part's backward is handed the
+    // joined output and log-sum-exp. Forward and every gradient must be those of one softmax over all keys, written
+    // here as exactly that (autograd through a concatenation), masked content keys included.
+    void apart_attention_gradients_equal_one_softmax() {
+        const int64_t H = 2, B = 3, T = 4, S = 6, N = 5, dh = 3;
+        const double scale = 0.7;
+        auto leaf = [](std::vector<int64_t> shape) { return torch::randn(shape, torch::kDouble).requires_grad_(true); };
+        auto q = leaf({H, B, T, dh}), k = leaf({H, B, S, dh}), v = leaf({H, B, S, dh}), keys = leaf({H, N, dh}), values = leaf({H, N, dh});
+        auto bias_value = torch::randn({H, B, T, S}, torch::kDouble);
+        for (int64_t i = 0; i < T; ++i)
+            for (int64_t j = i + S - T + 1; j < S; ++j) bias_value.select(2, i).select(2, j).fill_(-INFINITY);   // future keys
+        auto bias = bias_value.requires_grad_(true);
+        auto upstream = torch::randn({H, B, T, dh}, torch::kDouble);
+
+        auto apart = trainable_apart_attention(q, k, v, bias, keys, values, scale, 0.0, AttentionParts::math);
+        (apart * upstream).sum().backward();
+        std::vector<torch::Tensor> apart_grads;
+        for (auto * t : {&q, &k, &v, &bias, &keys, &values}) {
+            apart_grads.push_back(t->grad().clone());
+            t->mutable_grad().zero_();
+        }
+
+        auto content_scores = torch::matmul(q, k.transpose(-1, -2)) * scale + bias;                              // (H,B,T,S)
+        auto persistent_scores = torch::einsum("hbtd,hnd->hbtn", {q, keys});                                      // (H,B,T,N)
+        auto probs = torch::softmax(torch::cat({content_scores, persistent_scores}, -1), -1);
+        auto joined = torch::matmul(probs.narrow(-1, 0, S), v) + torch::einsum("hbtn,hnd->hbtd", {probs.narrow(-1, S, N), values});
+        (joined * upstream).sum().backward();
+
+        QVERIFY2(torch::allclose(apart, joined, 1e-10, 1e-10), "apart forward differs from one softmax");
+        const char * names[] = {"q", "k", "v", "bias", "persistent keys", "persistent values"};
+        size_t i = 0;
+        for (auto * t : {&q, &k, &v, &bias, &keys, &values}) {
+            QVERIFY2(torch::allclose(apart_grads[i], t->grad(), 1e-9, 1e-10), (std::string("gradient of ") + names[i]).c_str());
+            ++i;
+        }
+        QVERIFY(apart_grads[3].select(2, 0).select(2, S - 1).abs().max().item<double>() == 0);   // a masked key has none
+    }
+
+    // With attention dropout each part drops its own probabilities; the backward must replay the very masks of the
+    // forward. The output is linear in the values for fixed masks, so <out, G> = <dV, V> summed over both parts
+    // exactly when it does (a fresh mask would break the identity by O(dropout)).
+    void apart_attention_dropout_backward_replays_the_forward_masks() {
+        const int64_t H = 2, B = 2, T = 5, S = 8, N = 6, dh = 4;
+        torch::manual_seed(11);
+        auto leaf = [](std::vector<int64_t> shape) { return torch::randn(shape, torch::kDouble).requires_grad_(true); };
+        auto q = leaf({H, B, T, dh}), k = leaf({H, B, S, dh}), v = leaf({H, B, S, dh}), keys = leaf({H, N, dh}), values = leaf({H, N, dh});
+        auto bias = torch::zeros({H, B, T, S}, torch::kDouble);
+        auto upstream = torch::randn({H, B, T, dh}, torch::kDouble);
+        auto out = trainable_apart_attention(q, k, v, bias, keys, values, 0.5, 0.4, AttentionParts::math);
+        (out * upstream).sum().backward();
+        const double forward_side = (out * upstream).sum().item<double>();
+        const double backward_side = (v.grad() * v).sum().item<double>() + (values.grad() * values).sum().item<double>();
+        QVERIFY2(std::abs(forward_side - backward_side) < 1e-9 * (1 + std::abs(forward_side)), "backward used other dropout masks");
+        torch::NoGradGuard no_grad;
+        auto undropped = trainable_apart_attention(q, k, v, bias, keys, values, 0.5, 0.0, AttentionParts::math);
+        QVERIFY((out - undropped).abs().max().item<double>() > 1e-3);                          // dropout did act
+    }
+
     void attention_in_head_chunks_equals_whole() {
         const int64_t D = 64, H = 16, dh = 4, N = 2048, B = 2, T = 64, M = 64;
         RelativeAttention attention(RelativeAttentionOptions(D, H, dh).persistent(N));

@@ -1,0 +1,220 @@
+#include "apart_attention.h"
+
+#include <array>
+#include <cmath>
+#include <stdexcept>
+
+#include <torch/torch.h>
+#include <torch/version.h>
+
+namespace studio {
+
+torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
+                                    const torch::Tensor & lse_b) {
+    const auto wide = c10::promoteTypes(out_a.scalar_type(), torch::kFloat);   // bf16 parts are joined in fp32
+    auto share_a = torch::sigmoid(lse_a.to(wide) - lse_b.to(wide)).unsqueeze(-1);                    // (...,T,1)
+    return (out_a.to(wide) * share_a + out_b.to(wide) * (1 - share_a)).to(out_a.dtype());            // (...,T,dh)
+}
+
+namespace {
+
+/// (H,B,T,dh) as (1,H,B*T,dh): the batch folded into the query rows of each head. A view of a (B,T,H,dh) or
+/// (H,B,T,dh) layout; for the flash kernel the former is its own (rows of H heads side by side).
+torch::Tensor as_rows(const torch::Tensor & t) {
+    return t.reshape({1, t.size(0), t.size(1) * t.size(2), t.size(3)});     // (1,H,B*T,dh)
+}
+
+/// One part's forward, as its backward replays it. lse is laid out as the computing kernel lays it out: (X,Y,L')
+/// fp32 with L' >= L (the memory-efficient kernel pads the query length to a multiple of 32).
+struct Part {
+    torch::Tensor out, lse;
+    torch::Tensor seed, offset;   ///< the kernels' dropout state (Philox seed and offset)
+    torch::Tensor dropped;        ///< math: the dropout mask divided by the keep probability (undefined: no dropout)
+};
+
+struct PartGradients {
+    torch::Tensor q, k, v, bias;
+};
+
+/// The kernels' contract in tensor operations. q (X,Y,L,dh), k/v (X,Y,S,dh), bias (X,Y,L,S) or undefined.
+Part math_forward(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & v, const torch::Tensor & bias, double scale,
+                  double dropout) {
+    const auto wide = c10::promoteTypes(q.scalar_type(), torch::kFloat);
+    auto scores = torch::matmul(q.to(wide), k.to(wide).transpose(-1, -2)) * scale;                   // (X,Y,L,S)
+    if (bias.defined()) scores = scores + bias.to(wide);
+    Part part;
+    part.lse = torch::logsumexp(scores, -1);                                                           // (X,Y,L)
+    auto probs = torch::exp(scores - part.lse.unsqueeze(-1));
+    if (dropout > 0) {
+        part.dropped = torch::bernoulli(torch::full_like(probs, 1 - dropout)) / (1 - dropout);
+        probs = probs * part.dropped;
+    }
+    part.out = torch::matmul(probs, v.to(wide)).to(q.scalar_type());                                   // (X,Y,L,dh)
+    return part;
+}
+
+/// The backward of one part given the JOINED output and log-sum-exp: exp(scores - joined lse) are this part's
+/// columns of the joined probabilities, and rowsum(grad x joined out) is the joined softmax's correction, so the
+/// gradients are those of the joined attention (flash attention's backward, written out).
+PartGradients math_backward(const torch::Tensor & grad, const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & v,
+                            const torch::Tensor & bias, const torch::Tensor & out, const torch::Tensor & lse,
+                            const torch::Tensor & dropped, double scale, bool bias_grad) {
+    const auto wide = c10::promoteTypes(q.scalar_type(), torch::kFloat);
+    auto q_w = q.to(wide), k_w = k.to(wide), g = grad.to(wide);
+    auto scores = torch::matmul(q_w, k_w.transpose(-1, -2)) * scale;                                 // (X,Y,L,S)
+    if (bias.defined()) scores = scores + bias.to(wide);
+    auto probs = torch::exp(scores - lse.unsqueeze(-1));
+    auto dropped_probs = dropped.defined() ? probs * dropped : probs;
+    auto dp = torch::matmul(g, v.to(wide).transpose(-1, -2));                                          // (X,Y,L,S)
+    if (dropped.defined()) dp = dp * dropped;
+    auto ds = probs * (dp - (g * out.to(wide)).sum(-1, true));                                         // (X,Y,L,S)
+    PartGradients grads;
+    grads.q = (torch::matmul(ds, k_w) * scale).to(q.scalar_type());                                    // (X,Y,L,dh)
+    grads.k = (torch::matmul(ds.transpose(-1, -2), q_w) * scale).to(k.scalar_type());                  // (X,Y,S,dh)
+    grads.v = torch::matmul(dropped_probs.transpose(-1, -2), g).to(v.scalar_type());                   // (X,Y,S,dh)
+    if (bias_grad) grads.bias = ds.to(bias.scalar_type());
+    return grads;
+}
+
+#if TORCH_VERSION_MAJOR >= 2
+Part content_kernel_forward(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & v, const torch::Tensor & bias,
+                            double scale, double dropout) {
+    auto result = at::_scaled_dot_product_efficient_attention(q, k, v, bias, /*compute_log_sumexp=*/true, dropout, /*is_causal=*/false, scale);
+    return {std::get<0>(result), std::get<1>(result), std::get<2>(result), std::get<3>(result), {}};
+}
+
+Part persistent_kernel_forward(const torch::Tensor & rows, const torch::Tensor & keys, const torch::Tensor & values, double dropout) {
+    auto result = at::_scaled_dot_product_flash_attention(rows, keys, values, dropout, /*is_causal=*/false, /*return_debug_mask=*/false, 1.0);
+    return {std::get<0>(result), std::get<1>(result), std::get<6>(result), std::get<7>(result), {}};
+}
+#endif
+
+struct TrainableApartAttention : public torch::autograd::Function<TrainableApartAttention> {
+    static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & q, const torch::Tensor & k,
+                                 const torch::Tensor & val, const torch::Tensor & content_bias, const torch::Tensor & persistent_keys,
+                                 const torch::Tensor & persistent_values, double scale, double dropout, bool kernels) {
+        const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3);
+        auto rows = as_rows(q);                                                                        // (1,H,B*T,dh)
+        auto keys = persistent_keys.unsqueeze(0), values = persistent_values.unsqueeze(0);            // (1,H,N,dh)
+        Part content, persistent;
+#if TORCH_VERSION_MAJOR >= 2
+        if (kernels) {
+            content = content_kernel_forward(q, k, val, content_bias, scale, dropout);
+            persistent = persistent_kernel_forward(rows, keys, values, dropout);
+        }
+#endif
+        if (!kernels) {
+            content = math_forward(q, k, val, content_bias, scale, dropout);
+            persistent = math_forward(rows, keys, values, {}, 1.0, dropout);   // q . key unscaled, as the reference
+        }
+        auto content_lse = content.lse.narrow(-1, 0, T);                                               // (H,B,T)
+        auto persistent_lse = persistent.lse.view({H, B, T});                                          // (H,B,T)
+        // Laid out as the content part's own output: its kernel's backward reads the output (for the joined
+        // softmax's correction) assuming the layout its forward wrote.
+        auto out = torch::empty_like(content.out);                                                     // (H,B,T,dh)
+        out.copy_(merge_attention_parts(content.out, content_lse, persistent.out.view({H, B, T, dh}), persistent_lse));
+        // The joined log-sum-exp, in the content kernel's (padded) layout, which its backward reads.
+        auto joined_lse = content.lse.clone();                                                         // (H,B,T')
+        joined_lse.narrow(-1, 0, T).copy_(torch::logaddexp(content_lse, persistent_lse));
+        ctx->save_for_backward({q, k, val, content_bias, persistent_keys, persistent_values, out, joined_lse, content.seed,
+                                content.offset, persistent.seed, persistent.offset, content.dropped, persistent.dropped});
+        ctx->saved_data["scale"] = scale;
+        ctx->saved_data["dropout"] = dropout;
+        ctx->saved_data["kernels"] = kernels;
+        ctx->saved_data["bias_grad"] = content_bias.requires_grad();
+        return out;
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext * ctx, torch::autograd::variable_list grads) {
+        const auto saved = ctx->get_saved_variables();
+        const auto & q = saved[0], & k = saved[1], & val = saved[2], & bias = saved[3], & persistent_keys = saved[4],
+                   & persistent_values = saved[5], & out = saved[6], & joined_lse = saved[7];
+        const double scale = ctx->saved_data["scale"].toDouble(), dropout = ctx->saved_data["dropout"].toDouble();
+        const bool kernels = ctx->saved_data["kernels"].toBool(), bias_grad = ctx->saved_data["bias_grad"].toBool();
+        const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), N = persistent_keys.size(1);
+        auto grad = torch::empty_like(out);                                                            // (H,B,T,dh)
+        grad.copy_(grads[0]);                                                                          // out's layout
+        auto rows_lse = joined_lse.narrow(-1, 0, T).contiguous().view({1, H, B * T});                 // (1,H,B*T)
+        auto keys = persistent_keys.unsqueeze(0), values = persistent_values.unsqueeze(0);            // (1,H,N,dh)
+        PartGradients content, persistent;
+#if TORCH_VERSION_MAJOR >= 2
+        if (kernels) {
+            std::tie(content.q, content.k, content.v, content.bias) = at::_scaled_dot_product_efficient_attention_backward(
+                grad, q, k, val, bias, out, joined_lse, saved[8], saved[9], dropout, std::array<bool, 4>{{true, true, true, bias_grad}},
+                /*is_causal=*/false, scale);
+            // The flash kernel's own layout for its output and its gradient: (1,B*T,H,dh) storage.
+            auto flash_rows = [&](const torch::Tensor & t) {
+                return t.permute({1, 2, 0, 3}).contiguous().view({1, B * T, H, dh}).transpose(1, 2);       // (1,H,B*T,dh)
+            };
+            std::tie(persistent.q, persistent.k, persistent.v) = at::_scaled_dot_product_flash_attention_backward(
+                flash_rows(grad), as_rows(q), keys, values, flash_rows(out), rows_lse, /*cum_seq_q=*/{}, /*cum_seq_k=*/{}, B * T, N, dropout,
+                /*is_causal=*/false, saved[10], saved[11], 1.0);
+        }
+#endif
+        if (!kernels) {
+            content = math_backward(grad, q, k, val, bias, out, joined_lse, saved[12], scale, bias_grad);
+            persistent = math_backward(as_rows(grad), as_rows(q), keys, values, {}, as_rows(out), rows_lse, saved[13], 1.0, false);
+        }
+        return {content.q + persistent.q.reshape({H, B, T, dh}), content.k, content.v, bias_grad ? content.bias : torch::Tensor(),
+                persistent.k.squeeze(0), persistent.v.squeeze(0), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    }
+};
+
+} // namespace
+
+bool apart_attention_kernels_take(const torch::Tensor & q, const torch::Tensor & k) {
+#if TORCH_VERSION_MAJOR >= 2
+    const int64_t dh = q.size(-1);
+    const auto dtype = q.scalar_type();
+    return q.is_cuda() && (dtype == torch::kBFloat16 || dtype == torch::kHalf) && k.scalar_type() == dtype && k.size(-2) % 16 == 0
+           && dh % 8 == 0 && dh <= 256;
+#else
+    (void) q;
+    (void) k;
+    return false;
+#endif
+}
+
+torch::Tensor trainable_apart_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
+                                        const torch::Tensor & content_bias, const torch::Tensor & persistent_keys,
+                                        const torch::Tensor & persistent_values, double scale, double dropout, AttentionParts parts) {
+    TORCH_CHECK(parts == AttentionParts::math || apart_attention_kernels_take(q, k),
+                "apart attention: the kernels do not take these operands (", q.scalar_type(), " on ", q.device(), ")");
+    return TrainableApartAttention::apply(q, k, val, content_bias, persistent_keys, persistent_values, scale, dropout,
+                                          parts == AttentionParts::kernels);
+}
+
+#if TORCH_VERSION_MAJOR >= 2
+torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
+                                         const torch::Tensor & content_bias, const torch::Tensor & mem_k,
+                                         const torch::Tensor & mem_v, double scale) {
+    const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), N = mem_k.size(1);
+    auto content = at::_scaled_dot_product_efficient_attention(q, k, val, content_bias.to(q.dtype()), /*compute_log_sumexp=*/true,
+                                                               0.0, /*is_causal=*/false, scale);
+    auto content_out = std::get<0>(content);                                 // (H,B,T,dh)
+    auto content_lse = std::get<1>(content).narrow(-1, 0, T);               // (H,B,T): the kernel pads its length
+    auto rows = q.reshape({H, 1, B * T, dh});                                // (H,1,B*T,dh)
+    auto keys = mem_k.to(q.dtype()).unsqueeze(1);                            // (H,1,N,dh)
+    auto values = (mem_v * std::sqrt((double) N)).to(q.dtype()).unsqueeze(1); // (H,1,N,dh)
+    torch::Tensor persistent_out, persistent_lse;
+    // q . mem_k unscaled, as the reference computes it. Flash attention has no fp32 kernel.
+    if (q.scalar_type() == torch::kFloat) {
+        auto part = at::_scaled_dot_product_efficient_attention(rows, keys, values, {}, true, 0.0, false, 1.0);
+        persistent_out = std::get<0>(part);
+        persistent_lse = std::get<1>(part).narrow(-1, 0, B * T);
+    } else {
+        auto part = at::_scaled_dot_product_flash_attention(rows, keys, values, 0.0, false, false, 1.0);
+        persistent_out = std::get<0>(part);
+        persistent_lse = std::get<1>(part);
+    }
+    return merge_attention_parts(content_out, content_lse, persistent_out.view({H, B, T, dh}),  // (H,B,T,dh)
+                                 persistent_lse.view({H, B, T}));
+}
+#else
+torch::Tensor persistent_apart_attention(const torch::Tensor &, const torch::Tensor &, const torch::Tensor &, const torch::Tensor &,
+                                         const torch::Tensor &, const torch::Tensor &, double) {
+    throw std::runtime_error("apart attention: needs LibTorch 2's fused kernels");
+}
+#endif
+
+} // namespace studio

@@ -1,0 +1,44 @@
+// Attention of an All-attention layer with its two sets of keys computed apart and joined as one softmax: the
+// content columns (memory and segment, with the relative-position term and the mask in an additive bias) and the
+// persistent columns (no bias, the same keys for every batch row, so the batch folds into the query rows). Joining
+// two parts by their log-sum-exps is exact; so is their backward, when each part's backward is given the JOINED
+// output and log-sum-exp (it then recomputes the joined probabilities and the joined softmax correction itself).
+#pragma once
+
+#include <torch/types.h>
+
+namespace studio {
+
+/// Attention over two disjoint sets of keys, computed apart, as one softmax over their union: each part's output
+/// weighted by its share of the softmax mass, sigmoid(lse_a - lse_b). out_a, out_b (..., T, dh); lse_a, lse_b (..., T):
+/// the natural log-sum-exp of each part's (scaled, biased) scores. Part b must have at least one unmasked key per row.
+torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
+                                    const torch::Tensor & lse_b);
+
+/// Inference (no gradient): q (H,B,T,dh), k/val (H,B,S,dh), content_bias (H,B,T,S) already scaled and masked,
+/// mem_k/mem_v (H,N,dh) as the model holds them. The persistent scores are q . mem_k unscaled and the persistent
+/// values mem_v x sqrt(N), as the reference computes them. LibTorch 2 on CUDA only (its fused kernels).
+torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
+                                         const torch::Tensor & content_bias, const torch::Tensor & mem_k,
+                                         const torch::Tensor & mem_v, double scale);
+
+/// How each part is computed.
+enum class AttentionParts {
+    kernels,  ///< LibTorch 2's memory-efficient kernel (content, with its bias) and flash kernel (persistent): CUDA, bf16/fp16
+    math,     ///< the same contract written out in tensor operations (any device and dtype): the kernels' reference
+};
+
+/// Whether the kernels take these operands (LibTorch 2, CUDA, bf16 or fp16, S a multiple of 16, dh a multiple of 8
+/// up to 256).
+bool apart_attention_kernels_take(const torch::Tensor & q, const torch::Tensor & k);
+
+/// Attention with gradients and attention dropout (training). q (H,B,T,dh), k/val (H,B,S,dh), content_bias
+/// (H,B,T,S) scaled and masked (may require a gradient), persistent_keys/values (H,N,dh) in q's dtype, already in
+/// the form the scores use (q . key unscaled; values x sqrt(N)). Returns (H,B,T,dh). Each part drops its own
+/// probabilities with probability dropout (independent masks, as one dropout over the joined probabilities would).
+torch::Tensor trainable_apart_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
+                                        const torch::Tensor & content_bias, const torch::Tensor & persistent_keys,
+                                        const torch::Tensor & persistent_values, double scale, double dropout,
+                                        AttentionParts parts = AttentionParts::kernels);
+
+} // namespace studio
