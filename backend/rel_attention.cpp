@@ -311,8 +311,9 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         heads = heads * weight.view({H, 1, 1, 1}).to(heads.dtype());
         result.closed = sample.closed;
     }
-    auto merged = heads.permute({1, 2, 0, 3}).reshape({B, T, H * dh});      // (B,T,H*dh)
-    result.out = F::linear(merged, o_weight, o_bias);                        // (B,T,D)
+    auto merged = heads.permute({1, 2, 0, 3}).reshape({B * T, H * dh});     // (B*T,H*dh)
+    // addmm on the rows: the bias joins the product's epilogue (a 3-D linear added it in a broadcast pass of its own).
+    result.out = torch::addmm(o_bias, merged, o_weight.t()).view({B, T, options.hidden_dim()}); // (B,T,D)
     return result;
 }
 
