@@ -37,20 +37,31 @@ void HardConcreteGateImpl::pretty_print(std::ostream & stream) const {
 }
 
 GateSample HardConcreteGateImpl::forward(const torch::Tensor & noise) {
+    TORCH_CHECK(!noise.defined() || noise.numel() == options.num_heads(), "gate: noise has ", noise.numel(), " values for ",
+                options.num_heads(), " heads");
+    return sample_hard_concrete(log_alpha, noise, options);
+}
+
+GateSample sample_hard_concrete(const torch::Tensor & log_alpha, const torch::Tensor & noise, const HardConcreteGateOptions & options) {
     torch::Tensor soft;
     if (noise.defined()) {
-        TORCH_CHECK(noise.numel() == options.num_heads(), "gate: noise has ", noise.numel(), " values for ", options.num_heads(), " heads");
-        auto u = noise.to(log_alpha.device(), log_alpha.scalar_type()).clamp(1e-6, 1 - 1e-6);
+        auto u = noise.to(log_alpha.device(), log_alpha.scalar_type()).view(log_alpha.sizes()).clamp(1e-6, 1 - 1e-6);
         soft = torch::sigmoid((torch::log(u) - torch::log1p(-u) + log_alpha) / options.beta());
     } else {
         soft = torch::sigmoid(log_alpha);
     }
-    auto stretched = stretch(soft, options);                       // (H,)
+    auto stretched = stretch(soft, options);                       // (...,H)
     auto hard = (stretched >= kThreshold).to(stretched.scalar_type());
     GateSample sample;
     sample.gate = stretched + (hard - stretched).detach();         // forward: hard; backward: d stretched
-    sample.closed = (hard == 0).sum();
+    sample.closed = (hard == 0).sum(-1);
     return sample;
+}
+
+torch::Tensor output_scaled(const GateSample & sample, int64_t heads) {
+    // Technique 3: open heads scaled by clamp(H / (H - closed + 1e-3), 1, H), a constant for the gradient.
+    auto factor = ((double) heads / ((double) heads - sample.closed.to(torch::kDouble) + 1e-3)).clamp(1.0, (double) heads);
+    return sample.gate * factor.unsqueeze(-1).to(sample.gate.dtype()).detach();
 }
 
 torch::Tensor HardConcreteGateImpl::l0() const {

@@ -45,4 +45,12 @@ public:
 };
 TORCH_MODULE(HardConcreteGate);
 
+/// The gate sample of HardConcreteGate::forward for log_alpha (...,H): several gates with the same options at once
+/// when stacked (G,H), with noise of as many values. closed is then (G,): per gate.
+GateSample sample_hard_concrete(const torch::Tensor & log_alpha, const torch::Tensor & noise, const HardConcreteGateOptions & options);
+
+/// Technique 3, output scaling: each sample's gates times clamp(H / (H - closed + 1e-3), 1, H), a constant for the
+/// gradient (heads = H, the gates per row).
+torch::Tensor output_scaled(const GateSample & sample, int64_t heads);
+
 } // namespace studio

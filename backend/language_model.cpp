@@ -140,8 +140,21 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
         noise = torch::rand({heads}, generator);
         if (input.device().is_cuda()) noise = noise.pin_memory().to(input.device(), /*non_blocking=*/true);
     }
-    int64_t noise_offset = 0;
     LMOutput out;
+    // When every layer's gate is alike (one head count, one set of constants: the gating stage's dense model), all
+    // are sampled in one pass: a few kernels a step instead of some twenty a layer, which at small batches the host
+    // issued more slowly than the GPU ran them.
+    std::vector<torch::Tensor> gate_weights;                                              // (H,) per layer
+    if (gates.enabled && gates_alike()) {
+        std::vector<torch::Tensor> log_alphas;
+        for (const auto & layer : layer_list) log_alphas.push_back(layer->attention->gate->log_alpha);
+        const auto & gate_options = layer_list.front()->attention->gate->options;
+        auto sample = sample_hard_concrete(torch::stack(log_alphas), noise, gate_options);                 // (L,H)
+        auto weights = gates.output_scaling ? output_scaled(sample, gate_options.num_heads()) : sample.gate;
+        gate_weights = weights.unbind(0);
+        out.closed = sample.closed.sum();
+    }
+    int64_t noise_offset = 0;
     for (int64_t l = 0; l < config.num_layers; ++l) {
         // The memory of layer l is its own input, carried to the next segment: its last M positions, which lie in
         // this segment's input alone when M <= T (the reference shapes: 192 and 192), with no copy.
@@ -152,7 +165,9 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
         GateControl control;
         control.enabled = gates.enabled;
         control.output_scaling = gates.output_scaling;
-        if (noise.defined() && layer->attention->gate) {
+        if (!gate_weights.empty()) {
+            control.weight = gate_weights[(size_t) l];
+        } else if (noise.defined() && layer->attention->gate) {
             control.noise = noise.narrow(0, noise_offset, layer->attention->options.num_heads());
             noise_offset += layer->attention->options.num_heads();
         }
@@ -195,6 +210,17 @@ ParameterCounts LanguageModelImpl::parameter_counts() const {
 bool LanguageModelImpl::has_gates() const {
     for (const auto & layer : layer_list) if (layer->attention->gate) return true;
     return false;
+}
+
+bool LanguageModelImpl::gates_alike() const {
+    if (layer_list.empty()) return false;
+    for (const auto & layer : layer_list) {
+        const auto & gate = layer->attention->gate;
+        if (!gate) return false;
+        const auto & a = gate->options, & b = layer_list.front()->attention->gate->options;
+        if (a.num_heads() != b.num_heads() || a.beta() != b.beta() || a.gamma() != b.gamma() || a.zeta() != b.zeta()) return false;
+    }
+    return true;
 }
 
 void LanguageModelImpl::configure_gates(const HardConcreteGateOptions & options) {

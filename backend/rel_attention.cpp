@@ -302,14 +302,13 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
 #endif
     if (!heads.defined()) heads = explicit_attention(q, q + ub.view({H, 1, 1, dh}).to(q.dtype()), k, val, position_scores(), keep, scale);
     if (gates.enabled && gate) {
-        auto sample = gate->forward(gates.noise);
-        auto weight = sample.gate;                                           // (H,)
-        if (gates.output_scaling) {
-            auto factor = ((double) H / ((double) H - sample.closed.to(torch::kDouble) + 1e-3)).clamp(1.0, (double) H);
-            weight = weight * factor.to(weight.dtype()).detach();
+        auto weight = gates.weight;                                          // (H,)
+        if (!weight.defined()) {
+            auto sample = gate->forward(gates.noise);
+            weight = gates.output_scaling ? output_scaled(sample, H) : sample.gate;
+            result.closed = sample.closed;
         }
         heads = heads * weight.view({H, 1, 1, 1}).to(heads.dtype());
-        result.closed = sample.closed;
     }
     auto merged = heads.permute({1, 2, 0, 3}).reshape({B * T, H * dh});     // (B*T,H*dh)
     // addmm on the rows: the bias joins the product's epilogue (a 3-D linear added it in a broadcast pass of its own).

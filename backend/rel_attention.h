@@ -33,6 +33,7 @@ struct GateControl {
     bool enabled = false;          ///< multiply each head's output by its gate (the gating stage and gated eval)
     bool output_scaling = false;   ///< technique 3: scale open heads by clamp(H / (H - closed + 1e-3), 1, H)
     torch::Tensor noise;           ///< (H,) uniform noise for a training sample; undefined = deterministic eval gate
+    torch::Tensor weight;          ///< (H,) the gates already sampled (and scaled) by the caller; then noise is not read
 };
 
 struct AttentionOutput {

@@ -140,6 +140,41 @@ private Q_SLOTS:
         QVERIFY(torch::allclose(b, a * factor, 1e-5, 1e-6));
     }
 
+    // The model samples all layers' gates in one pass (stacked log_alpha); each row must be that layer's own sample:
+    // the same gates, closed counts, output-scaled weights and log_alpha gradients as layer-by-layer sampling.
+    void stacked_gate_sample_equals_each_layers() {
+        const int64_t L = 3, H = 5;
+        HardConcreteGateOptions options(H);
+        std::vector<HardConcreteGate> gates;
+        std::vector<torch::Tensor> log_alphas;
+        for (int64_t l = 0; l < L; ++l) {
+            gates.emplace_back(options);
+            torch::NoGradGuard no_grad;
+            gates.back()->log_alpha.copy_(torch::randn({H}) * 2);
+            log_alphas.push_back(gates.back()->log_alpha);
+        }
+        auto noise = torch::rand({L * H});
+        auto upstream = torch::randn({L, H});
+        auto stacked = sample_hard_concrete(torch::stack(log_alphas), noise, options);           // (L,H)
+        auto stacked_weights = output_scaled(stacked, H);
+        (stacked_weights * upstream).sum().backward();
+        std::vector<torch::Tensor> stacked_grads;
+        for (auto & gate : gates) {
+            stacked_grads.push_back(gate->log_alpha.grad().clone());
+            gate->log_alpha.mutable_grad().zero_();
+        }
+        for (int64_t l = 0; l < L; ++l) {
+            auto own = gates[(size_t) l]->forward(noise.narrow(0, l * H, H));
+            const double factor = std::min((double) H, std::max(1.0, H / (H - own.closed.item<double>() + 1e-3)));
+            (own.gate * factor * upstream[l]).sum().backward();
+            QVERIFY(torch::equal(stacked.gate[l], own.gate));
+            QCOMPARE(stacked.closed[l].item<int64_t>(), own.closed.item<int64_t>());
+            QVERIFY(torch::allclose(stacked_weights[l], own.gate * factor, 1e-6, 0));
+            QVERIFY(torch::allclose(stacked_grads[(size_t) l], gates[(size_t) l]->log_alpha.grad(), 1e-6, 1e-7));
+        }
+        QVERIFY(stacked.closed.sum().item<int64_t>() > 0 && stacked.closed.sum().item<int64_t>() < L * H);   // a mixed sample
+    }
+
     void pruned_model_equals_gated_model_data() {
         QTest::addColumn<int>("type");
         QTest::addColumn<bool>("scaling");
