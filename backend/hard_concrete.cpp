@@ -64,12 +64,16 @@ torch::Tensor output_scaled(const GateSample & sample, int64_t heads) {
     return sample.gate * factor.unsqueeze(-1).to(sample.gate.dtype()).detach();
 }
 
-torch::Tensor HardConcreteGateImpl::l0() const {
+torch::Tensor HardConcreteGateImpl::l0() const { return hard_concrete_l0(log_alpha, options); }
+
+torch::Tensor HardConcreteGateImpl::p_open() const { return hard_concrete_p_open(log_alpha, options); }
+
+torch::Tensor hard_concrete_l0(const torch::Tensor & log_alpha, const HardConcreteGateOptions & options) {
     const double shift = options.beta() * std::log(-options.gamma() / options.zeta());
     return torch::sigmoid(log_alpha - shift).clamp(kClampLow, 1 - kClampLow).sum();
 }
 
-torch::Tensor HardConcreteGateImpl::p_open() const {
+torch::Tensor hard_concrete_p_open(const torch::Tensor & log_alpha, const HardConcreteGateOptions & options) {
     // stretched >= 0.5  <=>  s >= t with t = (0.5 - gamma) / (zeta - gamma);  P(s >= t) = sigmoid(log_alpha - beta * logit(t)).
     const double t = (kThreshold - options.gamma()) / (options.zeta() - options.gamma());
     return torch::sigmoid(log_alpha - options.beta() * std::log(t / (1 - t)));

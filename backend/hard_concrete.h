@@ -49,6 +49,10 @@ TORCH_MODULE(HardConcreteGate);
 /// when stacked (G,H), with noise of as many values. closed is then (G,): per gate.
 GateSample sample_hard_concrete(const torch::Tensor & log_alpha, const torch::Tensor & noise, const HardConcreteGateOptions & options);
 
+/// HardConcreteGate::l0 (summed over every element) and p_open (per element) for log_alpha of any shape.
+torch::Tensor hard_concrete_l0(const torch::Tensor & log_alpha, const HardConcreteGateOptions & options);
+torch::Tensor hard_concrete_p_open(const torch::Tensor & log_alpha, const HardConcreteGateOptions & options);
+
 /// Technique 3, output scaling: each sample's gates times clamp(H / (H - closed + 1e-3), 1, H), a constant for the
 /// gradient (heads = H, the gates per row).
 torch::Tensor output_scaled(const GateSample & sample, int64_t heads);

@@ -146,10 +146,8 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
     // issued more slowly than the GPU ran them.
     std::vector<torch::Tensor> gate_weights;                                              // (H,) per layer
     if (gates.enabled && gates_alike()) {
-        std::vector<torch::Tensor> log_alphas;
-        for (const auto & layer : layer_list) log_alphas.push_back(layer->attention->gate->log_alpha);
         const auto & gate_options = layer_list.front()->attention->gate->options;
-        auto sample = sample_hard_concrete(torch::stack(log_alphas), noise, gate_options);                 // (L,H)
+        auto sample = sample_hard_concrete(stacked_log_alpha(), noise, gate_options);                    // (L,H)
         auto weights = gates.output_scaling ? output_scaled(sample, gate_options.num_heads()) : sample.gate;
         gate_weights = weights.unbind(0);
         out.closed = sample.closed.sum();
@@ -240,7 +238,14 @@ void LanguageModelImpl::configure_gates_constants_only(const GateConfig & gate) 
     }
 }
 
+torch::Tensor LanguageModelImpl::stacked_log_alpha() const {
+    std::vector<torch::Tensor> log_alphas;
+    for (const auto & layer : layer_list) log_alphas.push_back(layer->attention->gate->log_alpha);
+    return torch::stack(log_alphas);                                                      // (L,H)
+}
+
 torch::Tensor LanguageModelImpl::l0() const {
+    if (gates_alike()) return hard_concrete_l0(stacked_log_alpha(), layer_list.front()->attention->gate->options);
     torch::Tensor total;
     for (const auto & layer : layer_list) {
         if (!layer->attention->gate) continue;
@@ -251,6 +256,7 @@ torch::Tensor LanguageModelImpl::l0() const {
 }
 
 torch::Tensor LanguageModelImpl::expected_sparsity() const {
+    if (gates_alike()) return 1.0 - hard_concrete_p_open(stacked_log_alpha(), layer_list.front()->attention->gate->options).mean();
     torch::Tensor open;
     int64_t heads = 0;
     for (const auto & layer : layer_list) {

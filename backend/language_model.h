@@ -60,6 +60,8 @@ public:
     bool has_gates() const;
     /// Every layer has a gate, all with one head count and one set of constants (then sampled in one pass).
     bool gates_alike() const;
+    /// Every layer's log_alpha stacked (L,H), when gates_alike().
+    torch::Tensor stacked_log_alpha() const;
     /// Set the gate constants and re-initialise every log_alpha (the start of a gating stage).
     void configure_gates(const HardConcreteGateOptions & options);
     /// Only the constants (beta, gamma, zeta) of the config's gate section: a loaded model's eval rule then matches.
