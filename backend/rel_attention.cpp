@@ -13,7 +13,11 @@
 #include "device.h"
 
 #ifdef STUDIO_CUDA_KERNELS
+#include <optional>
+
+#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "rel_attention_kernel.h"
 #endif
@@ -41,6 +45,17 @@ bool kernel_takes(const torch::Tensor & q, const torch::Tensor & k, const torch:
     for (const auto * t : {&q, &k, &val, &r})
         if (t->scalar_type() != torch::kBFloat16 || !rows_16_byte_aligned(*t)) return false;
     return true;
+}
+
+/// The persistent columns of every batch row at once: one flash call with the batch folded into the query rows,
+/// reading q in place ((B,T,H,dh) storage as H heads of B*T rows; flash's own layout). q (H,B,T,dh), mem_k/mem_v
+/// (H,N,dh). Returns the output (1,H,B*T,dh) and its log-sum-exp (1,H,B*T); q . mem_k unscaled, as the reference.
+std::pair<torch::Tensor, torch::Tensor> persistent_flash(const torch::Tensor & q, const torch::Tensor & mem_k, const torch::Tensor & mem_v) {
+    const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3);
+    auto rows = q.permute({1, 2, 0, 3}).reshape({1, B * T, H, dh}).transpose(1, 2);                    // (1,H,B*T,dh)
+    auto part = at::_scaled_dot_product_flash_attention(rows, mem_k.to(q.dtype()).unsqueeze(0), mem_v.to(q.dtype()).unsqueeze(0),
+                                                        0.0, false, false, 1.0);
+    return {std::get<0>(part), std::get<1>(part)};
 }
 #endif
 } // namespace
@@ -167,21 +182,13 @@ torch::Tensor RelativeAttentionImpl::attention_of_heads(const torch::Tensor & q,
 
 #ifdef STUDIO_CUDA_KERNELS
 torch::Tensor RelativeAttentionImpl::kernel_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
-                                                     const torch::Tensor & r, const torch::Tensor & u, const torch::Tensor & v, double scale) {
+                                                     const torch::Tensor & r, const torch::Tensor & u, const torch::Tensor & v, double scale,
+                                                     const torch::Tensor & persistent_out, const torch::Tensor & persistent_lse) {
     const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), S = k.size(2), N = options.persistent();
     c10::cuda::CUDAGuard device_guard(q.device());
     RelativeAttentionKernelArgs args;
-    torch::Tensor persistent_out, persistent_lse;
     if (N > 0) {
-        // The persistent keys are the same for every batch row: one flash call with the batch folded into the query
-        // rows, reading q in place ((B,T,H,dh) storage as H heads of B*T rows; flash's own layout).
-        auto rows = q.permute({1, 2, 0, 3}).reshape({1, B * T, H, dh}).transpose(1, 2);                // (1,H,B*T,dh)
-        auto keys = mem_k.to(q.dtype()).unsqueeze(0);                                                   // (1,H,N,dh)
-        auto values = mem_v.to(q.dtype()).unsqueeze(0);                                                 // (1,H,N,dh)
-        // q . mem_k unscaled, as the reference computes it.
-        auto part = at::_scaled_dot_product_flash_attention(rows, keys, values, 0.0, false, false, 1.0);
-        persistent_out = std::get<0>(part);                                                             // (1,H,B*T,dh)
-        persistent_lse = std::get<1>(part);                                                             // (1,H,B*T) fp32
+        TORCH_CHECK(persistent_out.defined(), "relative attention kernel: the persistent columns' part is missing");
         args.persistent_out = persistent_out.data_ptr();
         args.persistent_out_stride[0] = persistent_out.stride(1);
         args.persistent_out_stride[1] = persistent_out.stride(2);
@@ -251,17 +258,37 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     const double scale = 1.0 / std::sqrt((double) dh);
     // Head-major layout (H,B,...): the position and persistent terms are the same for every batch row, so they
     // become H matrix products over B*T rows instead of B*H small ones.
+    const auto & ub = options.own_r_bias() ? u_bias : u;
+    const auto & vb = options.own_r_bias() ? v_bias : v;
     auto q = F::linear(x_n, q_weight).view({B, T, H, dh}).permute({2, 0, 1, 3});     // (H,B,T,dh)
+#ifdef STUDIO_CUDA_KERNELS
+    // Inference only (no gradient to carry, no dropout). The persistent columns need only q: their flash call runs on
+    // a side stream while this one computes the keys, values and positions, and the two join before our kernel (a
+    // fork and join that a CUDA graph captures as two branches: a layer of few heads fills the GPU with neither).
+    const bool own = own_kernel_applies(x_n) && ub.numel() == H * dh && q.scalar_type() == torch::kBFloat16;
+    torch::Tensor persistent_out, persistent_lse;
+    std::optional<at::cuda::CUDAEvent> persistent_done;
+    const auto main_stream = c10::cuda::getCurrentCUDAStream(q.device().index());
+    if (own && N > 0) {
+        auto side_stream = c10::cuda::getStreamFromPool(false, q.device().index());
+        at::cuda::CUDAEvent q_ready;
+        q_ready.record(main_stream);
+        q_ready.block(side_stream);
+        {
+            c10::cuda::CUDAStreamGuard on_side(side_stream);
+            std::tie(persistent_out, persistent_lse) = persistent_flash(q, mem_k, mem_v);
+        }
+        persistent_done.emplace();
+        persistent_done->record(side_stream);
+    }
+#endif
     auto k = F::linear(kv_in, k_weight).view({B, S, H, dh}).permute({2, 0, 1, 3});   // (H,B,S,dh)
     auto val = F::linear(kv_in, v_weight).view({B, S, H, dh}).permute({2, 0, 1, 3}); // (H,B,S,dh)
     auto r = F::linear(pos, r_weight).view({S, H, dh}).transpose(0, 1);              // (H,S,dh)
-    const auto & ub = options.own_r_bias() ? u_bias : u;
-    const auto & vb = options.own_r_bias() ? v_bias : v;
     torch::Tensor heads;                                                     // (H,B,T,dh)
 #ifdef STUDIO_CUDA_KERNELS
-    // Inference only: no gradient to carry, no dropout.
-    if (own_kernel_applies(x_n) && ub.numel() == H * dh && kernel_takes(q, k, val, r))
-        heads = kernel_attention(q, k, val, r, ub, vb, scale);
+    if (persistent_done) persistent_done->block(main_stream);               // joined, whichever path follows
+    if (own && kernel_takes(q, k, val, r)) heads = kernel_attention(q, k, val, r, ub, vb, scale, persistent_out, persistent_lse);
 #endif
     auto position_scores = [&] {
         auto q_rows = (q + vb.view({H, 1, 1, dh}).to(q.dtype())).reshape({H, B * T, dh});                // (H,B*T,dh)
