@@ -198,7 +198,7 @@ PY
 
 # The [repro] comparison (issue #8): both baselines, both gating sweeps, results in $OUT/repro (scripts/repro-gpu.sh).
 # The repro's evaluations and benches run the fused inference attention: check it first (seconds), and stop when it
-# is wrong. STUDIO_ATTENTION=concat (inference without the separate persistent kernel) or =explicit runs them anyway.
+# is wrong. STUDIO_ATTENTION=concat (no separate persistent kernel) or =explicit runs them anyway.
 repro() {
   if [ -z "${STUDIO_ATTENTION:-}" ] && ! $STUDIO selftest --device cuda > "$OUT/repro-selftest.txt" 2>&1; then
     log "repro: studio selftest failed, not run ($OUT/repro-selftest.txt; STUDIO_ATTENTION=concat or explicit to run anyway)"
