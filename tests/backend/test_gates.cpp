@@ -144,6 +144,7 @@ private Q_SLOTS:
     // the same gates, closed counts, output-scaled weights and log_alpha gradients as layer-by-layer sampling.
     void stacked_gate_sample_equals_each_layers() {
         const int64_t L = 3, H = 5;
+        torch::manual_seed(5);
         HardConcreteGateOptions options(H);
         std::vector<HardConcreteGate> gates;
         std::vector<torch::Tensor> log_alphas;
