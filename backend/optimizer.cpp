@@ -37,16 +37,22 @@ Optimizer::Optimizer(OptimizerConfig config, std::vector<ParamGroup> groups) : c
             f.param_ptrs.push_back(p.data_ptr());
             f.grad_ptrs.push_back(p.grad().data_ptr());
         }
+        if (config_.name == "lamb") {
+            f.update = torch::empty({total}, options);
+            f.param_slices = slices_of(f, f.param);
+            f.update_slices = slices_of(f, f.update);
+        }
         flat_.push_back(std::move(f));
     }
 }
 
-std::vector<torch::Tensor> Optimizer::slices(const torch::Tensor & flat, size_t group) const {
+std::vector<torch::Tensor> Optimizer::slices_of(const FlatGroup & f, const torch::Tensor & flat) {
     std::vector<torch::Tensor> result;
-    const auto & f = flat_[group];
     for (size_t i = 0; i < f.numels.size(); ++i) result.push_back(flat.narrow(0, f.offsets[i], f.numels[i]));
     return result;
 }
+
+std::vector<torch::Tensor> Optimizer::slices(const torch::Tensor & flat, size_t group) const { return slices_of(flat_[group], flat); }
 
 void Optimizer::adopt_gradients(size_t group) {
     auto & g = groups_[group];
@@ -107,11 +113,15 @@ void Optimizer::step(double lr) {
         f.exp_avg.lerp_(f.grad, 1 - b1);                                      // m = b1 m + (1 - b1) g
         f.exp_avg_sq.mul_(b2).addcmul_(f.grad, f.grad, 1 - b2);               // v = b2 v + (1 - b2) g^2
         if (config_.name == "lamb") {
-            auto update = f.exp_avg / f.exp_avg_sq.sqrt().add_(eps);          // (numel,)
+            // In the group's own buffer, whose per-tensor views exist already: at small batches the host's cost of
+            // making two views per tensor (hundreds) every step showed in the step time.
+            auto & update = f.update;                                          // (numel,)
+            torch::sqrt_out(update, f.exp_avg_sq).add_(eps);
+            torch::div_out(update, f.exp_avg, update);
             if (g.weight_decay > 0) update.add_(f.param, g.weight_decay);
             // Per-tensor trust ratios from the segment norms, without a host sync: 1 where either norm is 0.
-            auto weight_norm = torch::stack(torch::_foreach_norm(slices(f.param, gi))).clamp(0, 10);   // (tensors,)
-            auto update_norm = torch::stack(torch::_foreach_norm(slices(update, gi)));                 // (tensors,)
+            auto weight_norm = torch::stack(torch::_foreach_norm(f.param_slices)).clamp(0, 10);         // (tensors,)
+            auto update_norm = torch::stack(torch::_foreach_norm(f.update_slices));                     // (tensors,)
             auto trust = torch::where(weight_norm.gt(0).logical_and(update_norm.gt(0)), weight_norm / (update_norm + eps),
                                       torch::ones_like(weight_norm));
             auto per_element = (trust * group_lr).index_select(0, f.segment);                         // (numel,)

@@ -52,12 +52,15 @@ private:
     struct FlatGroup {
         torch::Tensor param, grad, exp_avg, exp_avg_sq;  // (numel,) each
         torch::Tensor segment;                           // (numel,) index of each element's tensor
+        torch::Tensor update;                            // (numel,) LAMB's update, reused every step
+        std::vector<torch::Tensor> param_slices, update_slices;   // per-tensor views, made once (not twice a step)
         std::vector<int64_t> offsets, numels;
         std::vector<const void *> param_ptrs, grad_ptrs;   // where each parameter and its gradient live in the buffers
     };
     /// Re-links gradients that someone replaced (tests assign .grad() directly) into the flat buffer.
     void adopt_gradients(size_t group);
     std::vector<torch::Tensor> slices(const torch::Tensor & flat, size_t group) const;
+    static std::vector<torch::Tensor> slices_of(const FlatGroup & f, const torch::Tensor & flat);
 
     OptimizerConfig config_;
     std::vector<ParamGroup> groups_;
