@@ -268,8 +268,8 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     const bool own = own_kernel_applies(x_n) && ub.numel() == H * dh && q.scalar_type() == torch::kBFloat16;
     torch::Tensor persistent_out, persistent_lse;
     std::optional<at::cuda::CUDAEvent> persistent_done;
-    const auto main_stream = c10::cuda::getCurrentCUDAStream(q.device().index());
     if (own && N > 0) {
+        const auto main_stream = c10::cuda::getCurrentCUDAStream(q.device().index());
         auto side_stream = c10::cuda::getStreamFromPool(false, q.device().index());
         at::cuda::CUDAEvent q_ready;
         q_ready.record(main_stream);
@@ -287,7 +287,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     auto r = F::linear(pos, r_weight).view({S, H, dh}).transpose(0, 1);              // (H,S,dh)
     torch::Tensor heads;                                                     // (H,B,T,dh)
 #ifdef STUDIO_CUDA_KERNELS
-    if (persistent_done) persistent_done->block(main_stream);               // joined, whichever path follows
+    if (persistent_done) persistent_done->block(c10::cuda::getCurrentCUDAStream(q.device().index())); // joined, whichever path follows
     if (own && kernel_takes(q, k, val, r)) heads = kernel_attention(q, k, val, r, ub, vb, scale, persistent_out, persistent_lse);
 #endif
     auto position_scores = [&] {
