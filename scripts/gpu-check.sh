@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|gate|repro|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -140,6 +140,16 @@ kernelbench() {
   done
 }
 layerbench() { inference_rows_and_profiles 0 layers 7 25 "without the loss"; }
+# Training's attention layouts side by side on one machine: the persistent columns in the content columns' kernel
+# call (STUDIO_ATTENTION=concat) against apart (the default), ungated steps at ${LAYOUT_BATCHES:-24,48,64}.
+trainlayouts() {
+  for mode in concat apart; do
+    log "bench --train wt103-all-16l, ungated, attention layout: $mode"
+    STUDIO_ATTENTION=$([ $mode = concat ] && echo concat) $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda \
+      --dtypes bf16 --batch-sizes "${LAYOUT_BATCHES:-24,48,64}" --train-variants ungated --steps 10 --warmup 3 -r 5 \
+      --out "$OUT/train-$mode" 2>>"$OUT/train-bench.log" | tee -a "$OUT/summary.txt"
+  done
+}
 
 # First 200 steps on the GPU in bf16 and fp32 against the CPU's fp32 losses of the same seed and data ([gpu-speed] 3).
 numerics() {
@@ -213,7 +223,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
-    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
+    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|trainlayouts|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
