@@ -162,6 +162,14 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
 
 } // namespace
 
+#if TORCH_VERSION_MAJOR >= 2
+std::pair<torch::Tensor, torch::Tensor> persistent_flash_attention(const torch::Tensor & q, const torch::Tensor & keys,
+                                                                   const torch::Tensor & values) {
+    auto part = persistent_kernel_forward(as_rows(q), keys.unsqueeze(0), values.unsqueeze(0), 0.0);
+    return {part.out, part.lse};                                             // (1,H,B*T,dh), (1,H,B*T)
+}
+#endif
+
 bool apart_attention_kernels_take(const torch::Tensor & q, const torch::Tensor & k) {
 #if TORCH_VERSION_MAJOR >= 2
     const int64_t dh = q.size(-1);

@@ -5,6 +5,8 @@
 // output and log-sum-exp (it then recomputes the joined probabilities and the joined softmax correction itself).
 #pragma once
 
+#include <utility>
+
 #include <torch/types.h>
 
 namespace studio {
@@ -21,6 +23,12 @@ torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Te
 torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
                                          const torch::Tensor & content_bias, const torch::Tensor & mem_k,
                                          const torch::Tensor & mem_v, double scale);
+
+/// The persistent part alone, for every batch row in one flash call (LibTorch 2, CUDA, bf16/fp16, no gradient or
+/// dropout): q (H,B,T,dh) read in place as H heads of B*T query rows; keys/values (H,N,dh) in q's dtype. Returns the
+/// output (1,H,B*T,dh) and its natural log-sum-exp (1,H,B*T); the scores are q . key unscaled.
+std::pair<torch::Tensor, torch::Tensor> persistent_flash_attention(const torch::Tensor & q, const torch::Tensor & keys,
+                                                                   const torch::Tensor & values);
 
 /// How each part is computed.
 enum class AttentionParts {

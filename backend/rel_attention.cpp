@@ -46,17 +46,6 @@ bool kernel_takes(const torch::Tensor & q, const torch::Tensor & k, const torch:
         if (t->scalar_type() != torch::kBFloat16 || !rows_16_byte_aligned(*t)) return false;
     return true;
 }
-
-/// The persistent columns of every batch row at once: one flash call with the batch folded into the query rows,
-/// reading q in place ((B,T,H,dh) storage as H heads of B*T rows; flash's own layout). q (H,B,T,dh), mem_k/mem_v
-/// (H,N,dh). Returns the output (1,H,B*T,dh) and its log-sum-exp (1,H,B*T); q . mem_k unscaled, as the reference.
-std::pair<torch::Tensor, torch::Tensor> persistent_flash(const torch::Tensor & q, const torch::Tensor & mem_k, const torch::Tensor & mem_v) {
-    const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3);
-    auto rows = q.permute({1, 2, 0, 3}).reshape({1, B * T, H, dh}).transpose(1, 2);                    // (1,H,B*T,dh)
-    auto part = at::_scaled_dot_product_flash_attention(rows, mem_k.to(q.dtype()).unsqueeze(0), mem_v.to(q.dtype()).unsqueeze(0),
-                                                        0.0, false, false, 1.0);
-    return {std::get<0>(part), std::get<1>(part)};
-}
 #endif
 } // namespace
 
@@ -265,7 +254,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     // Inference only (no gradient to carry, no dropout). The persistent columns need only q: their flash call runs on
     // a side stream while this one computes the keys, values and positions, and the two join before our kernel (a
     // fork and join that a CUDA graph captures as two branches: a layer of few heads fills the GPU with neither).
-    const bool own = own_kernel_applies(x_n) && ub.numel() == H * dh && q.scalar_type() == torch::kBFloat16;
+    const bool own = own_kernel_applies(x_n) && ub.numel() == H * dh;
     torch::Tensor persistent_out, persistent_lse;
     std::optional<at::cuda::CUDAEvent> persistent_done;
     if (own && N > 0) {
@@ -276,7 +265,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         q_ready.block(side_stream);
         {
             c10::cuda::CUDAStreamGuard on_side(side_stream);
-            std::tie(persistent_out, persistent_lse) = persistent_flash(q, mem_k, mem_v);
+            std::tie(persistent_out, persistent_lse) = persistent_flash_attention(q, mem_k.to(q.dtype()), mem_v.to(q.dtype()));
         }
         persistent_done.emplace();
         persistent_done->record(side_stream);
