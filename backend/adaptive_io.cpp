@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "device.h"
+#include "log_softmax_at.h"
 #include "rel_attention.h"
 
 #ifdef STUDIO_CUDA_KERNELS
@@ -109,13 +110,6 @@ torch::Tensor AdaptiveIOImpl::embed(const torch::Tensor & ids, double word_drop)
 }
 
 namespace {
-/// log_softmax(logits) at one column per row, read in fp32. One fused softmax pass: `logit - logsumexp` made ATen
-/// write (logits - max) and its exp as two more (n,V) tensors, 2.4 GB each in fp32 for the 160k-word cluster at
-/// batch 32 with random targets, where this writes the log-softmax once.
-torch::Tensor log_prob_at(const torch::Tensor & logits, const torch::Tensor & column) {   // (n,V), (n,) -> (n,)
-    return torch::log_softmax(logits.to(torch::kFloat), 1).gather(1, column.unsqueeze(1)).squeeze(1);
-}
-
 /// On the GPU, a product's output rows padded to a multiple of 8 with zero weights and -inf bias, which the softmax
 /// ignores: cuBLAS takes a slow unaligned kernel for an odd count (the head's 20,000 words + 3 clusters, the 67,735
 /// words of WikiText-103's last cluster; 1.5 ms of a batch-32 segment for the head alone). Returns (words + padding, d)
@@ -212,19 +206,18 @@ torch::Tensor AdaptiveIOImpl::target_log_prob(const torch::Tensor & hidden, cons
 
 torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden, const torch::Tensor & target,
                                                    const torch::Tensor & head_weight, const torch::Tensor & head_bias) {
-    if (in_proj.empty()) {
-        auto logits = F::linear(hidden, head_weight, head_bias).to(torch::kFloat);     // (N,V)
-        return log_prob_at(logits, target);
-    }
+    // The logits in the product's own dtype (bf16 under autocast): log_softmax_at reads them as they are on the GPU.
+    if (in_proj.empty()) return log_softmax_at(F::linear(hidden, head_weight, head_bias), target);   // (N,V) -> (N,)
     const int64_t shortlist = bounds[1];
-    auto head_hidden = F::linear(hidden, out_head_proj);                               // (N,D)
-    auto head_log_prob = torch::log_softmax(F::linear(head_hidden, head_weight, head_bias).to(torch::kFloat), 1); // (N, shortlist + C-1)
-    // Shortlist words read their log-prob from the head; tail words get head[cluster] + their tail log-prob.
-    auto head_index = torch::where(target < shortlist, target, torch::zeros_like(target));
-    auto result = head_log_prob.gather(1, head_index.unsqueeze(1)).squeeze(1);        // (N,)
     const int64_t C = num_clusters();
     auto cluster = torch::zeros_like(target);
     for (int64_t i = 1; i < C; ++i) cluster += (target >= bounds[i]).to(torch::kLong);  // (N,) cluster of each row
+    // One head column per row: a shortlist word's own, or its cluster's (column shortlist + i - 1) for a tail word,
+    // which then adds its tail log-prob. One pass over the head's logits; no (N, shortlist + C-1) log-softmax.
+    auto head_column = torch::where(cluster == 0, target, cluster + (shortlist - 1));  // (N,)
+    auto head_hidden = F::linear(hidden, out_head_proj);                               // (N,D)
+    auto head_logits = F::linear(head_hidden, head_weight, head_bias);                 // (N, shortlist + C-1 + padding)
+    auto result = log_softmax_at(head_logits, head_column);                            // (N,)
     auto order = std::get<1>(torch::sort(cluster, /*stable=*/true, 0, false));          // (N,) rows, by cluster
     if (target_log_prob_graph_safe(hidden)) {
         // Our tail kernel finds each cluster's rows on the device (counts and starts never cross to the host), so
@@ -234,8 +227,7 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
         for (int64_t i = 1; i < C; ++i) {
             auto projected = F::linear(hidden, tail_projection(i));                    // (N, d_i): only cluster i's rows are read
             auto tail_lp = tail_log_prob_by_kernel(projected, out_weight[i], out_bias[i], target - bounds[i], order, ranges[i]);
-            auto cluster_lp = head_log_prob.select(1, shortlist + i - 1);              // (N,)
-            result = torch::where(cluster == i, cluster_lp + tail_lp, result);        // tail_lp is written at cluster i's rows
+            result = torch::where(cluster == i, result + tail_lp, result);            // tail_lp is written at cluster i's rows
         }
         return result;
     }
@@ -253,9 +245,8 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
         auto projected = F::linear(h, tail_projection(i));                             // (n, d_i)
         auto column = target.index_select(0, index) - bounds[i];                       // (n,)
         auto tail_lp = tail_log_prob_by_kernel(projected, out_weight[i], out_bias[i], column);
-        if (!tail_lp.defined()) tail_lp = log_prob_at(tail_logits(projected, out_weight[i], out_bias[i]), column); // (n,)
-        auto cluster_lp = head_log_prob.index_select(0, index).select(1, shortlist + i - 1);
-        result = result.index_copy(0, index, cluster_lp + tail_lp);
+        if (!tail_lp.defined()) tail_lp = log_softmax_at(tail_logits(projected, out_weight[i], out_bias[i]), column); // (n,)
+        result = result.index_copy(0, index, result.index_select(0, index) + tail_lp);  // head[cluster] + tail
     }
     return result;
 }

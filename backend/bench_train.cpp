@@ -1,5 +1,6 @@
 #include "bench_train.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
@@ -7,6 +8,7 @@
 
 #include "device.h"
 #include "language_model.h"
+#include "layer_graph.h"
 #include "optimizer.h"
 
 namespace studio {
@@ -42,17 +44,18 @@ namespace {
 // One training step cut into its phases; `mark` runs between them (a timer in the phase run, nothing otherwise).
 template <typename Mark>
 void train_step(LanguageModelImpl & model, Optimizer & optimizer, const torch::Tensor & ids, std::vector<torch::Tensor> & memory,
-                GateSettings gates, double l0_coefficient, const torch::Device & device, bool bf16, uint64_t step, Mark mark) {
+                GateSettings gates, double l0_coefficient, const torch::Device & device, bool bf16, uint64_t step, LayerGraph * graph,
+                Mark mark) {
     const int64_t T = model.config.tgt_len;
     gates.noise_seed = mix_seed(1, 2, step);
-    torch::Tensor loss;
+    LMOutput out;
     {
         AutocastGuard autocast(device, bf16);
-        auto out = model.forward(ids.narrow(1, 0, T), ids.narrow(1, 1, T), memory, gates);
+        out = model.forward(ids.narrow(1, 0, T), ids.narrow(1, 1, T), memory, gates, graph);
         memory = out.memory;
-        loss = -out.target_log_prob.mean();
     }
-    if (gates.enabled) loss = loss + l0_coefficient * model.l0();
+    auto loss = -out.target_log_prob.mean();
+    if (gates.enabled) loss = loss + l0_coefficient * out.l0;
     mark(0);
     optimizer.zero_grad();
     loss.backward();
@@ -85,6 +88,8 @@ std::vector<TrainBenchRow> bench_train_measure(const Config & config, const Trai
                                                    .gamma(config.gate.gamma).zeta(config.gate.zeta));
                     }
                     Optimizer optimizer(config.train.optimizer, make_param_groups(*model, config.train.optimizer.weight_decay, 10.0));
+                    const bool graphs = config.train.cuda_graphs && config.bench.cuda_graphs;
+                    optimizer.use_cuda_graphs(graphs);
                     GateSettings gates;
                     gates.enabled = gated;
                     gates.output_scaling = gated && config.gate.output_scaling;
@@ -92,6 +97,9 @@ std::vector<TrainBenchRow> bench_train_measure(const Config & config, const Trai
                     auto ids = torch::randint(0, model_config.vocab_size, {4, batch, T + 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
                     std::vector<torch::Tensor> memory;
                     uint64_t step = 0;
+                    // As training runs it: the layers replayed from CUDA graphs after the warm-up steps.
+                    LayerGraph layer_graph;
+                    LayerGraph * graph = graphs ? &layer_graph : nullptr;
                     auto no_mark = [](int) {};
                     auto next_ids = [&]() { return ids[(int64_t) (step % 4)]; };
 
@@ -102,24 +110,27 @@ std::vector<TrainBenchRow> bench_train_measure(const Config & config, const Trai
                     row.mem_len = model_config.mem_len;
                     row.dtype = dtype_name;
                     row.device = device_name;
-                    for (int64_t w = 0; w < config.bench.warmup; ++w, ++step) {
-                        train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, no_mark);
+                    // The graph's eager steps and its capture fall in the warm-up, never in the timed steps.
+                    const int64_t warmup = std::max<int64_t>(config.bench.warmup, graph && device.is_cuda() ? LayerGraph::kWarmupSteps + 1 : 0);
+                    for (int64_t w = 0; w < warmup; ++w, ++step) {
+                        train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, graph, no_mark);
                     }
                     device_reset_peak_memory(device);
                     DeviceTimer timer(device);
                     for (int64_t r = 0; r < config.bench.repetitions; ++r) {
                         timer.start();
                         for (int64_t s = 0; s < config.bench.steps; ++s, ++step) {
-                            train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, no_mark);
+                            train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, graph, no_mark);
                         }
                         row.samples_ms.push_back(timer.stop_ms() / (double) config.bench.steps);
                     }
                     row.peak_memory_gb = (double) device_peak_memory(device) / 1e9;
+                    if (layer_graph.replays() > 0) row.device += " (graph)";
                     // The phases, each timed to its end: the host waits between them, so their sum exceeds the step.
                     std::vector<double> phase_ms[3];
                     for (int64_t s = 0; s < config.bench.steps; ++s, ++step) {
                         timer.start();
-                        train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, [&](int phase) {
+                        train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, graph, [&](int phase) {
                             phase_ms[phase].push_back(timer.stop_ms());
                             timer.start();
                         });
@@ -129,7 +140,7 @@ std::vector<TrainBenchRow> bench_train_measure(const Config & config, const Trai
                     if (const char * trace_path = std::getenv("STUDIO_PROFILE"); trace_path && *trace_path && rows.empty()) {
                         TraceRecorder trace;
                         trace.start(trace_path);
-                        for (int s = 0; s < 3; ++s, ++step) train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, no_mark);
+                        for (int s = 0; s < 3; ++s, ++step) train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, graph, no_mark);
                         device_synchronize(device);
                         trace.stop();
                     }

@@ -301,6 +301,7 @@ void read_stage(Section & s, StageConfig & st) {
     s.read("checkpoint_interval", st.checkpoint_interval);
     s.read("keep_checkpoints", st.keep_checkpoints);
     s.read("nan_policy", st.nan_policy);
+    s.read("cuda_graphs", st.cuda_graphs);
     if (st.steps < 0) config_fail(s.field("steps"), "must be >= 0 (0 = use epochs)");
     if (st.steps == 0) positive(s.field("epochs"), st.epochs);
     if (st.batch_size <= 0) config_fail(s.field("batch_size"), "must be at least 1, got " + std::to_string(st.batch_size));

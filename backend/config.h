@@ -89,6 +89,7 @@ struct StageConfig {
     int64_t checkpoint_interval = 0;    // steps between checkpoints; 0 = only at the end
     int64_t keep_checkpoints = 2;       // older complete checkpoints are deleted
     std::string nan_policy = "stop";    // "stop" or "skip" a step whose loss is not finite
+    bool cuda_graphs = true;            // on CUDA: capture the layers' forward and backward once, replay them each step
 };
 
 /// The gating stage: hard-concrete head gates trained with an L0 penalty (reference-model.md sections 2 and 3).

@@ -30,6 +30,7 @@ json stage_to_json(const StageConfig & s) {
         {"schedule", {{"name", s.schedule.name}, {"warmup_steps", s.schedule.warmup_steps}, {"min_lr", s.schedule.min_lr}}},
         {"clip_grad_norm", s.clip_grad_norm}, {"eval_interval", s.eval_interval}, {"log_interval", s.log_interval},
         {"checkpoint_interval", s.checkpoint_interval}, {"keep_checkpoints", s.keep_checkpoints}, {"nan_policy", s.nan_policy},
+        {"cuda_graphs", s.cuda_graphs},
     };
 }
 } // namespace

@@ -6,6 +6,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include "layer_graph.h"
+
 namespace studio {
 
 namespace F = torch::nn::functional;
@@ -109,49 +111,74 @@ std::vector<torch::Tensor> LanguageModelImpl::initial_memory(int64_t batch, cons
 }
 
 LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Tensor & target,
-                                    const std::vector<torch::Tensor> & memory_in, const GateSettings & gates) {
+                                    const std::vector<torch::Tensor> & memory_in, const GateSettings & gates, LayerGraph * graph) {
     const int64_t B = input.size(0), T = input.size(1), D = config.hidden_dim;
     const bool all_attention = config.type == ModelType::AllAttention;
     const auto float_options = pos_emb.defined() ? pos_emb.options() : io->emb[0].options();
     const auto memory = memory_in.empty() ? initial_memory(B, float_options) : memory_in;
     TORCH_CHECK((int64_t) memory.size() == config.num_layers, "model: memory has ", memory.size(), " layers, the model ", config.num_layers);
-    const int64_t M = memory[0].size(1), S = T + M;
     auto input_drop = F::DropoutFuncOptions().p(config.input_drop).training(is_training());
 
     auto h = io->embed(input, config.word_drop);                                          // (B,T,D)
+    h = all_attention ? F::dropout(h, input_drop) * std::sqrt((double) D)                 // scaled after dropout
+                      : F::dropout(h * std::sqrt((double) D), input_drop);
+
+    const auto noise = gate_noise(gates, input.device());                                // (total heads,)
+    auto layers = graph && graph->takes(*this, h) ? graph->run(*this, h, memory, gates, noise) : run_layers(h, memory, gates, noise);
+    LMOutput out;
+    out.memory = std::move(layers.memory);
+    out.closed = layers.closed;
+    out.l0 = layers.l0;
+    h = layers.hidden;
+    if (all_attention) {
+        h = F::dropout(h, F::DropoutFuncOptions().p(config.proj_drop).training(is_training()));
+    } else {
+        h = out_norm->forward(h);
+    }
+    h = F::dropout(h, F::DropoutFuncOptions().p(config.output_drop).training(is_training()));
+    if (!target.defined()) {
+        out.hidden = h;   // no softmax asked for (the benchmark's loss-free workload)
+        return out;
+    }
+    out.target_log_prob = io->target_log_prob(h.reshape({B * T, D}), target.reshape({B * T})).view({B, T});
+    return out;
+}
+
+torch::Tensor LanguageModelImpl::gate_noise(const GateSettings & gates, const torch::Device & device) const {
+    if (!gates.enabled || !is_training() || !has_gates()) return {};
+    // One CPU generator seeded per step and one asynchronous copy, not one blocking copy per layer.
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(gates.noise_seed);
+    int64_t heads = 0;
+    for (const auto & layer : layer_list) if (layer->attention->gate) heads += layer->attention->options.num_heads();
+    auto noise = torch::rand({heads}, generator);                                         // (total heads,)
+    return device.is_cuda() ? noise.pin_memory().to(device, /*non_blocking=*/true) : noise;
+}
+
+LayerStackOutput LanguageModelImpl::run_layers(const torch::Tensor & h_in, const std::vector<torch::Tensor> & memory,
+                                               const GateSettings & gates, const torch::Tensor & noise) {
+    const int64_t T = h_in.size(1), D = config.hidden_dim, M = memory[0].size(1), S = T + M;
+    const bool all_attention = config.type == ModelType::AllAttention;
+    auto input_drop = F::DropoutFuncOptions().p(config.input_drop).training(is_training());
     torch::Tensor pos;                                                                    // (S,D)
     if (all_attention) {
         TORCH_CHECK(S <= config.max_len, "model: ", S, " keys exceed the position table's ", config.max_len, " rows");
-        h = F::dropout(h, input_drop) * std::sqrt((double) D);                            // scaled after dropout
         pos = F::dropout(pos_emb, input_drop).narrow(0, config.max_len - S, S);
     } else {
-        h = F::dropout(h * std::sqrt((double) D), input_drop);
-        pos = F::dropout(sinusoid_positions(S, D, h.options()).to(h.dtype()), input_drop);
+        pos = F::dropout(sinusoid_positions(S, D, h_in.options()).to(h_in.dtype()), input_drop);
     }
-    auto keep = attention_keep_mask(T, M, config.same_length, input.device());
-
-    // The gate noise of all layers comes from one CPU generator seeded per step (the same on every rank and device)
-    // and crosses to the device in one asynchronous copy, not one blocking copy per layer.
-    torch::Tensor noise;                                                                  // (total heads,)
-    if (gates.enabled && is_training() && has_gates()) {
-        auto generator = at::make_generator<at::CPUGeneratorImpl>(gates.noise_seed);
-        int64_t heads = 0;
-        for (const auto & layer : layer_list) if (layer->attention->gate) heads += layer->attention->options.num_heads();
-        noise = torch::rand({heads}, generator);
-        if (input.device().is_cuda()) noise = noise.pin_memory().to(input.device(), /*non_blocking=*/true);
-    }
-    LMOutput out;
+    auto keep = attention_keep_mask(T, M, config.same_length, h_in.device());
+    LayerStackOutput out;
     // When every layer's gate is alike (one head count, one set of constants: the gating stage's dense model), all
-    // are sampled in one pass: a few kernels a step instead of some twenty a layer, which at small batches the host
-    // issued more slowly than the GPU ran them.
+    // are sampled in one pass: a few kernels a step instead of some twenty a layer.
     std::vector<torch::Tensor> gate_weights;                                              // (H,) per layer
     if (gates.enabled && gates_alike()) {
         const auto & gate_options = layer_list.front()->attention->gate->options;
-        auto sample = sample_hard_concrete(stacked_log_alpha(), noise, gate_options);                    // (L,H)
-        auto weights = gates.output_scaling ? output_scaled(sample, gate_options.num_heads()) : sample.gate;
-        gate_weights = weights.unbind(0);
+        auto sample = sample_hard_concrete(stacked_log_alpha(), noise, gate_options);    // (L,H)
+        gate_weights = (gates.output_scaling ? output_scaled(sample, gate_options.num_heads()) : sample.gate).unbind(0);
         out.closed = sample.closed.sum();
     }
+    if (noise.defined()) out.l0 = l0();
+    auto h = h_in;
     int64_t noise_offset = 0;
     for (int64_t l = 0; l < config.num_layers; ++l) {
         // The memory of layer l is its own input, carried to the next segment: its last M positions, which lie in
@@ -173,17 +200,7 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
         h = layer->forward(h, memory[l], pos, keep, u_bias, v_bias, control, &closed);
         if (closed.defined()) out.closed = out.closed.defined() ? out.closed + closed : closed;
     }
-    if (all_attention) {
-        h = F::dropout(h, F::DropoutFuncOptions().p(config.proj_drop).training(is_training()));
-    } else {
-        h = out_norm->forward(h);
-    }
-    h = F::dropout(h, F::DropoutFuncOptions().p(config.output_drop).training(is_training()));
-    if (!target.defined()) {
-        out.hidden = h;   // no softmax asked for (the benchmark's loss-free workload)
-        return out;
-    }
-    out.target_log_prob = io->target_log_prob(h.reshape({B * T, D}), target.reshape({B * T})).view({B, T});
+    out.hidden = h;
     return out;
 }
 

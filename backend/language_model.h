@@ -16,6 +16,8 @@
 
 namespace studio {
 
+class LayerGraph;
+
 /// Parameter counts, tied tensors counted once.
 struct ParameterCounts {
     int64_t total = 0;
@@ -40,7 +42,16 @@ struct LMOutput {
     torch::Tensor target_log_prob;      ///< (B,T) float32 log p(target)
     std::vector<torch::Tensor> memory;  ///< per layer (B,M,D), detached: the next segment's memory
     torch::Tensor closed;               ///< scalar: closed gates in this forward (undefined when gates are off)
+    torch::Tensor l0;                   ///< the L0 term (l0()) of a gated training forward, else undefined
     torch::Tensor hidden;               ///< (B,T,D) final hidden state, set only when no target was given
+};
+
+/// What the layer stack of one forward produces.
+struct LayerStackOutput {
+    torch::Tensor hidden;               ///< (B,T,D) the last layer's output
+    std::vector<torch::Tensor> memory;  ///< per layer (B,M,D), detached
+    torch::Tensor closed;               ///< closed gates sampled inside the layers (undefined when none were)
+    torch::Tensor l0;                   ///< l0() when the layers sampled gates for training
 };
 
 class LanguageModelImpl : public torch::nn::Cloneable<LanguageModelImpl> {
@@ -50,8 +61,19 @@ public:
     void pretty_print(std::ostream & stream) const override;
 
     /// input, target (B,T) int64 (target undefined: stop before the softmax); memory from the previous segment, or empty for zeros (the first segment).
+    /// With `graph`, a CUDA training forward runs its layers from that graph once it has captured them (layer_graph.h).
     LMOutput forward(const torch::Tensor & input, const torch::Tensor & target, const std::vector<torch::Tensor> & memory,
-                     const GateSettings & gates = {});
+                     const GateSettings & gates = {}, LayerGraph * graph = nullptr);
+    /// The layers' part of a forward, what a training graph captures: the positions with their dropout, the keep mask,
+    /// the gates' samples and L0 term, and every layer. h (B,T,D) is the embedded, dropped-out input; memory has a
+    /// (B,M,D) tensor per layer; noise (total heads,) the uniform noise of a training forward's gates (undefined
+    /// without gates, and in eval, where the gates are deterministic).
+    LayerStackOutput run_layers(const torch::Tensor & h, const std::vector<torch::Tensor> & memory, const GateSettings & gates,
+                                const torch::Tensor & noise);
+    /// The uniform noise of a gated training forward's gates, one per head of every gated layer, drawn on the CPU from
+    /// gates.noise_seed (the same on every rank and device) and sent to `device` without waiting; undefined when the
+    /// forward samples no gates.
+    torch::Tensor gate_noise(const GateSettings & gates, const torch::Device & device) const;
 
     /// Zero memory for a batch of B rows (what the first segment attends to).
     std::vector<torch::Tensor> initial_memory(int64_t batch, const torch::TensorOptions & options) const;

@@ -4,9 +4,57 @@
 
 #include <torch/torch.h>
 
+#include "device.h"
+#include "rel_attention.h"   // own_kernels_enabled
+
+#ifdef STUDIO_CUDA_KERNELS
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "lamb_kernel.h"
+#endif
+
 namespace studio {
 
-Optimizer::Optimizer(OptimizerConfig config, std::vector<ParamGroup> groups) : config_(std::move(config)), groups_(std::move(groups)) {
+struct Optimizer::Graphs {
+    bool enabled = false;
+    torch::Tensor lr;                    // (1,) float on the device: the schedule's rate, filled before each step
+#ifdef STUDIO_CUDA_KERNELS
+    int64_t clip_calls = 0, step_calls = 0;
+    double clip_max_norm = 0;
+    std::unique_ptr<at::cuda::CUDAGraph> clip, step;
+    torch::Tensor clip_norm;             // the captured clip's result, rewritten by every replay
+
+    /// Captures `body` on a side stream (a capture does not run it), then replays it once.
+    template <typename Body>
+    static std::unique_ptr<at::cuda::CUDAGraph> capture(const torch::Device & device, Body body) {
+        auto graph = std::make_unique<at::cuda::CUDAGraph>();
+        auto side = c10::cuda::getStreamFromPool(false, device.index());
+        {
+            c10::cuda::CUDAStreamGuard on_side(side);
+            graph->capture_begin();
+            body();
+            graph->capture_end();
+        }
+        graph->replay();
+        return graph;
+    }
+#endif
+};
+
+Optimizer::~Optimizer() = default;
+
+void Optimizer::use_cuda_graphs(bool enabled) { graphs_->enabled = enabled; }
+
+bool Optimizer::graphs_apply() const {
+    if (!graphs_->enabled || flat_.empty()) return false;
+    for (const auto & f : flat_) if (!lamb_kernels_take(f)) return false;
+    return true;
+}
+
+Optimizer::Optimizer(OptimizerConfig config, std::vector<ParamGroup> groups)
+    : config_(std::move(config)), groups_(std::move(groups)), graphs_(std::make_unique<Graphs>()) {
     torch::NoGradGuard no_grad;
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
         auto & g = groups_[gi];
@@ -87,6 +135,25 @@ std::vector<torch::Tensor> Optimizer::flat_gradients() {
 }
 
 torch::Tensor Optimizer::clip_gradients(double max_norm) {
+#ifdef STUDIO_CUDA_KERNELS
+    if (graphs_apply()) {
+        auto & g = *graphs_;
+        flat_gradients();   // re-links replaced gradients into the buffers the graph reads
+        if (g.clip && g.clip_max_norm == max_norm) {
+            g.clip->replay();
+            return g.clip_norm;
+        }
+        if (g.clip_calls++ > 0) {   // the first call ran eagerly, so its kernels are loaded
+            g.clip_max_norm = max_norm;
+            g.clip = Graphs::capture(flat_.front().grad.device(), [&] { g.clip_norm = clip_eagerly(max_norm); });
+            return g.clip_norm;
+        }
+    }
+#endif
+    return clip_eagerly(max_norm);
+}
+
+torch::Tensor Optimizer::clip_eagerly(double max_norm) {
     torch::NoGradGuard no_grad;
     auto grads = flat_gradients();
     if (grads.empty()) return torch::zeros({});
@@ -100,7 +167,76 @@ torch::Tensor Optimizer::clip_gradients(double max_norm) {
     return total;
 }
 
+bool Optimizer::lamb_kernels_take(const FlatGroup & f) const {
+#ifdef STUDIO_CUDA_KERNELS
+    return config_.name == "lamb" && f.param.is_cuda() && f.param.scalar_type() == torch::kFloat && f.segment.scalar_type() == torch::kInt
+           && own_kernels_enabled();
+#else
+    (void) f;
+    return false;
+#endif
+}
+
+void Optimizer::lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, double lr_scale, double weight_decay) {
+#ifdef STUDIO_CUDA_KERNELS
+    c10::cuda::CUDAGuard device_guard(f.param.device());
+    void * stream = current_cuda_stream(f.param.device());
+    LambMomentsKernelArgs moments;
+    moments.grad = f.grad.data_ptr<float>();
+    moments.param = f.param.data_ptr<float>();
+    moments.exp_avg = f.exp_avg.data_ptr<float>();
+    moments.exp_avg_sq = f.exp_avg_sq.data_ptr<float>();
+    moments.update = f.update.data_ptr<float>();
+    moments.n = f.param.numel();
+    moments.one_minus_beta1 = (float) (1 - config_.beta1);
+    moments.beta2 = (float) config_.beta2;
+    moments.one_minus_beta2 = (float) (1 - config_.beta2);
+    moments.eps = (float) config_.eps;
+    moments.weight_decay = (float) weight_decay;
+    check_kernel_launch(launch_lamb_moments(moments, stream), "LAMB moments");
+    auto step_sizes = trust_ratios(f).mul_(lr).mul_(lr_scale);                          // (tensors,)
+    LambApplyKernelArgs apply;
+    apply.param = f.param.data_ptr<float>();
+    apply.update = f.update.data_ptr<float>();
+    apply.step = step_sizes.data_ptr<float>();
+    apply.segment = f.segment.data_ptr<int32_t>();
+    apply.n = f.param.numel();
+    check_kernel_launch(launch_lamb_apply(apply, stream), "LAMB apply");
+#else
+    (void) f, (void) lr, (void) lr_scale, (void) weight_decay;
+#endif
+}
+
+torch::Tensor Optimizer::trust_ratios(const FlatGroup & f) const {
+    // Per-tensor trust ratios from the segment norms, without a host sync: 1 where either norm is 0.
+    auto weight_norm = torch::stack(torch::_foreach_norm(f.param_slices)).clamp(0, 10);         // (tensors,)
+    auto update_norm = torch::stack(torch::_foreach_norm(f.update_slices));                     // (tensors,)
+    return torch::where(weight_norm.gt(0).logical_and(update_norm.gt(0)), weight_norm / (update_norm + config_.eps),
+                        torch::ones_like(weight_norm));
+}
+
 void Optimizer::step(double lr) {
+#ifdef STUDIO_CUDA_KERNELS
+    if (graphs_apply()) {
+        auto & g = *graphs_;
+        if (g.step || g.step_calls++ > 0) {
+            for (size_t gi = 0; gi < groups_.size(); ++gi) adopt_gradients(gi);
+            if (!g.lr.defined()) g.lr = torch::empty({1}, flat_.front().param.options());
+            g.lr.fill_(lr);   // outside the graph, which reads it
+            if (g.step) {
+                ++steps_;
+                g.step->replay();
+            } else {
+                g.step = Graphs::capture(flat_.front().param.device(), [&] { step_eagerly(lr, /*fill_lr=*/false); });
+            }
+            return;
+        }
+    }
+#endif
+    step_eagerly(lr, true);
+}
+
+void Optimizer::step_eagerly(double lr, bool fill_lr) {
     torch::NoGradGuard no_grad;
     ++steps_;
     const double b1 = config_.beta1, b2 = config_.beta2, eps = config_.eps;
@@ -110,6 +246,12 @@ void Optimizer::step(double lr) {
         if (f.numels.empty() || f.param.numel() == 0) continue;
         adopt_gradients(gi);
         const double group_lr = lr * g.lr_scale;
+        if (lamb_kernels_take(f)) {
+            if (!graphs_->lr.defined()) graphs_->lr = torch::empty({1}, f.param.options());
+            if (fill_lr) graphs_->lr.fill_(lr);   // else step() filled it before this capture: a capture runs nothing
+            lamb_step_by_kernels(f, graphs_->lr, g.lr_scale, g.weight_decay);
+            continue;
+        }
         f.exp_avg.lerp_(f.grad, 1 - b1);                                      // m = b1 m + (1 - b1) g
         f.exp_avg_sq.mul_(b2).addcmul_(f.grad, f.grad, 1 - b2);               // v = b2 v + (1 - b2) g^2
         if (config_.name == "lamb") {
@@ -119,12 +261,7 @@ void Optimizer::step(double lr) {
             torch::sqrt_out(update, f.exp_avg_sq).add_(eps);
             torch::div_out(update, f.exp_avg, update);
             if (g.weight_decay > 0) update.add_(f.param, g.weight_decay);
-            // Per-tensor trust ratios from the segment norms, without a host sync: 1 where either norm is 0.
-            auto weight_norm = torch::stack(torch::_foreach_norm(f.param_slices)).clamp(0, 10);         // (tensors,)
-            auto update_norm = torch::stack(torch::_foreach_norm(f.update_slices));                     // (tensors,)
-            auto trust = torch::where(weight_norm.gt(0).logical_and(update_norm.gt(0)), weight_norm / (update_norm + eps),
-                                      torch::ones_like(weight_norm));
-            auto per_element = (trust * group_lr).index_select(0, f.segment);                         // (numel,)
+            auto per_element = (trust_ratios(f) * group_lr).index_select(0, f.segment);                // (numel,)
             f.param.addcmul_(update, per_element, -1.0);
         } else {
             const double c1 = 1 - std::pow(b1, (double) steps_), c2 = 1 - std::pow(b2, (double) steps_);

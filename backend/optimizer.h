@@ -7,6 +7,7 @@
 // is a third of its step on a GPU), and zeroing, clipping and the data-parallel all-reduce are one call each.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,14 @@ public:
     /// Moves every parameter into its group's flat buffer (same values, same device): build the optimizer after
     /// the model is on its device and do not move the model afterwards (step() checks).
     Optimizer(OptimizerConfig config, std::vector<ParamGroup> groups);
+    ~Optimizer();
+    Optimizer(const Optimizer &) = delete;
+    Optimizer & operator=(const Optimizer &) = delete;
+
+    /// Where LAMB runs by our CUDA kernels (all groups on a CUDA device): after one eager call each, clip_gradients
+    /// and step are captured as CUDA graphs and replayed, a launch each for what the host issued as some sixty (the
+    /// learning rate reaches the graph through a device scalar). Off by default.
+    void use_cuda_graphs(bool enabled);
 
     /// One update of every parameter at learning rate `lr` (before each group's scale). A parameter whose gradient
     /// autograd never touched counts as having a zero gradient, so a resumed run updates exactly the parameters an
@@ -41,7 +50,7 @@ public:
     std::vector<torch::Tensor> flat_gradients();
     /// Scales the gradients so that their global norm is at most `max_norm` (no-op for max_norm <= 0), as
     /// torch.nn.utils.clip_grad_norm_ does; returns the norm before clipping as a 0-dim tensor on the device,
-    /// so no step waits for the host.
+    /// so no step waits for the host (from a graph: its buffer, valid until the next call).
     torch::Tensor clip_gradients(double max_norm);
 
     TensorMap state() const;
@@ -57,15 +66,27 @@ private:
         std::vector<int64_t> offsets, numels;
         std::vector<const void *> param_ptrs, grad_ptrs;   // where each parameter and its gradient live in the buffers
     };
+    struct Graphs;
+    torch::Tensor clip_eagerly(double max_norm);
+    void step_eagerly(double lr, bool fill_lr);
+    /// Whether the graphs apply: enabled, and every group updated by our kernels.
+    bool graphs_apply() const;
     /// Re-links gradients that someone replaced (tests assign .grad() directly) into the flat buffer.
     void adopt_gradients(size_t group);
     std::vector<torch::Tensor> slices(const torch::Tensor & flat, size_t group) const;
     static std::vector<torch::Tensor> slices_of(const FlatGroup & f, const torch::Tensor & flat);
+    /// LAMB's per-tensor lr multipliers ||p||.clamp(0,10) / (||update|| + eps), 1 where either norm is 0: (tensors,).
+    torch::Tensor trust_ratios(const FlatGroup & f) const;
+    /// Whether our CUDA kernels (lamb_kernel.h) update this group: two passes over its buffers instead of a dozen.
+    bool lamb_kernels_take(const FlatGroup & f) const;
+    /// lr: (1,) on the device, the schedule's rate (before the group's scale).
+    void lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, double lr_scale, double weight_decay);
 
     OptimizerConfig config_;
     std::vector<ParamGroup> groups_;
     std::vector<FlatGroup> flat_;
     int64_t steps_ = 0;
+    std::unique_ptr<Graphs> graphs_;
 };
 
 /// The reference's groups: no weight decay for norms and gates; gates at lr x gate_lr_multiplier.

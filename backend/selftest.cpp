@@ -1,6 +1,6 @@
 // `studio selftest`: numerical checks that need the machine's own device, above all the fused GPU attention
 // against the explicit reference computation (forward and every gradient; and the inference path, whose persistent
-// columns take their own kernel), which CPU tests cannot reach.
+// columns take their own kernel), which CPU tests cannot reach. The loss's checks are in selftest_loss.cpp.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -9,12 +9,12 @@
 
 #include <torch/torch.h>
 
-#include "adaptive_io.h"
 #include "apart_attention.h"
 #include "commands.h"
 #include "device.h"
 #include "language_model.h"
 #include "rel_attention.h"
+#include "selftest_checks.h"
 #include "transformer_layer.h"
 
 namespace studio {
@@ -122,85 +122,6 @@ bool check_inference(const torch::Device & device) {
                         shape.name, kernel_bf16, explicit_bf16, pass ? "ok" : "FAIL");
             ok = pass && ok;
         }
-    }
-    return ok;
-}
-
-/// The adaptive softmax's log-probs on the device against the CPU in float64, with an odd-sized last cluster (the
-/// GPU pads it) and targets in every cluster. fp32 must agree to rounding; bf16 is compared with the same bf16-rounded
-/// weights and hidden states on the CPU: the device rounds its intermediate products to bf16, a few hundredths of a
-/// nat at these magnitudes, where a wrong padding or row order is off by whole nats.
-bool check_loss(const torch::Device & device) {
-    bool ok = true;
-    AdaptiveIO io(AdaptiveIOOptions(3001, 64).cutoffs({1000, 2000}).div_value(4));
-    {
-        torch::NoGradGuard no_grad;
-        for (auto & p : io->parameters()) p.uniform_(-0.3, 0.3);
-    }
-    io->eval();
-    auto hidden = torch::randn({256, 64});
-    auto target = torch::randint(0, 3001, {256}, torch::kLong);
-    const bool previous_own = own_kernels_enabled();
-    std::vector<bool> kernel_choices{false};
-    if (previous_own) kernel_choices.push_back(true);   // the tails through our kernel, and through LibTorch's
-    for (const bool own : kernel_choices)
-    for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
-        set_own_kernels(own);
-        torch::NoGradGuard no_grad;
-        io->to(torch::kCPU, dtype);
-        auto rounded_hidden = hidden.to(dtype);
-        io->to(torch::kCPU, torch::kDouble);
-        auto reference = io->target_log_prob(rounded_hidden.to(torch::kDouble), target);
-        io->to(device, dtype);
-        auto got = io->target_log_prob(rounded_hidden.to(device), target.to(device)).to(torch::kCPU, torch::kDouble);
-        const double error = (got - reference).abs().max().item<double>();
-        const double limit = dtype == torch::kFloat ? 1e-4 : 0.05;
-        const bool pass = std::isfinite(error) && error < limit;
-        std::printf("selftest: adaptive softmax (3001 words, last cluster 1001) %s on %s%s vs CPU float64: max abs error %.2e (< %.0e) %s\n",
-                    dtype == torch::kFloat ? "fp32" : "bf16", device.str().c_str(), own ? ", tails by our kernel" : "", error, limit,
-                    pass ? "ok" : "FAIL");
-        ok = pass && ok;
-        io->to(torch::kCPU, torch::kFloat);
-    }
-    set_own_kernels(previous_own);
-    if (previous_own) {
-        // At the reference's size (WikiText-103's 267,735 words; a 160,000-word tail of width 32), where the kernel
-        // splits each row's words over many blocks: our tails against LibTorch's product and softmax. fp32 takes the
-        // kernel's fp32 path, bf16 its tensor-core path; LibTorch's forms the same products in fp32.
-        AdaptiveIO big(AdaptiveIOOptions(267735, 512).cutoffs({20000, 40000, 200000}).div_value(4));
-        big->eval();
-        torch::NoGradGuard no_grad;
-        auto rows = torch::randn({4096, 512}, torch::TensorOptions().device(device));
-        auto words = torch::randint(0, 267735, {4096}, torch::TensorOptions().dtype(torch::kLong).device(device));
-        // fp32 weights under bf16 autocast (evaluation during training): our kernel multiplies the bf16 rows by the
-        // fp32 weights, LibTorch's product rounds the weights to bf16 too, so both are judged against float64.
-        // First, while the weights are still fp32 (the loop below rounds them to bf16).
-        big->to(device, torch::kDouble);
-        auto exact = big->target_log_prob(rows.to(torch::kDouble), words);
-        big->to(device, torch::kFloat);
-        double errors[2];
-        for (const bool own : {false, true}) {
-            AutocastGuard autocast(device, true);
-            set_own_kernels(own);
-            errors[own] = (big->target_log_prob(rows, words).to(torch::kDouble) - exact).abs().max().item<double>();
-        }
-        const bool pass_autocast = std::isfinite(errors[1]) && errors[1] <= errors[0] + 1e-4;
-        std::printf("selftest: adaptive softmax (267735 words) under autocast on %s vs float64: max abs error, tails by our kernel %.2e, "
-                    "by LibTorch's %.2e %s\n", device.str().c_str(), errors[1], errors[0], pass_autocast ? "ok" : "FAIL");
-        ok = pass_autocast && ok;
-        for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
-            big->to(device, dtype);
-            set_own_kernels(false);
-            auto libtorch = big->target_log_prob(rows.to(dtype), words);
-            set_own_kernels(true);
-            auto ours = big->target_log_prob(rows.to(dtype), words);
-            const double error = (ours - libtorch).abs().max().item<double>();
-            const bool pass = std::isfinite(error) && error < 1e-3;
-            std::printf("selftest: adaptive softmax (267735 words) %s on %s, tails by our kernel vs LibTorch's: max abs error %.2e (< 1e-03) %s\n",
-                        dtype == torch::kFloat ? "fp32" : "bf16", device.str().c_str(), error, pass ? "ok" : "FAIL");
-            ok = pass && ok;
-        }
-        set_own_kernels(previous_own);
     }
     return ok;
 }
@@ -324,17 +245,7 @@ bool check_apart_training(const torch::Device & device, int64_t H, int64_t B, in
 /// attention against the explicit path in fp32. The loss and every gradient must be finite; the loss within 1e-2
 /// nats and the gradients no further from the fp32 ones than twice the explicit bf16 path's own error (+ 1e-2).
 bool check_training_step(const torch::Device & device) {
-    ModelConfig m;
-    m.num_layers = 4;
-    m.num_heads = 4;
-    m.hidden_dim = 128;
-    m.feedforward_dim = 128;
-    m.vocab_size = 1000;
-    m.cutoffs = {200, 500};
-    m.max_len = 128;
-    m.tgt_len = 64;
-    m.mem_len = 64;
-    m.attn_drop = m.proj_drop = m.input_drop = m.output_drop = m.word_drop = 0.0;
+    const ModelConfig m = small_training_config();
     LanguageModel model(m);
     model->to(device);
     model->train();
@@ -417,8 +328,17 @@ int selftest_command(const std::string & device_name) {
     }
     torch::manual_seed(7);
     bool ok = check_loss(device);
+    if (device.is_cuda()) {
+        if (own_kernels_enabled()) {
+            ok = check_log_softmax_at(device) && ok;
+            ok = check_lamb_kernels(device) && ok;
+        } else {
+            std::printf("selftest: log_softmax_at's kernels are not built or are off here; LibTorch's path is the CPU tests' subject\n");
+        }
+    }
     if (fused_attention_available(device)) {
         ok = check_fused_attention(device) && ok;
+        if (device.is_cuda()) ok = check_layer_graph(device) && ok;
     } else {
         std::printf("selftest: fused attention is not used on %s with this LibTorch; the explicit path is the CPU tests' subject\n",
                     device.str().c_str());

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "device.h"
+#include "layer_graph.h"
 #include "lm_batcher.h"
 #include "optimizer.h"
 #include "run_dir.h"
@@ -103,6 +104,7 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
     const int64_t total_steps = sc.steps > 0 ? sc.steps : std::max<int64_t>(1, (int64_t) std::ceil(sc.epochs * (double) steps_per_epoch));
 
     Optimizer optimizer(sc.optimizer, make_param_groups(*model, sc.optimizer.weight_decay, gating ? gc.gate_lr_multiplier : 1.0));
+    optimizer.use_cuda_graphs(sc.cuda_graphs);
     GateSettings gates = stage_gate_settings(config, stage, *model);
 
     TrainingState state;
@@ -161,6 +163,10 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
     // STUDIO_PROFILE=trace.json records steps 5-14 as a Chrome trace (chrome://tracing) to find the hot spots.
     const char * profile_path = std::getenv("STUDIO_PROFILE");
     TraceRecorder trace;
+    // On CUDA the layers run from two CUDA graphs after the warm-up steps (layer_graph.h), and the optimizer from two
+    // more: the same kernels, a few launches instead of thousands.
+    LayerGraph layer_graph;
+    LayerGraph * graph = sc.cuda_graphs ? &layer_graph : nullptr;
     while (state.step < total_steps) {
         if (profile_path && *profile_path && ctx.rank() == 0) {
             if (state.step == 5) trace.start(profile_path);
@@ -182,12 +188,12 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
         LMOutput out;
         {
             AutocastGuard autocast(ctx.device, ctx.bf16);
-            out = model->forward(batch.input, batch.target, memory, gates);
+            out = model->forward(batch.input, batch.target, memory, gates, graph);
         }
         ce = -out.target_log_prob.mean();
         loss = ce;
         if (gating) {
-            l0 = model->l0();
+            l0 = out.l0.defined() ? out.l0 : model->l0();   // the forward's own (from the graph, when it replays)
             expected = model->expected_sparsity();
             if (gc.target_sparsity) {
                 // Lagrangian relaxation (as CoFi does): the multipliers rise until the expected sparsity meets the

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|gate|repro|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -151,6 +151,16 @@ trainlayouts() {
   done
 }
 
+# Training with the layers replayed from CUDA graphs against eager layers (--cuda-graphs 0), same build and machine,
+# both variants at ${GRAPH_BATCHES:-24,64}.
+traingraphs() {
+  for mode in 0 1; do
+    log "bench --train wt103-all-16l, layers from CUDA graphs: $mode"
+    $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 --batch-sizes "${GRAPH_BATCHES:-24,64}" \
+      --cuda-graphs $mode --steps 10 --warmup 3 -r 5 --out "$OUT/train-graphs-$mode" 2>>"$OUT/train-bench.log" | tee -a "$OUT/summary.txt"
+  done
+}
+
 # First 200 steps on the GPU in bf16 and fp32 against the CPU's fp32 losses of the same seed and data ([gpu-speed] 3).
 numerics() {
   for precision in bf16 fp32; do
@@ -223,7 +233,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
-    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|trainlayouts|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
+    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|trainlayouts|traingraphs|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done

@@ -6,6 +6,10 @@
 #include <QTest>
 
 #include <cmath>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "apart_attention.h"
 #include "device.h"
@@ -330,6 +334,77 @@ private Q_SLOTS:
         AdaptiveIO tied(AdaptiveIOOptions(40, 8).cutoffs({10, 25}).div_value(2));
         QVERIFY(tied->out_weight[1].is_same(tied->emb[1]));
         QCOMPARE(tied->widths, (std::vector<int64_t>{8, 4, 2}));
+    }
+
+    // Log-probs and gradients (hidden rows, every output weight, bias and projection) against the full softmax over
+    // the concatenated vocabulary, built here in float64: the head's log-softmax for shortlist words; the head's
+    // cluster column plus the tail's own log-softmax for tail words. Targets at both ends of the shortlist and of
+    // every tail cluster, under a random upstream gradient.
+    void adaptive_softmax_gradients_match_full_softmax() {
+        const int64_t V = 60, D = 8, shortlist = 10;
+        const std::vector<int64_t> bounds{0, shortlist, 25, 40, V};
+        for (bool tie : {true, false}) {
+            AdaptiveIO io(AdaptiveIOOptions(V, D).cutoffs({10, 25, 40}).div_value(2).tie_weight(tie).tie_proj(tie));
+            {
+                torch::NoGradGuard no_grad;
+                for (auto & p : io->parameters()) p.uniform_(-0.5, 0.5);
+            }
+            auto target = torch::tensor({0, 9, 10, 24, 25, 39, 40, 59, 3, 17, 33, 51, 5, 30}, torch::kLong);   // (N,)
+            const int64_t N = target.size(0);
+            auto hidden = torch::randn({N, D}) * 2;
+            auto upstream = torch::randn({N});
+            auto rows = hidden.clone().requires_grad_(true);
+            auto got = io->target_log_prob(rows, target);                                                      // (N,)
+            (got * upstream).sum().backward();
+
+            std::map<std::string, torch::Tensor> w;   // float64 leaves, by parameter name
+            for (const auto & p : io->named_parameters()) w[p.key()] = p.value().detach().to(torch::kDouble).requires_grad_(true);
+            auto h = hidden.to(torch::kDouble).requires_grad_(true);                                           // (N,D)
+            auto out_weight = [&](int64_t i) { return w.at((tie ? "emb_" : "out_weight_") + std::to_string(i)); };
+            auto tail_proj = [&](int64_t i) {                                                                  // (D, d_i)
+                return tie ? w.at("in_proj_" + std::to_string(i)) : w.at("out_tail_proj_" + std::to_string(i)).t();
+            };
+            auto hp = torch::matmul(h, w.at("out_head_proj").t());                                             // (N,D)
+            auto head = torch::log_softmax(torch::cat({torch::matmul(hp, out_weight(0).t()) + w.at("out_bias_0"),
+                                                       torch::matmul(hp, w.at("cluster_weight").t()) + w.at("cluster_bias")}, 1), 1); // (N,10+3)
+            std::vector<torch::Tensor> parts{head.narrow(1, 0, shortlist)};
+            for (int64_t i = 1; i + 1 < (int64_t) bounds.size(); ++i) {
+                auto logits = torch::matmul(torch::matmul(h, tail_proj(i)), out_weight(i).t()) + w.at("out_bias_" + std::to_string(i));
+                auto tail = torch::log_softmax(logits, 1);                                                     // (N, n_i)
+                parts.push_back(head.select(1, shortlist + i - 1).unsqueeze(1) + tail);                        // (N, n_i)
+            }
+            auto full = torch::cat(parts, 1);                                                                  // (N,V) log p of every word
+            QVERIFY(torch::allclose(full.exp().sum(1), torch::ones({N}, torch::kDouble), 1e-12, 1e-12));
+            for (int64_t i = 0; i + 1 < (int64_t) bounds.size(); ++i)   // every cluster has targets
+                QVERIFY(((target >= bounds[i]).logical_and(target < bounds[i + 1])).sum().item<int64_t>() >= 2);
+            auto expected = full.gather(1, target.unsqueeze(1)).squeeze(1);                                    // (N,)
+            (expected * upstream.to(torch::kDouble)).sum().backward();
+
+            auto close = [](const torch::Tensor & a, const torch::Tensor & reference, const std::string & what) {
+                const double error = (a.to(torch::kDouble) - reference).abs().max().item<double>();
+                const double scale = reference.abs().max().item<double>();
+                const std::string message = what + ": max abs error " + std::to_string(error) + " (largest " + std::to_string(scale) + ")";
+                return std::make_pair(std::isfinite(error) && error <= 1e-5 * (1 + scale), message);
+            };
+            auto [values_ok, values_message] = close(got.detach(), expected.detach(), "log-probs");
+            QVERIFY2(values_ok, values_message.c_str());
+            auto [hidden_ok, hidden_message] = close(rows.grad(), h.grad(), "gradient of the hidden rows");
+            QVERIFY2(hidden_ok, hidden_message.c_str());
+            int64_t compared = 0;
+            for (const auto & p : io->named_parameters()) {
+                const auto & reference = w.at(p.key()).grad();
+                if (!reference.defined()) {   // unused by the output side (the input projection of the shortlist)
+                    QVERIFY2(!p.value().grad().defined() || p.value().grad().abs().max().item<double>() == 0, p.key().c_str());
+                    continue;
+                }
+                QVERIFY2(p.value().grad().defined(), ("no gradient: " + p.key()).c_str());
+                auto [ok, message] = close(p.value().grad(), reference, "gradient of " + p.key());
+                QVERIFY2(ok, message.c_str());
+                ++compared;
+            }
+            // 4 output weights and 4 biases, 3 tail projections, the head projection, the cluster weights and biases.
+            QCOMPARE(compared, int64_t(14));
+        }
     }
 
     // Without a gradient on the CPU the loss takes rows in blocks whose widest logits stay under 16 MB: here the

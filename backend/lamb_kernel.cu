@@ -1,0 +1,101 @@
+// Grid-stride loops of 16-byte loads and stores where every buffer is 16-byte aligned (the flat buffers are whole
+// allocations), else one element at a time. fp32 throughout, in the order of operations the LibTorch path uses.
+#include "lamb_kernel.h"
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace studio {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxBlocks = 132 * 16;   // a few waves of an H200's 132 SMs; the loops stride over the rest
+
+bool aligned(const void * p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+unsigned blocks_for(int64_t items) {
+    const int64_t blocks = (items + kThreads - 1) / kThreads;
+    return (unsigned) (blocks < 1 ? 1 : blocks > kMaxBlocks ? kMaxBlocks : blocks);
+}
+
+__device__ inline float update_of(float g, float p, float & m, float & v, const LambMomentsKernelArgs & a) {
+    m = m + a.one_minus_beta1 * (g - m);                 // lerp, as exp_avg.lerp_(grad, 1 - b1)
+    v = v * a.beta2 + a.one_minus_beta2 * g * g;
+    return m / (sqrtf(v) + a.eps) + a.weight_decay * p;
+}
+
+__global__ void __launch_bounds__(kThreads) moments_vector_kernel(const LambMomentsKernelArgs a) {
+    const int64_t vectors = a.n / 4, stride = (int64_t) gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
+        const float4 g = reinterpret_cast<const float4 *>(a.grad)[i], p = reinterpret_cast<const float4 *>(a.param)[i];
+        float4 m = reinterpret_cast<float4 *>(a.exp_avg)[i], v = reinterpret_cast<float4 *>(a.exp_avg_sq)[i], u;
+        u.x = update_of(g.x, p.x, m.x, v.x, a);
+        u.y = update_of(g.y, p.y, m.y, v.y, a);
+        u.z = update_of(g.z, p.z, m.z, v.z, a);
+        u.w = update_of(g.w, p.w, m.w, v.w, a);
+        reinterpret_cast<float4 *>(a.exp_avg)[i] = m;
+        reinterpret_cast<float4 *>(a.exp_avg_sq)[i] = v;
+        reinterpret_cast<float4 *>(a.update)[i] = u;
+    }
+    // The last n % 4 elements, one thread each.
+    const int64_t j = vectors * 4 + (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
+    if (j < a.n) a.update[j] = update_of(a.grad[j], a.param[j], a.exp_avg[j], a.exp_avg_sq[j], a);
+}
+
+__global__ void __launch_bounds__(kThreads) moments_scalar_kernel(const LambMomentsKernelArgs a) {
+    const int64_t stride = (int64_t) gridDim.x * blockDim.x;
+    for (int64_t j = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; j < a.n; j += stride)
+        a.update[j] = update_of(a.grad[j], a.param[j], a.exp_avg[j], a.exp_avg_sq[j], a);
+}
+
+__global__ void __launch_bounds__(kThreads) apply_vector_kernel(const LambApplyKernelArgs a) {
+    const int64_t vectors = a.n / 4, stride = (int64_t) gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
+        float4 p = reinterpret_cast<float4 *>(a.param)[i];
+        const float4 u = reinterpret_cast<const float4 *>(a.update)[i];
+        const int4 s = reinterpret_cast<const int4 *>(a.segment)[i];
+        p.x -= a.step[s.x] * u.x;
+        p.y -= a.step[s.y] * u.y;
+        p.z -= a.step[s.z] * u.z;
+        p.w -= a.step[s.w] * u.w;
+        reinterpret_cast<float4 *>(a.param)[i] = p;
+    }
+    const int64_t j = vectors * 4 + (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
+    if (j < a.n) a.param[j] -= a.step[a.segment[j]] * a.update[j];
+}
+
+__global__ void __launch_bounds__(kThreads) apply_scalar_kernel(const LambApplyKernelArgs a) {
+    const int64_t stride = (int64_t) gridDim.x * blockDim.x;
+    for (int64_t j = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; j < a.n; j += stride) a.param[j] -= a.step[a.segment[j]] * a.update[j];
+}
+
+const char * status_text() {
+    const cudaError_t status = cudaGetLastError();
+    return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+}
+
+} // namespace
+
+const char * launch_lamb_moments(const LambMomentsKernelArgs & args, void * stream_handle) {
+    if (args.n == 0) return nullptr;
+    auto stream = static_cast<cudaStream_t>(stream_handle);
+    if (aligned(args.grad) && aligned(args.param) && aligned(args.exp_avg) && aligned(args.exp_avg_sq) && aligned(args.update))
+        moments_vector_kernel<<<blocks_for(args.n / 4 > 0 ? args.n / 4 : 1), kThreads, 0, stream>>>(args);
+    else
+        moments_scalar_kernel<<<blocks_for(args.n), kThreads, 0, stream>>>(args);
+    return status_text();
+}
+
+const char * launch_lamb_apply(const LambApplyKernelArgs & args, void * stream_handle) {
+    if (args.n == 0) return nullptr;
+    auto stream = static_cast<cudaStream_t>(stream_handle);
+    if (aligned(args.param) && aligned(args.update) && aligned(args.segment))
+        apply_vector_kernel<<<blocks_for(args.n / 4 > 0 ? args.n / 4 : 1), kThreads, 0, stream>>>(args);
+    else
+        apply_scalar_kernel<<<blocks_for(args.n), kThreads, 0, stream>>>(args);
+    return status_text();
+}
+
+} // namespace studio

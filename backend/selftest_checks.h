@@ -1,0 +1,28 @@
+// Checks of `studio selftest` (selftest.cpp) that live in their own sources: the loss's (selftest_loss.cpp) and the
+// training step's (selftest_training.cpp). Each prints one line per case in the selftest's style and returns whether all
+// its cases passed.
+#pragma once
+
+#include <torch/types.h>
+
+#include "config.h"
+
+namespace studio {
+
+/// The small All-attention model of the training checks, at the numerics check's shapes: 4 layers of 4 heads of 32,
+/// 128 persistent vectors, 64 tokens after 64 of memory, 1,000 words in three clusters, no dropout.
+ModelConfig small_training_config();
+
+/// The adaptive softmax's log-probs on the device against the CPU in float64 (our kernels on and off, where built),
+/// and at the reference's 267,735 words our kernels against LibTorch's path.
+bool check_loss(const torch::Device & device);
+/// log_softmax_at through our CUDA kernels against float64: forward and gradient, fp32 and bf16 logits, -inf
+/// padding columns, rows up to 160,000 wide and strided rows. CUDA builds with our kernels on.
+bool check_log_softmax_at(const torch::Device & device);
+/// Training steps whose layers replay from CUDA graphs (layer_graph.h) against eager steps: the same losses and
+/// parameters up to eager's own run-to-run noise, so the same dropout streams. CUDA builds on LibTorch 2.
+bool check_layer_graph(const torch::Device & device);
+/// LAMB's update by our CUDA kernels against LibTorch's operations (CUDA builds with our kernels).
+bool check_lamb_kernels(const torch::Device & device);
+
+} // namespace studio

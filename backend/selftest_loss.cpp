@@ -1,0 +1,158 @@
+// `studio selftest`'s checks of the loss: the adaptive softmax on the device against float64 on the CPU, and
+// log_softmax_at's CUDA kernels (the loss's log-softmax over the head and each tail, forward and gradient) against
+// the same computation in float64.
+#include "selftest_checks.h"
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "adaptive_io.h"
+#include "device.h"
+#include "log_softmax_at.h"
+#include "rel_attention.h"
+
+namespace studio {
+
+/// The adaptive softmax's log-probs on the device against the CPU in float64, with an odd-sized last cluster (the
+/// GPU pads it) and targets in every cluster. fp32 must agree to rounding; bf16 is compared with the same bf16-rounded
+/// weights and hidden states on the CPU: the device rounds its intermediate products to bf16, a few hundredths of a
+/// nat at these magnitudes, where a wrong padding or row order is off by whole nats.
+bool check_loss(const torch::Device & device) {
+    bool ok = true;
+    AdaptiveIO io(AdaptiveIOOptions(3001, 64).cutoffs({1000, 2000}).div_value(4));
+    {
+        torch::NoGradGuard no_grad;
+        for (auto & p : io->parameters()) p.uniform_(-0.3, 0.3);
+    }
+    io->eval();
+    auto hidden = torch::randn({256, 64});
+    auto target = torch::randint(0, 3001, {256}, torch::kLong);
+    const bool previous_own = own_kernels_enabled();
+    std::vector<bool> kernel_choices{false};
+    if (previous_own) kernel_choices.push_back(true);   // the tails and head's log-softmax through our kernels, and through LibTorch's
+    for (const bool own : kernel_choices)
+    for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+        set_own_kernels(own);
+        torch::NoGradGuard no_grad;
+        io->to(torch::kCPU, dtype);
+        auto rounded_hidden = hidden.to(dtype);
+        io->to(torch::kCPU, torch::kDouble);
+        auto reference = io->target_log_prob(rounded_hidden.to(torch::kDouble), target);
+        io->to(device, dtype);
+        auto got = io->target_log_prob(rounded_hidden.to(device), target.to(device)).to(torch::kCPU, torch::kDouble);
+        const double error = (got - reference).abs().max().item<double>();
+        const double limit = dtype == torch::kFloat ? 1e-4 : 0.05;
+        const bool pass = std::isfinite(error) && error < limit;
+        std::printf("selftest: adaptive softmax (3001 words, last cluster 1001) %s on %s%s vs CPU float64: max abs error %.2e (< %.0e) %s\n",
+                    dtype == torch::kFloat ? "fp32" : "bf16", device.str().c_str(), own ? ", by our kernels" : "", error, limit,
+                    pass ? "ok" : "FAIL");
+        ok = pass && ok;
+        io->to(torch::kCPU, torch::kFloat);
+    }
+    set_own_kernels(previous_own);
+    if (previous_own) {
+        // At the reference's size (WikiText-103's 267,735 words; a 160,000-word tail of width 32), where the kernel
+        // splits each row's words over many blocks: our tails against LibTorch's product and softmax. fp32 takes the
+        // kernel's fp32 path, bf16 its tensor-core path; LibTorch's forms the same products in fp32. The head's
+        // log-softmax takes log_softmax_at's kernel or LibTorch's alike.
+        AdaptiveIO big(AdaptiveIOOptions(267735, 512).cutoffs({20000, 40000, 200000}).div_value(4));
+        big->eval();
+        torch::NoGradGuard no_grad;
+        auto rows = torch::randn({4096, 512}, torch::TensorOptions().device(device));
+        auto words = torch::randint(0, 267735, {4096}, torch::TensorOptions().dtype(torch::kLong).device(device));
+        // fp32 weights under bf16 autocast (evaluation during training): our kernel multiplies the bf16 rows by the
+        // fp32 weights, LibTorch's product rounds the weights to bf16 too, so both are judged against float64.
+        // First, while the weights are still fp32 (the loop below rounds them to bf16).
+        big->to(device, torch::kDouble);
+        auto exact = big->target_log_prob(rows.to(torch::kDouble), words);
+        big->to(device, torch::kFloat);
+        double errors[2];
+        for (const bool own : {false, true}) {
+            AutocastGuard autocast(device, true);
+            set_own_kernels(own);
+            errors[own] = (big->target_log_prob(rows, words).to(torch::kDouble) - exact).abs().max().item<double>();
+        }
+        const bool pass_autocast = std::isfinite(errors[1]) && errors[1] <= errors[0] + 1e-4;
+        std::printf("selftest: adaptive softmax (267735 words) under autocast on %s vs float64: max abs error, by our kernels %.2e, "
+                    "by LibTorch's %.2e %s\n", device.str().c_str(), errors[1], errors[0], pass_autocast ? "ok" : "FAIL");
+        ok = pass_autocast && ok;
+        for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+            big->to(device, dtype);
+            set_own_kernels(false);
+            auto libtorch = big->target_log_prob(rows.to(dtype), words);
+            set_own_kernels(true);
+            auto ours = big->target_log_prob(rows.to(dtype), words);
+            const double error = (ours - libtorch).abs().max().item<double>();
+            const bool pass = std::isfinite(error) && error < 1e-3;
+            std::printf("selftest: adaptive softmax (267735 words) %s on %s, our kernels vs LibTorch's: max abs error %.2e (< 1e-03) %s\n",
+                        dtype == torch::kFloat ? "fp32" : "bf16", device.str().c_str(), error, pass ? "ok" : "FAIL");
+            ok = pass && ok;
+        }
+        set_own_kernels(previous_own);
+    }
+    return ok;
+}
+
+/// log_softmax_at by our kernels against log_softmax + gather in float64, forward and gradient (autograd, under a
+/// random upstream gradient), for fp32 and bf16 logits; bf16 against the reference of the same bf16-rounded logits,
+/// so only the kernels' own arithmetic (fp32 sums, the gradient rounded to bf16 once: 2^-9 relative) separates them.
+/// Shapes: tiny (where a thread sees only -inf columns); an odd width (read one by one); the head's 20,000 words + 3
+/// clusters + 5 -inf padding columns; 160,000 words; rows narrowed from wider ones (a row stride past the width:
+/// 16-byte rows with a remainder read one by one, then rows starting off alignment, all read one by one).
+bool check_log_softmax_at(const torch::Device & device) {
+    struct Shape { int64_t rows, cols, stride, offset, padding; const char * name; };   // a narrow(1, offset, cols) of (rows, stride)
+    const Shape shapes[] = {Shape{5, 8, 8, 0, 4, "5 x 8, last 4 columns -inf"},
+                            Shape{37, 1003, 1003, 0, 5, "37 x 1003, last 5 columns -inf"},
+                            Shape{300, 20008, 20008, 0, 5, "300 x 20008, last 5 columns -inf"},
+                            Shape{64, 160000, 160000, 0, 0, "64 x 160000"},
+                            Shape{41, 1003, 1536, 0, 0, "41 x 1003 of rows 1536 wide"},
+                            Shape{23, 997, 1100, 3, 4, "23 x 997 of rows 1100 wide from column 3, last 4 columns -inf"}};
+    bool ok = true;
+    auto options = torch::TensorOptions().device(device);
+    for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+        const bool bf16 = dtype == torch::kBFloat16;
+        const double forward_limit = bf16 ? 1e-3 : 1e-4, gradient_limit = bf16 ? 1e-2 : 1e-4;
+        for (const Shape & shape : shapes) {
+            auto wide = torch::randn({shape.rows, shape.stride}, options) * 3;
+            const int64_t first_padding = shape.offset + shape.cols - shape.padding;             // in the wide rows
+            if (shape.padding) wide.narrow(1, first_padding, shape.padding).fill_(-std::numeric_limits<double>::infinity());
+            wide = wide.to(dtype);                                                              // the reference reads these values
+            auto column = torch::randint(0, shape.cols - shape.padding, {shape.rows}, options.dtype(torch::kLong));   // (n,)
+            auto upstream = torch::randn({shape.rows}, options);                                // (n,)
+
+            auto leaf = wide.detach().requires_grad_(true);
+            auto logits = leaf.narrow(1, shape.offset, shape.cols);                             // (n,V), row stride `stride`
+            const bool by_kernel = log_softmax_at_kernel_takes(logits);
+            auto got = log_softmax_at(logits, column);                                          // (n,)
+            (got * upstream).sum().backward();
+            const bool float_out = got.scalar_type() == torch::kFloat;
+            auto grad = leaf.grad().to(torch::kDouble);                                         // (n, stride)
+
+            auto exact_leaf = wide.detach().to(torch::kDouble).requires_grad_(true);
+            auto exact = torch::log_softmax(exact_leaf.narrow(1, shape.offset, shape.cols), 1).gather(1, column.unsqueeze(1)).squeeze(1);
+            (exact * upstream.to(torch::kDouble)).sum().backward();
+            const auto & exact_grad = exact_leaf.grad();
+
+            const double forward_error = (got.detach().to(torch::kDouble) - exact).abs().max().item<double>();
+            const double gradient_error = (grad - exact_grad).abs().max().item<double>() / (exact_grad.abs().max().item<double>() + 1e-12);
+            // -inf columns: probability 0, so gradient exactly 0 (NaN would fail the comparison above too).
+            const bool padding_zero = shape.padding == 0
+                                      || grad.narrow(1, first_padding, shape.padding).abs().max().item<double>() == 0;
+            const bool pass = by_kernel && float_out && padding_zero && std::isfinite(forward_error) && std::isfinite(gradient_error)
+                              && forward_error < forward_limit && gradient_error < gradient_limit;
+            std::printf("selftest: log_softmax_at (%s) %s on %s%s vs float64: forward max abs error %.2e (< %.0e), gradient max rel. error "
+                        "%.2e (< %.0e)%s%s %s\n", shape.name, bf16 ? "bf16" : "fp32", device.str().c_str(),
+                        by_kernel ? " by our kernels" : ", NOT by our kernels", forward_error, forward_limit, gradient_error, gradient_limit,
+                        float_out ? "" : ", output not float32", padding_zero ? "" : ", -inf columns got a gradient", pass ? "ok" : "FAIL");
+            ok = pass && ok;
+        }
+    }
+    return ok;
+}
+
+} // namespace studio

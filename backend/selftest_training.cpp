@@ -1,0 +1,160 @@
+// `studio selftest`: the training step's own machinery on the device: layers replayed from CUDA graphs (layer_graph.h)
+// against eager steps, and LAMB by our kernels (lamb_kernel.h) against LibTorch's operations.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include <torch/torch.h>
+
+#include "device.h"
+#include "language_model.h"
+#include "layer_graph.h"
+#include "optimizer.h"
+#include "rel_attention.h"
+#include "selftest_checks.h"
+
+namespace studio {
+
+ModelConfig small_training_config() {
+    ModelConfig m;
+    m.num_layers = 4;
+    m.num_heads = 4;
+    m.hidden_dim = 128;
+    m.feedforward_dim = 128;
+    m.vocab_size = 1000;
+    m.cutoffs = {200, 500};
+    m.max_len = 128;
+    m.tgt_len = 64;
+    m.mem_len = 64;
+    m.attn_drop = m.proj_drop = m.input_drop = m.output_drop = m.word_drop = 0.0;
+    return m;
+}
+
+namespace {
+
+struct TrainedSteps {
+    std::vector<double> losses;
+    std::vector<torch::Tensor> parameters;
+    int64_t replays = 0;
+};
+
+/// Six training steps of a small gated all-attention model with every dropout on, from one initialisation, in bf16
+/// autocast; the layers eagerly or through a LayerGraph. `seed` seeds each step's generators as the trainer does.
+TrainedSteps train_steps(const torch::Device & device, bool graphed, uint64_t seed) {
+    ModelConfig m = small_training_config();
+    m.attn_drop = m.proj_drop = m.input_drop = m.output_drop = 0.1;
+    m.head_gates = true;
+    torch::manual_seed(1234);
+    LanguageModel model(m);
+    model->to(device);
+    model->train();
+    model->configure_gates(HardConcreteGateOptions(1).init_log_alpha(2.0));
+    OptimizerConfig oc;
+    oc.lr = 1e-3;
+    Optimizer optimizer(oc, make_param_groups(*model, 0.0, 10.0));
+    optimizer.use_cuda_graphs(graphed);
+    auto tokens = torch::randint(0, m.vocab_size, {8, m.tgt_len + 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
+    auto input = tokens.narrow(1, 0, m.tgt_len), target = tokens.narrow(1, 1, m.tgt_len);
+    GateSettings gates;
+    gates.enabled = true;
+    gates.output_scaling = true;
+    LayerGraph layer_graph;
+    std::vector<torch::Tensor> memory;
+    TrainedSteps result;
+    for (uint64_t step = 0; step < 6; ++step) {
+        seed_step(seed, 2, step);
+        gates.noise_seed = mix_seed(seed, 2, step);
+        torch::Tensor loss;
+        {
+            AutocastGuard autocast(device, true);
+            auto out = model->forward(input, target, memory, gates, graphed ? &layer_graph : nullptr);
+            memory = out.memory;
+            loss = -out.target_log_prob.mean() + 0.01 * out.l0;
+        }
+        optimizer.zero_grad();
+        loss.backward();
+        optimizer.clip_gradients(0.5);
+        optimizer.step(1e-3);
+        result.losses.push_back(loss.item<double>());
+    }
+    for (const auto & p : model->parameters()) result.parameters.push_back(p.detach().to(torch::kFloat).clone());
+    result.replays = layer_graph.replays();
+    return result;
+}
+
+double loss_difference(const TrainedSteps & a, const TrainedSteps & b) {
+    double worst = 0;
+    for (size_t i = 0; i < a.losses.size(); ++i) worst = std::max(worst, std::abs(a.losses[i] - b.losses[i]));
+    return worst;
+}
+
+double parameter_difference(const TrainedSteps & a, const TrainedSteps & b) {
+    double worst = 0;
+    for (size_t i = 0; i < a.parameters.size(); ++i) worst = std::max(worst, (a.parameters[i] - b.parameters[i]).abs().max().item<double>());
+    return worst;
+}
+
+} // namespace
+
+bool check_layer_graph(const torch::Device & device) {
+    if (!LayerGraph::available() || !device.is_cuda()) {
+        std::printf("selftest: training layers from CUDA graphs are not built here (CUDA and LibTorch 2 only)\n");
+        return true;
+    }
+    const auto eager = train_steps(device, false, 1), eager_again = train_steps(device, false, 1);
+    const auto graphed = train_steps(device, true, 1), reseeded = train_steps(device, false, 2);
+    // Eager steps are not bit-reproducible (atomic additions in some backward kernels): the graph may differ from
+    // eager by what eager differs from itself, and must differ far less than another dropout stream does.
+    const double floor_loss = loss_difference(eager, eager_again), floor_params = parameter_difference(eager, eager_again);
+    const double graph_loss = loss_difference(eager, graphed), graph_params = parameter_difference(eager, graphed);
+    const double other_stream = loss_difference(eager, reseeded);
+    const bool pass = graphed.replays == 6 - LayerGraph::kWarmupSteps && graph_loss <= 4 * floor_loss + 1e-5
+                      && graph_params <= 4 * floor_params + 1e-5 && other_stream > 100 * (graph_loss + 1e-7);
+    std::printf("selftest: 6 gated training steps with dropout, layers replayed from CUDA graphs (%lld replays) vs eager: loss max "
+                "difference %.2e, parameters %.2e (eager vs eager %.2e, %.2e; another seed's losses differ by %.2e) %s\n",
+                (long long) graphed.replays, graph_loss, graph_params, floor_loss, floor_params, other_stream, pass ? "ok" : "FAIL");
+    return pass;
+}
+
+bool check_lamb_kernels(const torch::Device & device) {
+    // Four clipped steps at four learning rates of two groups (with and without weight decay) of odd-sized tensors,
+    // from identical states; with graphs, the last two are replays.
+    auto run = [&](bool kernels, bool graphs) {
+        set_fused_attention(kernels);
+        torch::manual_seed(11);
+        std::vector<torch::Tensor> decay, no_decay;
+        for (int64_t n : {1003, 4096, 37, 1}) decay.push_back(torch::randn({n}, torch::TensorOptions().device(device)).requires_grad_(true));
+        for (int64_t n : {255, 64}) no_decay.push_back(torch::randn({n}, torch::TensorOptions().device(device)).requires_grad_(true));
+        no_decay.push_back(torch::zeros({16}, torch::TensorOptions().device(device)).requires_grad_(true));   // trust ratio 1
+        OptimizerConfig oc;
+        Optimizer optimizer(oc, {ParamGroup{"decay", decay, 1.0, 0.01}, ParamGroup{"no_decay", no_decay, 1.0, 0.0}});
+        optimizer.use_cuda_graphs(graphs);
+        std::vector<torch::Tensor> state;
+        for (int step = 0; step < 4; ++step) {
+            optimizer.zero_grad();
+            for (auto * group : {&decay, &no_decay})
+                for (auto & p : *group) p.grad().copy_(torch::randn(p.sizes(), p.options()) * (step + 1));
+            state.push_back(optimizer.clip_gradients(20.0).reshape({1}).clone());
+            optimizer.step(1e-2 * (step + 1));
+        }
+        for (auto * group : {&decay, &no_decay}) for (auto & p : *group) state.push_back(p.detach().clone());
+        for (auto & [name, t] : optimizer.state()) if (t.is_floating_point()) state.push_back(t.detach().clone());
+        return state;
+    };
+    const bool previous = fused_attention_enabled();
+    const auto reference = run(false, false), fused = run(true, false), graphed = run(true, true);
+    set_fused_attention(previous);
+    auto worst_error = [&](const std::vector<torch::Tensor> & values) {
+        double worst = reference.size() == values.size() ? 0.0 : INFINITY;
+        for (size_t i = 0; i < reference.size() && i < values.size(); ++i)
+            worst = std::max(worst, ((values[i] - reference[i]).abs().max() / reference[i].abs().max().clamp_min(1e-12)).item<double>());
+        return worst;
+    };
+    const double fused_error = worst_error(fused), graphed_error = worst_error(graphed);
+    const bool pass = fused_error < 1e-5 && graphed_error < 1e-5;
+    std::printf("selftest: LAMB, 4 clipped steps of 7 tensors in 2 groups, our kernels vs LibTorch's operations: max rel. error %.2e, "
+                "replayed from CUDA graphs %.2e (< 1e-5) %s\n", fused_error, graphed_error, pass ? "ok" : "FAIL");
+    return pass;
+}
+
+} // namespace studio
