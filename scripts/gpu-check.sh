@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|gate|repro|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -161,6 +161,33 @@ traingraphs() {
   done
 }
 
+# A killed run resumes exactly on the GPU too, where the layers and the optimizer replay from CUDA graphs: 60 steps of
+# the WikiText-2 config straight through, and stopped at step 25 then resumed (eager warm-up steps, a new capture);
+# the per-5-step losses after the stop and the final validation must agree.
+resume() {
+  python3 - <<'PY'
+import json
+c = json.load(open("configs/wt2_all_16l_train.json"))
+c["train"].update({"steps": 60, "log_interval": 5, "eval_interval": 0})
+json.dump(c, open("/tmp/resume.json", "w"))
+PY
+  rm -rf runs-gpu/resume-straight runs-gpu/resume-split
+  $STUDIO --batch /tmp/resume.json --run-dir runs-gpu/resume-straight --no-progress > /dev/null 2>&1
+  STUDIO_STOP_AT_STEP=25 $STUDIO --batch /tmp/resume.json --run-dir runs-gpu/resume-split --no-progress > /dev/null 2>&1
+  $STUDIO --batch /tmp/resume.json --run-dir runs-gpu/resume-split --resume --no-progress > /dev/null 2>&1
+  python3 - runs-gpu/resume-straight/events.jsonl runs-gpu/resume-split/events.jsonl <<'PY' | tee -a "$OUT/summary.txt"
+import json, sys
+def read(path):
+    ev = [json.loads(l) for l in open(path) if l.strip()]
+    return ({e["step"]: e["loss"] for e in ev if e["event"] == "train" and e["step"] > 25},
+            [e["ppl"] for e in ev if e["event"] == "eval"][-1:])
+(a, pa), (b, pb) = read(sys.argv[1]), read(sys.argv[2])
+diff = max(abs(a[s] - b[s]) for s in a)
+print("resume on the GPU with CUDA graphs: %d windows after step 25, max |loss diff| %.2e; valid ppl %.4f vs %.4f %s"
+      % (len(a), diff, pa[0], pb[0], "ok" if sorted(a) == sorted(b) and diff < 1e-3 and abs(pa[0] - pb[0]) < 1e-2 * pa[0] else "FAIL"))
+PY
+}
+
 # First 200 steps on the GPU in bf16 and fp32 against the CPU's fp32 losses of the same seed and data ([gpu-speed] 3).
 numerics() {
   for precision in bf16 fp32; do
@@ -233,7 +260,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
-    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|trainlayouts|traingraphs|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
+    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
