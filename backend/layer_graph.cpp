@@ -1,5 +1,7 @@
 #include "layer_graph.h"
 
+#include <optional>
+
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -85,14 +87,18 @@ void LayerGraph::State::load_memory(const std::vector<torch::Tensor> & memory) {
 
 void LayerGraph::State::capture(LanguageModelImpl & model, const GateSettings & gates) {
     const auto device = h_in.device();
-    device_synchronize(device);   // the static inputs hold this step's values
+    device_synchronize(device);   // as LibTorch's capture helpers do: nothing earlier is in flight on any stream
     auto side = c10::cuda::getStreamFromPool(false, device.index());
     {
         c10::cuda::CUDAStreamGuard on_side(side);
         // The autocast cache would hand the capture casts made before it, which replays would never redo; uncached,
         // each weight is cast inside the graph (once a forward, as the cache would have it).
-        const bool cache = at::autocast::is_autocast_cache_enabled();
-        at::autocast::set_autocast_cache_enabled(false);
+        struct AutocastCacheOff {
+            const bool previous = at::autocast::is_autocast_cache_enabled();
+            AutocastCacheOff() { at::autocast::set_autocast_cache_enabled(false); }
+            ~AutocastCacheOff() { at::autocast::set_autocast_cache_enabled(previous); }
+        };
+        std::optional<AutocastCacheOff> cache_off(std::in_place);
         forward_graph.capture_begin();
         auto out = model.run_layers(h_in, memory_in.unbind(0), gates, gated ? noise_in : torch::Tensor());
         for (size_t l = 0; l < out.memory.size(); ++l) memory_out[(int64_t) l].copy_(out.memory[l]);
@@ -100,8 +106,9 @@ void LayerGraph::State::capture(LanguageModelImpl & model, const GateSettings & 
         l0_out = out.l0;
         closed_out = out.closed;
         forward_graph.capture_end();
-        at::autocast::set_autocast_cache_enabled(cache);
-        TORCH_CHECK(l0_out.defined() == gated, "layer graph: the captured layers ", gated ? "drew" : "did not draw", " no gate sample");
+        cache_off.reset();
+        TORCH_CHECK(l0_out.defined() == gated, "layer graph: a ", gated ? "gated" : "ungated", " step's captured layers ",
+                    gated ? "returned no" : "returned an", " L0 term");
         grad_out = torch::zeros_like(h_out);
         if (gated) grad_l0 = torch::zeros_like(l0_out);
         backward_graph.capture_begin(forward_graph.pool());
