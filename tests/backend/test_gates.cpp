@@ -176,6 +176,34 @@ private Q_SLOTS:
         QVERIFY(stacked.closed.sum().item<int64_t>() > 0 && stacked.closed.sum().item<int64_t>() < L * H);   // a mixed sample
     }
 
+    // A gated training forward returns its L0 term (the trainer adds it to the loss from there, as the CUDA graphs
+    // compute it inside the replayed layers): the value and log_alpha gradient of model.l0(); none in eval or ungated.
+    void gated_training_forward_returns_its_l0_term() {
+        LanguageModel model(small(ModelType::AllAttention));
+        model->train();
+        auto input = torch::randint(0, 60, {2, 5}, torch::kLong);
+        GateSettings gates;
+        gates.enabled = true;
+        gates.noise_seed = 3;
+        auto out = model->forward(input, input, {}, gates);
+        QVERIFY(out.l0.defined() && out.closed.defined());
+        out.l0.backward();
+        std::vector<torch::Tensor> from_forward;
+        for (auto & p : model->gate_parameters()) {
+            from_forward.push_back(p.grad().clone());
+            p.mutable_grad().zero_();
+        }
+        auto expected = model->l0();
+        expected.backward();
+        QCOMPARE(out.l0.item<double>(), expected.item<double>());
+        const auto parameters = model->gate_parameters();
+        for (size_t i = 0; i < parameters.size(); ++i) QVERIFY(torch::allclose(from_forward[i], parameters[i].grad(), 1e-6, 1e-7));
+        QVERIFY(from_forward[0].abs().sum().item<double>() > 0);
+        QVERIFY(!model->forward(input, input, {}, GateSettings{}).l0.defined());
+        model->eval();
+        QVERIFY(!model->forward(input, input, {}, gates).l0.defined());
+    }
+
     void pruned_model_equals_gated_model_data() {
         QTest::addColumn<int>("type");
         QTest::addColumn<bool>("scaling");
