@@ -240,6 +240,7 @@ void Optimizer::step_eagerly(double lr, bool fill_lr) {
     torch::NoGradGuard no_grad;
     ++steps_;
     const double b1 = config_.beta1, b2 = config_.beta2, eps = config_.eps;
+    bool lr_ready = !fill_lr;   // else step() filled it before this capture: a capture runs nothing
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
         auto & g = groups_[gi];
         auto & f = flat_[gi];
@@ -247,8 +248,11 @@ void Optimizer::step_eagerly(double lr, bool fill_lr) {
         adopt_gradients(gi);
         const double group_lr = lr * g.lr_scale;
         if (lamb_kernels_take(f)) {
-            if (!graphs_->lr.defined()) graphs_->lr = torch::empty({1}, f.param.options());
-            if (fill_lr) graphs_->lr.fill_(lr);   // else step() filled it before this capture: a capture runs nothing
+            if (!lr_ready) {   // once a step, for every group
+                if (!graphs_->lr.defined()) graphs_->lr = torch::empty({1}, f.param.options());
+                graphs_->lr.fill_(lr);
+                lr_ready = true;
+            }
             lamb_step_by_kernels(f, graphs_->lr, g.lr_scale, g.weight_decay);
             continue;
         }

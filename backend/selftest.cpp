@@ -19,11 +19,18 @@
 
 namespace studio {
 
-namespace {
+double relative_error(const torch::Tensor & a, const torch::Tensor & reference) {
+    return (a - reference).abs().max().item<double>() / (reference.abs().max().item<double>() + 1e-12);
+}
 
-struct Outputs {
-    std::vector<torch::Tensor> values;   // the output, then the gradients of the input and of every parameter
-};
+double worst_error(const Outputs & a, const Outputs & reference) {
+    if (a.values.size() != reference.values.size()) return INFINITY;
+    double worst = 0;
+    for (size_t i = 0; i < a.values.size(); ++i) worst = std::max(worst, relative_error(a.values[i], reference.values[i]));
+    return worst;
+}
+
+namespace {
 
 Outputs run_attention(RelativeAttention & attention, const torch::Tensor & x, const torch::Tensor & mem, const torch::Tensor & pos,
                       const torch::Tensor & keep, const torch::Tensor & upstream, const torch::Device & device, bool bf16, bool fused) {
@@ -41,18 +48,6 @@ Outputs run_attention(RelativeAttention & attention, const torch::Tensor & x, co
     result.values.push_back(x_leaf.grad().detach().clone());
     for (auto & p : attention->parameters()) result.values.push_back(p.grad().defined() ? p.grad().detach().clone() : torch::zeros_like(p));
     return result;
-}
-
-/// Largest error of a tensor relative to the reference's largest magnitude.
-double relative_error(const torch::Tensor & a, const torch::Tensor & reference) {
-    return (a - reference).abs().max().item<double>() / (reference.abs().max().item<double>() + 1e-12);
-}
-
-/// Largest relative error over all tensors.
-double worst_error(const Outputs & a, const Outputs & reference) {
-    double worst = 0;
-    for (size_t i = 0; i < a.values.size(); ++i) worst = std::max(worst, relative_error(a.values[i], reference.values[i]));
-    return worst;
 }
 
 /// An attention layer on the device with non-zero u/v biases: the fused paths must remove u . mem_k exactly.

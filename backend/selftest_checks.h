@@ -3,11 +3,22 @@
 // its cases passed.
 #pragma once
 
+#include <vector>
+
 #include <torch/types.h>
 
 #include "config.h"
 
 namespace studio {
+
+/// Values of one computation compared as a whole: e.g. an output, then the gradients of its input and parameters.
+struct Outputs {
+    std::vector<torch::Tensor> values;
+};
+/// Largest error of a tensor relative to the reference's largest magnitude.
+double relative_error(const torch::Tensor & a, const torch::Tensor & reference);
+/// Largest relative error over all tensors (infinite when the counts differ).
+double worst_error(const Outputs & a, const Outputs & reference);
 
 /// The small All-attention model of the training checks, at the numerics check's shapes: 4 layers of 4 heads of 32,
 /// 128 persistent vectors, 64 tokens after 64 of memory, 1,000 words in three clusters, no dropout.
