@@ -1,9 +1,7 @@
 #include "apart_attention.h"
 
 #include <array>
-#include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <stdexcept>
 
 #include <torch/torch.h>
@@ -164,41 +162,11 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
 
 } // namespace
 
-namespace {
-int64_t splits_from_environment() {
-    const char * value = std::getenv("STUDIO_PERSISTENT_SPLITS");
-    return value && *value ? std::max<int64_t>(0, std::atoll(value)) : 0;
-}
-int64_t fixed_persistent_splits = splits_from_environment();
-} // namespace
-
-void set_persistent_key_splits(int64_t splits) { fixed_persistent_splits = std::max<int64_t>(0, splits); }
-
-int64_t persistent_key_splits(int64_t rows, int64_t heads, int64_t persistent, int64_t multiprocessors) {
-    auto fits = [&](int64_t splits) { return persistent % (16 * splits) == 0; };
-    if (fixed_persistent_splits > 0) return fits(fixed_persistent_splits) ? fixed_persistent_splits : 1;
-    const double blocks = double((rows + 127) / 128 * heads), capacity = 2.0 * (double) std::max<int64_t>(1, multiprocessors);
-    int64_t best = 1;
-    double best_fill = 0.0;
-    for (const int64_t splits : {1, 2, 4, 8}) {
-        if (!fits(splits)) break;
-        const double waves = blocks * (double) splits / capacity, fill = waves / std::ceil(waves);
-        if (fill >= 0.8) return splits;
-        if (fill > best_fill + 1e-9) best = splits, best_fill = fill;
-    }
-    return best;
-}
-
 #if TORCH_VERSION_MAJOR >= 2
 std::pair<torch::Tensor, torch::Tensor> persistent_flash_attention(const torch::Tensor & q, const torch::Tensor & keys,
-                                                                   const torch::Tensor & values, int64_t splits) {
-    const int64_t H = keys.size(0), N = keys.size(1), dh = keys.size(2);
-    TORCH_CHECK(splits >= 1 && N % splits == 0, "persistent flash attention: ", N, " columns do not split into ", splits, " parts");
-    auto rows = as_rows(q);                                                  // (1,H,B*T,dh)
-    if (splits > 1) rows = rows.expand({splits, H, rows.size(2), dh});       // (s,H,B*T,dh): batch stride 0, q read once per part
-    auto parts = [&](const torch::Tensor & t) { return t.reshape({H, splits, N / splits, dh}).transpose(0, 1); }; // (s,H,N/s,dh)
-    auto part = persistent_kernel_forward(rows, parts(keys), parts(values), 0.0);
-    return {part.out, part.lse};                                             // (s,H,B*T,dh), (s,H,B*T)
+                                                                   const torch::Tensor & values) {
+    auto part = persistent_kernel_forward(as_rows(q), keys.unsqueeze(0), values.unsqueeze(0), 0.0);
+    return {part.out, part.lse};                                             // (1,H,B*T,dh), (1,H,B*T)
 }
 #endif
 

@@ -25,20 +25,10 @@ torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::T
                                          const torch::Tensor & mem_v, double scale);
 
 /// The persistent part alone, for every batch row in one flash call (LibTorch 2, CUDA, bf16/fp16, no gradient or
-/// dropout): q (H,B,T,dh) read in place as H heads of B*T query rows; keys/values (H,N,dh) in q's dtype, their N
-/// columns attended in `splits` parts of N/splits (the kernel's batch entries, q broadcast to each). Returns each
-/// part's output (splits,H,B*T,dh) and natural log-sum-exp (splits,H,B*T); the scores are q . key unscaled.
+/// dropout): q (H,B,T,dh) read in place as H heads of B*T query rows; keys/values (H,N,dh) in q's dtype. Returns the
+/// output (1,H,B*T,dh) and its natural log-sum-exp (1,H,B*T); the scores are q . key unscaled.
 std::pair<torch::Tensor, torch::Tensor> persistent_flash_attention(const torch::Tensor & q, const torch::Tensor & keys,
-                                                                   const torch::Tensor & values, int64_t splits = 1);
-
-/// Into how many parts (1, 2, 4 or 8) persistent_flash_attention should split N persistent columns for `rows` query
-/// rows of `heads` heads on a GPU of `multiprocessors` SMs. The flash kernel runs blocks of 128 query rows, two at a
-/// time on an SM (head dim 64 on an H200), so a layer of few heads leaves most SMs idle or its last wave part-empty:
-/// the first split count whose blocks fill their last wave to 80% wins, else the fullest
-/// (scripts/gpu-probe-persistent-splits.py measured the choice; docs/benchmarks.md). Parts keep a multiple of 16
-/// columns. set_persistent_key_splits(n > 0), or STUDIO_PERSISTENT_SPLITS=n, fixes the count instead (0: this choice).
-int64_t persistent_key_splits(int64_t rows, int64_t heads, int64_t persistent, int64_t multiprocessors);
-void set_persistent_key_splits(int64_t splits);
+                                                                   const torch::Tensor & values);
 
 /// How each part is computed.
 enum class AttentionParts {

@@ -15,7 +15,6 @@
 #ifdef STUDIO_CUDA_KERNELS
 #include <optional>
 
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -38,12 +37,6 @@ bool fused_wanted = !attention_mode_is("explicit");
 const bool apart_wanted = !attention_mode_is("concat");
 // STUDIO_ATTENTION=sdpa: LibTorch's kernels only, none of our own (for side-by-side timing).
 bool own_kernel_wanted = !attention_mode_is("sdpa") && !attention_mode_is("concat");
-// STUDIO_PERSISTENT_JOIN=seed: our kernel waits for the persistent columns' flash call and starts its softmax from
-// it (one kernel after the other) instead of running beside it and joining after (for side-by-side timing).
-bool persistent_join_concurrent = [] {
-    const char * v = std::getenv("STUDIO_PERSISTENT_JOIN");
-    return !(v && std::strcmp(v, "seed") == 0);
-}();
 
 #ifdef STUDIO_CUDA_KERNELS
 /// Whether our kernel takes these operands as they are: bf16 on the GPU, a built head size, 16-byte aligned rows.
@@ -73,7 +66,6 @@ bool own_kernels_built() {
 #endif
 }
 void set_own_kernels(bool enabled) { own_kernel_wanted = enabled; }
-void set_persistent_join_concurrent(bool concurrent) { persistent_join_concurrent = concurrent; }
 bool own_kernels_enabled() { return own_kernels_built() && own_kernel_wanted && fused_wanted; }
 std::string inference_attention_name(const torch::Device & device, torch::ScalarType dtype) {
     if (!fused_wanted || !fused_attention_available(device)) return "explicit";
@@ -180,33 +172,25 @@ torch::Tensor RelativeAttentionImpl::attention_of_heads(const torch::Tensor & q,
 #ifdef STUDIO_CUDA_KERNELS
 torch::Tensor RelativeAttentionImpl::kernel_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
                                                      const torch::Tensor & r, const torch::Tensor & u, const torch::Tensor & v, double scale,
-                                                     const torch::Tensor & persistent_out, const torch::Tensor & persistent_lse,
-                                                     torch::Tensor * content_lse) {
+                                                     const torch::Tensor & persistent_out, const torch::Tensor & persistent_lse) {
     const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), S = k.size(2), N = options.persistent();
     c10::cuda::CUDAGuard device_guard(q.device());
     RelativeAttentionKernelArgs args;
-    if (content_lse) {
-        *content_lse = torch::empty({H, B * T}, q.options().dtype(torch::kFloat));                     // (H,B*T)
-        args.lse_out = content_lse->data_ptr<float>();
-        args.lse_out_stride[0] = content_lse->stride(0);
-        args.lse_out_stride[1] = content_lse->stride(1);
-        args.out_fp32 = true;
-    } else if (N > 0) {
+    if (N > 0) {
         TORCH_CHECK(persistent_out.defined(), "relative attention kernel: the persistent columns' part is missing");
         args.persistent_out = persistent_out.data_ptr();
+        args.persistent_out_stride[0] = persistent_out.stride(1);
+        args.persistent_out_stride[1] = persistent_out.stride(2);
         args.persistent_lse = persistent_lse.data_ptr<float>();
-        args.persistent_parts = persistent_out.size(0);
-        for (int d = 0; d < 3; ++d) {
-            args.persistent_out_stride[d] = persistent_out.stride(d);
-            args.persistent_lse_stride[d] = persistent_lse.stride(d);
-        }
+        args.persistent_lse_stride[0] = persistent_lse.stride(1);
+        args.persistent_lse_stride[1] = persistent_lse.stride(2);
         args.persistent_value_scale = (float) std::sqrt((double) N);   // the reference's mem_v x sqrt(N), applied once
     }
     // The biases as they are (bf16 in a bf16 model, fp32 under autocast): no cast kernels.
     const bool bias_bf16 = u.scalar_type() == torch::kBFloat16 && v.scalar_type() == torch::kBFloat16;
     auto u_bias_in = bias_bf16 ? u.contiguous() : u.to(torch::kFloat).contiguous();
     auto v_bias_in = bias_bf16 ? v.contiguous() : v.to(torch::kFloat).contiguous();
-    auto out = torch::empty({B, T, H, dh}, q.options().dtype(content_lse ? torch::kFloat : torch::kBFloat16)); // (B,T,H,dh)
+    auto out = torch::empty({B, T, H, dh}, q.options());                                                 // (B,T,H,dh)
     args.q = q.data_ptr();
     args.k = k.data_ptr();
     args.v = val.data_ptr();
@@ -235,40 +219,6 @@ torch::Tensor RelativeAttentionImpl::kernel_attention(const torch::Tensor & q, c
     check_kernel_launch(launch_relative_attention(args, current_cuda_stream(q.device())), "relative attention");
     return out.permute({2, 0, 1, 3});                                                                   // (H,B,T,dh)
 }
-
-namespace {
-/// One softmax over the content columns (content (H,B,T,dh) fp32 and content_lse (H,B*T) from our kernel) and the
-/// persistent ones (P parts (P,H,B*T,dh) bf16 with their (P,H,B*T) log-sum-exps), in bf16 (H,B,T,dh).
-torch::Tensor merge_kernel_parts(const torch::Tensor & content, const torch::Tensor & content_lse, const torch::Tensor & persistent_out,
-                                 const torch::Tensor & persistent_lse, double persistent_value_scale) {
-    const int64_t H = content.size(0), B = content.size(1), T = content.size(2), dh = content.size(3);
-    auto out = torch::empty({B, T, H, dh}, content.options().dtype(torch::kBFloat16));                  // (B,T,H,dh)
-    AttentionMergeKernelArgs args;
-    args.content_out = content.data_ptr<float>();
-    args.content_lse = content_lse.data_ptr<float>();
-    args.persistent_out = persistent_out.data_ptr();
-    args.persistent_lse = persistent_lse.data_ptr<float>();
-    args.persistent_parts = persistent_out.size(0);
-    args.persistent_value_scale = (float) persistent_value_scale;
-    args.out = out.data_ptr();
-    for (int d = 0; d < 3; ++d) {
-        args.content_out_stride[d] = content.stride(d);
-        args.persistent_out_stride[d] = persistent_out.stride(d);
-        args.persistent_lse_stride[d] = persistent_lse.stride(d);
-    }
-    args.content_lse_stride[0] = content_lse.stride(0);
-    args.content_lse_stride[1] = content_lse.stride(1);
-    args.out_stride[0] = out.stride(2);
-    args.out_stride[1] = out.stride(0);
-    args.out_stride[2] = out.stride(1);
-    args.heads = H;
-    args.batch = B;
-    args.tgt_len = T;
-    args.head_dim = dh;
-    check_kernel_launch(launch_merge_attention_parts(args, current_cuda_stream(content.device())), "attention merge");
-    return out.permute({2, 0, 1, 3});                                                                   // (H,B,T,dh)
-}
-} // namespace
 #endif
 
 bool RelativeAttentionImpl::own_kernel_applies(const torch::Tensor & x) const {
@@ -315,8 +265,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         q_ready.block(side_stream);
         {
             c10::cuda::CUDAStreamGuard on_side(side_stream);
-            const int64_t splits = persistent_key_splits(B * T, H, N, at::cuda::getDeviceProperties(q.device().index())->multiProcessorCount);
-            std::tie(persistent_out, persistent_lse) = persistent_flash_attention(q, mem_k.to(q.dtype()), mem_v.to(q.dtype()), splits);
+            std::tie(persistent_out, persistent_lse) = persistent_flash_attention(q, mem_k.to(q.dtype()), mem_v.to(q.dtype()));
         }
         persistent_done.emplace();
         persistent_done->record(side_stream);
@@ -327,21 +276,8 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     auto r = F::linear(pos, r_weight).view({S, H, dh}).transpose(0, 1);              // (H,S,dh)
     torch::Tensor heads;                                                     // (H,B,T,dh)
 #ifdef STUDIO_CUDA_KERNELS
-    auto join_persistent = [&] { if (persistent_done) persistent_done->block(c10::cuda::getCurrentCUDAStream(q.device().index())); };
-    if (own && kernel_takes(q, k, val, r)) {
-        if (persistent_done && persistent_join_concurrent) {
-            // Our kernel attends to the content columns while the flash call still runs: a layer of few heads fills
-            // the GPU with neither, and each fills the other's last wave. The parts join by their log-sum-exps.
-            torch::Tensor content_lse;
-            auto content = kernel_attention(q, k, val, r, ub, vb, scale, {}, {}, &content_lse);     // (H,B,T,dh) fp32
-            join_persistent();
-            heads = merge_kernel_parts(content, content_lse, persistent_out, persistent_lse, std::sqrt((double) N));
-        } else {
-            join_persistent();
-            heads = kernel_attention(q, k, val, r, ub, vb, scale, persistent_out, persistent_lse);
-        }
-    }
-    join_persistent();   // joined, whichever path follows
+    if (persistent_done) persistent_done->block(c10::cuda::getCurrentCUDAStream(q.device().index())); // joined, whichever path follows
+    if (own && kernel_takes(q, k, val, r)) heads = kernel_attention(q, k, val, r, ub, vb, scale, persistent_out, persistent_lse);
 #endif
     auto position_scores = [&] {
         auto q_rows = (q + vb.view({H, 1, 1, dh}).to(q.dtype())).reshape({H, B * T, dh});                // (H,B*T,dh)

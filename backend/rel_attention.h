@@ -69,13 +69,11 @@ public:
 
 private:
     /// Inference through our CUDA kernel (built where a CUDA compiler was found): q (H,B,T,dh), k/val (H,B,S,dh),
-    /// r (H,S,dh), u/v (H*dh,). The persistent columns, if any, come attended already by a flash kernel of their own,
-    /// in P parts: persistent_out (P,H,B*T,dh) and persistent_lse (P,H,B*T) seed the kernel's online softmax. With
-    /// content_lse instead, the kernel attends to the content columns alone and returns fp32, their log-sum-exps
-    /// (H,B*T) in *content_lse, for the persistent part to join afterwards.
+    /// r (H,S,dh), u/v (H*dh,). The persistent columns, if any, come attended already by a flash kernel of their own:
+    /// persistent_out (1,H,B*T,dh) and persistent_lse (1,H,B*T) seed the kernel's online softmax.
     torch::Tensor kernel_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val, const torch::Tensor & r,
                                    const torch::Tensor & u, const torch::Tensor & v, double scale, const torch::Tensor & persistent_out,
-                                   const torch::Tensor & persistent_lse, torch::Tensor * content_lse = nullptr);
+                                   const torch::Tensor & persistent_lse);
     /// Scores and probabilities materialised in fp32: the reference computation, and the path on CPU.
     torch::Tensor explicit_attention(const torch::Tensor & q, const torch::Tensor & q_u, const torch::Tensor & k, const torch::Tensor & val,
                                      const torch::Tensor & bd, const torch::Tensor & keep, double scale);
@@ -96,9 +94,6 @@ bool fused_attention_enabled();
 /// or explicit.
 bool own_kernels_built();
 void set_own_kernels(bool enabled);
-/// With our kernels: the persistent columns' flash call runs beside our kernel and joins after it (default), or our
-/// kernel waits and starts from it (false; STUDIO_PERSISTENT_JOIN=seed).
-void set_persistent_join_concurrent(bool concurrent);
 bool own_kernels_enabled();
 /// What computes inference attention on this device in this dtype: "explicit", "sdpa" or "studio-kernel".
 std::string inference_attention_name(const torch::Device & device, torch::ScalarType dtype);

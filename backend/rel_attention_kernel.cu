@@ -122,22 +122,12 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
 #pragma unroll
     for (int t = 0; t < DH / 2; ++t) acc[t] = 0.0f;
     if (args.persistent_out && query_valid) {
-        // The state of a softmax over the persistent columns: part p holds its normalised output and log-sum-exp, so
-        // it enters with weight 2^(lse_p - max) on both the running sum and the output.
         const int64_t row = int64_t(b) * T + query;
-        const float * lse = args.persistent_lse + h * args.persistent_lse_stride[1] + row * args.persistent_lse_stride[2];
-        for (int p = 0; p < int(args.persistent_parts); ++p) running_max = fmaxf(running_max, lse[p * args.persistent_lse_stride[0]] * kLog2e);
-        if (running_max > -INFINITY) {
-            const bf16 * o = static_cast<const bf16 *>(args.persistent_out) + h * args.persistent_out_stride[1] + row * args.persistent_out_stride[2];
-            for (int p = 0; p < int(args.persistent_parts); ++p) {
-                const float weight = exp2f(lse[p * args.persistent_lse_stride[0]] * kLog2e - running_max);
-                const bf16 * part = o + p * args.persistent_out_stride[0];
-                const float value_weight = weight * args.persistent_value_scale;
-                running_sum += weight;
+        running_max = args.persistent_lse[h * args.persistent_lse_stride[0] + row * args.persistent_lse_stride[1]] * kLog2e;
+        running_sum = 1.0f;
+        const bf16 * o = static_cast<const bf16 *>(args.persistent_out) + h * args.persistent_out_stride[0] + row * args.persistent_out_stride[1];
 #pragma unroll
-                for (int t = 0; t < DH / 2; ++t) acc[t] += __bfloat162float(part[2 * t + half]) * value_weight;
-            }
-        }
+        for (int t = 0; t < DH / 2; ++t) acc[t] = __bfloat162float(o[2 * t + half]) * args.persistent_value_scale;
     }
 
     const float scale = args.scale * kLog2e;
@@ -246,58 +236,10 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
     }
 
     if (!query_valid) return;
-    const float inverse = running_sum > 0.0f ? 1.0f / running_sum : 0.0f;
-    if (args.lse_out && half == 0)
-        args.lse_out[h * args.lse_out_stride[0] + (int64_t(b) * T + query) * args.lse_out_stride[1]] =
-            running_sum > 0.0f ? (running_max + log2f(running_sum)) / kLog2e : -INFINITY;
-    const int64_t at = h * args.out_stride[0] + b * args.out_stride[1] + int64_t(query) * args.out_stride[2];
-    if (args.out_fp32) {
-        float * o = static_cast<float *>(args.out) + at;
-#pragma unroll
-        for (int t = 0; t < DH / 2; ++t) o[2 * t + half] = acc[t] * inverse;
-        return;
-    }
-    bf16 * o = static_cast<bf16 *>(args.out) + at;
+    const float inverse = 1.0f / running_sum;
+    bf16 * o = static_cast<bf16 *>(args.out) + h * args.out_stride[0] + b * args.out_stride[1] + int64_t(query) * args.out_stride[2];
 #pragma unroll
     for (int t = 0; t < DH / 2; ++t) o[2 * t + half] = __float2bfloat16(acc[t] * inverse);
-}
-
-__global__ void merge_attention_parts_kernel(const AttentionMergeKernelArgs args) {
-    const int64_t chunks = args.head_dim / 8;
-    const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (idx >= args.heads * args.batch * args.tgt_len * chunks) return;
-    const int64_t c = (idx % chunks) * 8, row = idx / chunks % (args.batch * args.tgt_len), h = idx / chunks / (args.batch * args.tgt_len);
-    const int64_t b = row / args.tgt_len, i = row % args.tgt_len;
-    const float content_lse = args.content_lse[h * args.content_lse_stride[0] + row * args.content_lse_stride[1]];
-    float top = content_lse;
-    for (int p = 0; p < int(args.persistent_parts); ++p)
-        top = fmaxf(top, args.persistent_lse[p * args.persistent_lse_stride[0] + h * args.persistent_lse_stride[1] + row * args.persistent_lse_stride[2]]);
-    float total = 0.0f, acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (top > -INFINITY) {
-        const float content_weight = __expf(content_lse - top);
-        const float * content = args.content_out + h * args.content_out_stride[0] + b * args.content_out_stride[1] + i * args.content_out_stride[2] + c;
-        const float4 low = *reinterpret_cast<const float4 *>(content), high = *reinterpret_cast<const float4 *>(content + 4);
-        const float values[8] = {low.x, low.y, low.z, low.w, high.x, high.y, high.z, high.w};
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[e] = values[e] * content_weight;
-        total = content_weight;
-        for (int p = 0; p < int(args.persistent_parts); ++p) {
-            const float lse = args.persistent_lse[p * args.persistent_lse_stride[0] + h * args.persistent_lse_stride[1] + row * args.persistent_lse_stride[2]];
-            const float weight = __expf(lse - top);
-            const uint4 raw = *reinterpret_cast<const uint4 *>(static_cast<const bf16 *>(args.persistent_out) + p * args.persistent_out_stride[0]
-                                                               + h * args.persistent_out_stride[1] + row * args.persistent_out_stride[2] + c);
-            const bf16 * part = reinterpret_cast<const bf16 *>(&raw);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) acc[e] += __bfloat162float(part[e]) * weight * args.persistent_value_scale;
-            total += weight;
-        }
-    }
-    const float inverse = total > 0.0f ? 1.0f / total : 0.0f;
-    uint4 merged;
-    bf16 * out = reinterpret_cast<bf16 *>(&merged);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) out[e] = __float2bfloat16(acc[e] * inverse);
-    *reinterpret_cast<uint4 *>(static_cast<bf16 *>(args.out) + h * args.out_stride[0] + b * args.out_stride[1] + i * args.out_stride[2] + c) = merged;
 }
 
 template <int DH>
@@ -311,16 +253,6 @@ cudaError_t launch(const RelativeAttentionKernelArgs & args, cudaStream_t stream
 }
 
 } // namespace
-
-const char * launch_merge_attention_parts(const AttentionMergeKernelArgs & args, void * stream_handle) {
-    if (args.head_dim % 8 != 0) return "attention merge kernel: head_dim must be a multiple of 8";
-    const int64_t threads = args.heads * args.batch * args.tgt_len * (args.head_dim / 8);
-    if (threads == 0) return nullptr;
-    constexpr int block = 256;
-    merge_attention_parts_kernel<<<unsigned((threads + block - 1) / block), block, 0, static_cast<cudaStream_t>(stream_handle)>>>(args);
-    const cudaError_t status = cudaGetLastError();
-    return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
-}
 
 bool relative_attention_kernel_supports(int64_t head_dim) {
     return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;

@@ -21,18 +21,10 @@ struct RelativeAttentionKernelArgs {
     const void * u_bias = nullptr;              ///< (H*dh,) content bias u
     const void * v_bias = nullptr;              ///< (H*dh,) position bias v
     bool bias_bf16 = false;                     ///< u and v are bf16, else fp32
-    /// (P,H,B*T,dh) bf16: softmax over the persistent columns alone, in P parts of the columns (a layer of few heads
-    /// splits them to fill the GPU); null = none. The parts join by their log-sum-exps when the softmax starts.
-    const void * persistent_out = nullptr;
-    const float * persistent_lse = nullptr;     ///< (P,H,B*T) each part's natural log-sum-exp
-    int64_t persistent_parts = 1;               ///< P
+    const void * persistent_out = nullptr;      ///< (H,B*T,dh) bf16: softmax over the persistent columns alone; null = none
+    const float * persistent_lse = nullptr;     ///< (H,B*T) their natural log-sum-exp
     float persistent_value_scale = 1.0f;        ///< persistent_out is multiplied by this (All-attention: sqrt(N))
-    void * out = nullptr;                       ///< (H,B,T,dh) bf16, or fp32 with out_fp32
-    bool out_fp32 = false;
-    /// (H,B*T) fp32, or null: each query row's natural log-sum-exp over the columns this call attended, so that a
-    /// part attended concurrently elsewhere (the persistent columns) can join afterwards (launch_merge_attention_parts).
-    float * lse_out = nullptr;
-    int64_t lse_out_stride[2] = {0, 0};         ///< head, row (b*T+i)
+    void * out = nullptr;                       ///< (H,B,T,dh) bf16
     int64_t heads = 0, batch = 0, tgt_len = 0, mem_len = 0, head_dim = 0;
     bool same_length = true;
     float scale = 1.0f;                         ///< applied to both terms (1/sqrt(dh))
@@ -40,28 +32,9 @@ struct RelativeAttentionKernelArgs {
     int64_t k_stride[3] = {0, 0, 0};
     int64_t v_stride[3] = {0, 0, 0};
     int64_t r_stride[2] = {0, 0};               ///< head, position
-    int64_t persistent_out_stride[3] = {0, 0, 0};  ///< part, head, row (b*T+i)
-    int64_t persistent_lse_stride[3] = {0, 0, 0};
+    int64_t persistent_out_stride[2] = {0, 0};  ///< head, row (b*T+i)
+    int64_t persistent_lse_stride[2] = {0, 0};
     int64_t out_stride[3] = {0, 0, 0};
-};
-
-/// Joins attention computed in parts into one softmax over all their columns: the content part (fp32 output and
-/// log-sum-exp from launch_relative_attention with lse_out) and P persistent parts (bf16 outputs, the value scale
-/// applied here, and their log-sum-exps). Writes bf16 (H,B,T,dh). One thread per 8 values of a row.
-struct AttentionMergeKernelArgs {
-    const float * content_out = nullptr;        ///< (H,B,T,dh) fp32
-    int64_t content_out_stride[3] = {0, 0, 0};  ///< head, batch, position
-    const float * content_lse = nullptr;        ///< (H,B*T)
-    int64_t content_lse_stride[2] = {0, 0};     ///< head, row
-    const void * persistent_out = nullptr;      ///< (P,H,B*T,dh) bf16
-    int64_t persistent_out_stride[3] = {0, 0, 0};
-    const float * persistent_lse = nullptr;     ///< (P,H,B*T)
-    int64_t persistent_lse_stride[3] = {0, 0, 0};
-    int64_t persistent_parts = 1;
-    float persistent_value_scale = 1.0f;
-    void * out = nullptr;                       ///< (H,B,T,dh) bf16
-    int64_t out_stride[3] = {0, 0, 0};
-    int64_t heads = 0, batch = 0, tgt_len = 0, head_dim = 0;   ///< head_dim a multiple of 8
 };
 
 /// Head dimensions the kernel is built for (multiples of 16 up to 128).
@@ -69,6 +42,5 @@ bool relative_attention_kernel_supports(int64_t head_dim);
 
 /// Launches on the given cudaStream_t. Returns nullptr on success, else CUDA's error text.
 const char * launch_relative_attention(const RelativeAttentionKernelArgs & args, void * stream);
-const char * launch_merge_attention_parts(const AttentionMergeKernelArgs & args, void * stream);
 
 } // namespace studio

@@ -116,22 +116,6 @@ bool check_inference(const torch::Device & device) {
             std::printf("selftest: inference attention (%s), our kernel bf16 vs explicit fp32: max rel. error %.2e vs explicit bf16 %.2e %s\n",
                         shape.name, kernel_bf16, explicit_bf16, pass ? "ok" : "FAIL");
             ok = pass && ok;
-            // Every split of the persistent columns the choice may make, joined after our kernel (the default) or
-            // starting its softmax.
-            for (const bool concurrent : {true, false}) {
-                set_persistent_join_concurrent(concurrent);
-                for (const int64_t splits : {int64_t(1), int64_t(2), int64_t(4), int64_t(8)}) {
-                    if (shape.N == 0 || shape.N % (16 * splits) != 0) continue;
-                    set_persistent_key_splits(splits);
-                    const double split_bf16 = relative_error(infer(true, true), reference);
-                    set_persistent_key_splits(0);
-                    const bool split_pass = split_bf16 <= 2 * explicit_bf16 + 1e-3;
-                    std::printf("selftest: inference attention (%s), our kernel, persistent columns in %ld parts %s: max rel. error %.2e %s\n",
-                                shape.name, (long) splits, concurrent ? "joined after it" : "seeding it", split_bf16, split_pass ? "ok" : "FAIL");
-                    ok = split_pass && ok;
-                }
-            }
-            set_persistent_join_concurrent(true);
         }
     }
     return ok;

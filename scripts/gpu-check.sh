@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|joinbench|gate|repro|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -140,24 +140,6 @@ kernelbench() {
   done
 }
 layerbench() { inference_rows_and_profiles 0 layers 7 25 "without the loss"; }
-# Inference rows (no loss, batch 4 and 32) with the persistent columns as before session 9 (one flash call, our
-# kernel starting from it), split to fill the GPU, and split and joined after our kernel (the default).
-joinbench() {
-  local label
-  for label in ${JOIN_COMBOS:-seed:1 seed:0 concurrent:0}; do
-    set -- ${label/:/ }
-    log "bench wt103 reference shapes, bf16, without the loss: persistent join $1, splits $([ $2 = 0 ] && echo chosen || echo $2)"
-    STUDIO_PERSISTENT_JOIN=$1 STUDIO_PERSISTENT_SPLITS=$2 $STUDIO bench configs/wt103_all_16l_train.json --devices cuda \
-      --batch-sizes 4,32 --dtypes bf16 --with-loss 0 --variants dense,pruned --steps 20 --warmup 5 -r 7 \
-      --out "$OUT/bench-join-$1-$2" 2>>"$OUT/bench.log" | tee -a "$OUT/summary.txt"
-    [ -n "${JOIN_PROFILE:-}" ] || continue
-    log "profile: 59-head segment, batch 32, no loss, persistent join $1, splits $2"
-    STUDIO_PERSISTENT_JOIN=$1 STUDIO_PERSISTENT_SPLITS=$2 STUDIO_PROFILE=/tmp/join-$1-$2.json STUDIO_PROFILE_VARIANT=pruned-59 \
-      $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --batch-sizes 32 --dtypes bf16 --with-loss 0 \
-      --variants dense,pruned --steps 3 --warmup 2 -r 1 --out /tmp/profile-join > /dev/null 2>&1
-    python3 scripts/trace_summary.py /tmp/join-$1-$2.json --top 14 | tee -a "$OUT/summary.txt"
-  done
-}
 # The persistent columns' flash call of one layer with its keys split s ways, for 1..8 heads (see the script).
 splitprobe() {
   log "probe: persistent flash call, keys split s ways"
@@ -283,7 +265,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
-    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|joinbench|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
+    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done

@@ -128,23 +128,6 @@ private Q_SLOTS:
         QVERIFY2(torch::allclose(merged, expected, 1e-6, 1e-6), "merged parts differ from one softmax over all keys");
     }
 
-    // A layer of few heads splits its persistent columns so that the flash kernel's blocks (128 query rows, two to
-    // an SM) fill the GPU: on 132 SMs the counts the probe measured fastest (docs/benchmarks.md, session 9).
-    void persistent_key_splits_fill_the_last_wave() {
-        const std::map<int64_t, int64_t> batch_32 = {{1, 4}, {2, 8}, {3, 8}, {4, 4}, {5, 1}, {6, 4}, {7, 2}, {8, 2}};
-        for (const auto & [heads, splits] : batch_32)
-            QCOMPARE(persistent_key_splits(32 * 192, heads, 2048, 132), splits);
-        QCOMPARE(persistent_key_splits(4 * 192, 1, 2048, 132), int64_t(8));   // 6 blocks a head: the most parts
-        QCOMPARE(persistent_key_splits(4 * 192, 8, 2048, 132), int64_t(4));   // 4 and 8 fill alike: the fewer
-        QCOMPARE(persistent_key_splits(32 * 192, 1, 48, 132), int64_t(1));    // 48 columns: parts of 16 would need 3
-        QCOMPARE(persistent_key_splits(32 * 192, 1, 64, 132), int64_t(4));
-        set_persistent_key_splits(2);
-        QCOMPARE(persistent_key_splits(32 * 192, 5, 2048, 132), int64_t(2));
-        QCOMPARE(persistent_key_splits(32 * 192, 5, 48, 132), int64_t(1));    // a fixed count that does not divide: none
-        set_persistent_key_splits(0);
-        QCOMPARE(persistent_key_splits(32 * 192, 5, 2048, 132), int64_t(1));
-    }
-
     // Without a gradient the explicit path runs a few heads at a time when the scores are big: here 2 x 64 x
     // (128 + 2048) fp32 scores per head, 1.1 MB, so chunks of 15 heads and 1 under its 16 MB. It must give what the
     // whole-tensor computation (grad mode, one piece) gives, persistent vectors of every head included.
