@@ -10,6 +10,7 @@
 #include <torch/version.h>
 
 #include "apart_attention.h"
+#include "content_bias.h"
 #include "device.h"
 
 #ifdef STUDIO_CUDA_KERNELS
@@ -279,18 +280,17 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     if (persistent_done) persistent_done->block(c10::cuda::getCurrentCUDAStream(q.device().index())); // joined, whichever path follows
     if (own && kernel_takes(q, k, val, r)) heads = kernel_attention(q, k, val, r, ub, vb, scale, persistent_out, persistent_lse);
 #endif
-    auto position_scores = [&] {
+    auto unshifted_position_scores = [&] {
         auto q_rows = (q + vb.view({H, 1, 1, dh}).to(q.dtype())).reshape({H, B * T, dh});                // (H,B*T,dh)
-        return rel_shift(torch::matmul(q_rows, r.transpose(-1, -2)).view({H, B, T, S}));                 // (H,B,T,S)
+        return torch::matmul(q_rows, r.transpose(-1, -2)).view({H, B, T, S});                            // (H,B,T,S)
     };
 #if TORCH_VERSION_MAJOR >= 2
     if (!heads.defined() && fused_wanted && fused_attention_available(x_n.device())) {
-        auto bd = position_scores();
         // One kernel over content and persistent keys with q as the query: u . k_j joins the position term in the
         // additive bias of the content columns, so the persistent columns (keys mem_k x sqrt(dh), which the
         // kernel's scale cancels) need no bias at all: q . mem_k, as the reference computes it.
-        auto u_k = torch::matmul(k, ub.view({H, 1, dh, 1}).to(k.dtype())).view({H, B, 1, S});           // (H,B,1,S)
-        auto content_bias = ((bd + u_k) * scale).masked_fill(keep.logical_not(), -INFINITY);          // (H,B,T,S)
+        auto u_k = torch::matmul(k, ub.view({H, 1, dh, 1}).to(k.dtype())).view({H, B, S});              // (H,B,S)
+        auto content_bias = studio::content_bias(unshifted_position_scores(), u_k, keep, scale);        // (H,B,T,S)
         auto bias = content_bias, keys = k, values = val;
         // Apart only where the kernels take the operands as they are: no gradient, no dropout, 16-aligned bias rows
         // and head dims (else the concatenation below).
@@ -316,7 +316,8 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
                                                      /*is_causal=*/false, scale);
     }
 #endif
-    if (!heads.defined()) heads = explicit_attention(q, q + ub.view({H, 1, 1, dh}).to(q.dtype()), k, val, position_scores(), keep, scale);
+    if (!heads.defined())
+        heads = explicit_attention(q, q + ub.view({H, 1, 1, dh}).to(q.dtype()), k, val, rel_shift(unshifted_position_scores()), keep, scale);
     // The gates scale the output projection's columns head by head rather than the heads' outputs: the same product,
     // at a cost that does not grow with the batch (a pass over the (H,B,T,dh) outputs and two in the backward were
     // ~1 ms of a training step at batch 24).

@@ -35,5 +35,8 @@ bool check_log_softmax_at(const torch::Device & device);
 bool check_layer_graph(const torch::Device & device);
 /// LAMB's update by our CUDA kernels against LibTorch's operations (CUDA builds with our kernels).
 bool check_lamb_kernels(const torch::Device & device);
+/// The content columns' attention bias by our CUDA kernels (content_bias.h) against LibTorch's operations in float64:
+/// the bias, -inf off the kept band, and both gradients; fp32 and bf16, with and without same_length.
+bool check_content_bias(const torch::Device & device);
 
 } // namespace studio

@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include "content_bias.h"
 #include "device.h"
 #include "language_model.h"
 #include "layer_graph.h"
@@ -149,6 +150,46 @@ bool check_lamb_kernels(const torch::Device & device) {
     std::printf("selftest: LAMB, 4 clipped steps of 7 tensors in 2 groups, our kernels vs LibTorch's operations: max rel. error %.2e, "
                 "replayed from CUDA graphs %.2e (< 1e-5) %s\n", fused_error, graphed_error, pass ? "ok" : "FAIL");
     return pass;
+}
+
+bool check_content_bias(const torch::Device & device) {
+    struct Shape { int64_t H, B, T, M; bool same_length; };
+    bool ok = true;
+    for (const Shape & shape : {Shape{4, 3, 64, 64, true}, Shape{2, 2, 37, 50, false}}) {
+        const int64_t S = shape.T + shape.M;
+        auto keep = attention_keep_mask(shape.T, shape.M, shape.same_length, device);
+        auto position_in = torch::randn({shape.H, shape.B, shape.T, S}, torch::TensorOptions().device(device));
+        auto key_bias_in = torch::randn({shape.H, shape.B, S}, torch::TensorOptions().device(device));
+        auto upstream = torch::randn({shape.H, shape.B, shape.T, S}, torch::TensorOptions().device(device));
+        for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+            const double scale = 0.125;
+            // One computation: the bias over the kept entries, then both gradients of <bias, upstream> over them.
+            auto run = [&](torch::ScalarType as, bool kernels) {
+                const bool previous = own_kernels_enabled();
+                set_own_kernels(kernels);
+                auto position = position_in.to(dtype).to(as).clone().requires_grad_(true);
+                auto key_bias = key_bias_in.to(dtype).to(as).clone().requires_grad_(true);
+                const bool fused = content_bias_kernel_takes(position, key_bias, keep);
+                auto bias = content_bias(position, key_bias, keep, scale);
+                set_own_kernels(previous);
+                auto kept = bias.masked_fill(keep.logical_not(), 0);
+                (kept * upstream.to(as)).sum().backward();
+                const bool masked_right = (bias.masked_select(keep.logical_not()) == -INFINITY).all().item<bool>();
+                return std::make_tuple(Outputs{{kept.to(torch::kDouble), position.grad().to(torch::kDouble), key_bias.grad().to(torch::kDouble)}},
+                                       fused, masked_right);
+            };
+            auto [reference, reference_fused, reference_masked] = run(torch::kDouble, false);
+            auto [kernels, kernels_fused, kernels_masked] = run(dtype, true);
+            const double error = worst_error(kernels, reference), bound = dtype == torch::kFloat ? 1e-5 : 1e-2;
+            const bool pass = kernels_fused && !reference_fused && kernels_masked && reference_masked && error < bound;
+            std::printf("selftest: content bias (H %ld, B %ld, T %ld, M %ld%s), our kernels %s vs float64 operations: bias and 2 gradients "
+                        "max rel. error %.2e (< %.0e), masked entries -inf %s %s\n",
+                        (long) shape.H, (long) shape.B, (long) shape.T, (long) shape.M, shape.same_length ? "" : ", causal",
+                        dtype == torch::kFloat ? "fp32" : "bf16", error, bound, kernels_masked ? "yes" : "no", pass ? "ok" : "FAIL");
+            ok = pass && ok;
+        }
+    }
+    return ok;
 }
 
 } // namespace studio

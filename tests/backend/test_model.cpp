@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "apart_attention.h"
+#include "content_bias.h"
 #include "device.h"
 #include "language_model.h"
 #include "model_info.h"
@@ -104,6 +105,39 @@ private Q_SLOTS:
                     for (int64_t j = 0; j <= i + S - T; ++j)
                         QCOMPARE(source.grad()[b][0][i][j + T - 1 - i].item<float>(), weights[b][0][i][j].item<float>());
         }
+    }
+
+    // The content columns' bias: the position term shifted into place, u . k added, scaled, -inf off the kept band;
+    // its gradients go back through the shift (written here element by element).
+    void content_bias_shifts_adds_scales_and_masks() {
+        const int64_t H = 2, B = 2, T = 5, M = 3, S = T + M;
+        const double scale = 0.25;
+        auto position = torch::randn({H, B, T, S}, torch::kDouble).requires_grad_(true);
+        auto key_bias = torch::randn({H, B, S}, torch::kDouble).requires_grad_(true);
+        auto keep = attention_keep_mask(T, M, true, torch::kCPU);
+        auto bias = content_bias(position, key_bias, keep, scale);
+        QCOMPARE(bias.sizes().vec(), (std::vector<int64_t>{H, B, T, S}));
+        auto upstream = torch::randn({H, B, T, S}, torch::kDouble);
+        (bias.masked_fill(keep.logical_not(), 0) * upstream).sum().backward();
+        auto expected_position_grad = torch::zeros({H, B, T, S}, torch::kDouble), expected_key_grad = torch::zeros({H, B, S}, torch::kDouble);
+        for (int64_t h = 0; h < H; ++h)
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t i = 0; i < T; ++i)
+                    for (int64_t j = 0; j < S; ++j) {
+                        const bool kept = j <= i + M && j >= i;
+                        QCOMPARE(keep[i][j].item<bool>(), kept);
+                        if (!kept) {
+                            QCOMPARE(bias[h][b][i][j].item<double>(), -INFINITY);
+                            continue;
+                        }
+                        const int64_t column = j + T - 1 - i;
+                        const double value = (position[h][b][i][column].item<double>() + key_bias[h][b][j].item<double>()) * scale;
+                        QVERIFY(std::abs(bias[h][b][i][j].item<double>() - value) < 1e-12);
+                        expected_position_grad[h][b][i][column] += upstream[h][b][i][j].item<double>() * scale;
+                        expected_key_grad[h][b][j] += upstream[h][b][i][j].item<double>() * scale;
+                    }
+        QVERIFY2(torch::allclose(position.grad(), expected_position_grad, 1e-12, 1e-12), "position gradient");
+        QVERIFY2(torch::allclose(key_bias.grad(), expected_key_grad, 1e-12, 1e-12), "key bias gradient");
     }
 
     // The GPU inference path attends to the content and the persistent keys in two kernels and joins them by their
