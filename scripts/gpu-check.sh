@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|gate|repro|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|trainprofile|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -108,6 +108,20 @@ profile() {
     --variants dense --with-loss 0 --cuda-graphs 0 --steps 3 --warmup 2 -r 1 --out /tmp/pi > /dev/null 2>&1
   python3 scripts/trace_summary.py /tmp/infer-trace.json --top 20 | tee -a "$OUT/summary.txt"
   python3 scripts/trace_summary.py /tmp/infer-trace.json --top 30 --by-op | tee -a "$OUT/summary.txt"
+}
+
+# Where a training step's GPU time goes, batch ${PROFILE_BATCH:-24}: kernel sums of three graphed steps, then of three
+# eager steps by the operator that launched each kernel (graph replays carry no operator names).
+trainprofile() {
+  local b=${PROFILE_BATCH:-24}
+  log "profile: training step, batch $b, bf16, graphed"
+  STUDIO_PROFILE=/tmp/train-graph.json $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 \
+    --batch-sizes $b --train-variants ungated --steps 3 --warmup 3 -r 1 --out /tmp/ptg > /dev/null 2>&1
+  python3 scripts/trace_summary.py /tmp/train-graph.json --top 30 | tee -a "$OUT/summary.txt"
+  log "profile: training step, batch $b, bf16, eager, by operator"
+  STUDIO_PROFILE=/tmp/train-eager.json $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 \
+    --batch-sizes $b --train-variants ungated --cuda-graphs 0 --steps 3 --warmup 3 -r 1 --out /tmp/pte > /dev/null 2>&1
+  python3 scripts/trace_summary.py /tmp/train-eager.json --top 45 --by-op | tee -a "$OUT/summary.txt"
 }
 
 # The inference rows of [bench] 4 (batch 4 and 32, bf16, dense vs the 106/87/59-head models, the layers replayed as
@@ -275,7 +289,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
-    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
+    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|trainprofile|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
