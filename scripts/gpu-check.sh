@@ -113,15 +113,18 @@ profile() {
 # Where a training step's GPU time goes, batch ${PROFILE_BATCH:-24}: kernel sums of three graphed steps, then of three
 # eager steps by the operator that launched each kernel (graph replays carry no operator names).
 trainprofile() {
-  local b=${PROFILE_BATCH:-24}
-  log "profile: training step, batch $b, bf16, graphed"
-  STUDIO_PROFILE=/tmp/train-graph.json $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 \
-    --batch-sizes $b --train-variants ungated --steps 3 --warmup 3 -r 1 --out /tmp/ptg > /dev/null 2>&1
-  python3 scripts/trace_summary.py /tmp/train-graph.json --top 30 | tee -a "$OUT/summary.txt"
-  log "profile: training step, batch $b, bf16, eager, by operator"
-  STUDIO_PROFILE=/tmp/train-eager.json $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 \
-    --batch-sizes $b --train-variants ungated --cuda-graphs 0 --steps 3 --warmup 3 -r 1 --out /tmp/pte > /dev/null 2>&1
-  python3 scripts/trace_summary.py /tmp/train-eager.json --top 45 --by-op | tee -a "$OUT/summary.txt"
+  local b=${PROFILE_BATCH:-24} variant
+  for variant in ${PROFILE_VARIANTS:-ungated}; do
+    log "profile: training step, batch $b, bf16, $variant, graphed"
+    STUDIO_PROFILE=/tmp/train-graph.json $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 \
+      --batch-sizes $b --train-variants $variant --steps 3 --warmup 3 -r 1 --out /tmp/ptg > /dev/null 2>&1
+    python3 scripts/trace_summary.py /tmp/train-graph.json --top ${PROFILE_TOP:-30} | tee -a "$OUT/summary.txt"
+    [ -n "${PROFILE_EAGER:-1}" ] || continue
+    log "profile: training step, batch $b, bf16, $variant, eager, by operator"
+    STUDIO_PROFILE=/tmp/train-eager.json $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 \
+      --batch-sizes $b --train-variants $variant --cuda-graphs 0 --steps 3 --warmup 3 -r 1 --out /tmp/pte > /dev/null 2>&1
+    python3 scripts/trace_summary.py /tmp/train-eager.json --top 45 --by-op | tee -a "$OUT/summary.txt"
+  done
 }
 
 # The inference rows of [bench] 4 (batch 4 and 32, bf16, dense vs the 106/87/59-head models, the layers replayed as
