@@ -95,14 +95,10 @@ trainbench() {
     --steps 10 --warmup 3 -r 5 --out "$OUT/train-bench" 2>>"$OUT/train-bench.log" | tee -a "$OUT/summary.txt"
 }
 
-# Kernel-time breakdowns of three training steps (batch 24) and three inference segments (batch 32, no loss), by
-# kernel and by the operator that launched each kernel.
+# Kernel-time breakdowns of three training steps (trainprofile below) and three inference segments (batch 32, no
+# loss), by kernel and by the operator that launched each kernel.
 profile() {
-  log "profile: training step, batch 24, bf16"
-  STUDIO_PROFILE=/tmp/train-trace.json $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 \
-    --batch-sizes 24 --train-variants ungated --steps 3 --warmup 3 -r 1 --out /tmp/pt > /dev/null 2>&1
-  python3 scripts/trace_summary.py /tmp/train-trace.json --top 30 | tee -a "$OUT/summary.txt"
-  python3 scripts/trace_summary.py /tmp/train-trace.json --top 40 --by-op | tee -a "$OUT/summary.txt"
+  trainprofile
   log "profile: inference segment, batch 32, bf16, no loss, eager"
   STUDIO_PROFILE=/tmp/infer-trace.json $STUDIO bench configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 --batch-sizes 32 \
     --variants dense --with-loss 0 --cuda-graphs 0 --steps 3 --warmup 2 -r 1 --out /tmp/pi > /dev/null 2>&1
@@ -119,7 +115,7 @@ trainprofile() {
     STUDIO_PROFILE=/tmp/train-graph.json $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 \
       --batch-sizes $b --train-variants $variant --steps 3 --warmup 3 -r 1 --out /tmp/ptg > /dev/null 2>&1
     python3 scripts/trace_summary.py /tmp/train-graph.json --top ${PROFILE_TOP:-30} | tee -a "$OUT/summary.txt"
-    [ -n "${PROFILE_EAGER:-1}" ] || continue
+    [ -n "${PROFILE_EAGER-1}" ] || continue   # PROFILE_EAGER= (empty): graphed only
     log "profile: training step, batch $b, bf16, $variant, eager, by operator"
     STUDIO_PROFILE=/tmp/train-eager.json $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 \
       --batch-sizes $b --train-variants $variant --cuda-graphs 0 --steps 3 --warmup 3 -r 1 --out /tmp/pte > /dev/null 2>&1
