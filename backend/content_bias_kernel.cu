@@ -7,40 +7,27 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernel_common.cuh"
+
 namespace studio {
 
 namespace {
 
-using bf16 = __nv_bfloat16;
+using namespace kernels;
 constexpr int kThreads = 128;
 
-template <typename T> __device__ inline float load(const void * base, int64_t at) { return float(static_cast<const T *>(base)[at]); }
-template <> __device__ inline float load<bf16>(const void * base, int64_t at) { return __bfloat162float(static_cast<const bf16 *>(base)[at]); }
-template <typename T> __device__ inline void store(void * base, int64_t at, float value) { static_cast<T *>(base)[at] = T(value); }
-template <> __device__ inline void store<bf16>(void * base, int64_t at, float value) { static_cast<bf16 *>(base)[at] = __float2bfloat16(value); }
+template <typename T> __device__ inline float load(const void * base, int64_t at) { return to_float(static_cast<const T *>(base)[at]); }
 
-/// Eight results from element `at` on: one 16-byte store (bf16) or two (fp32) where the row length keeps them aligned.
-template <typename T> __device__ inline void store8(void * base, int64_t at, const float (&values)[8], int count, bool aligned);
-template <> __device__ inline void store8<bf16>(void * base, int64_t at, const float (&values)[8], int count, bool aligned) {
-    bf16 * out = static_cast<bf16 *>(base) + at;
+/// Eight results from element `at` on: 16-byte stores where the row length keeps them aligned, else one by one.
+template <typename T> __device__ inline void store8(void * base, int64_t at, const float (&values)[8], int count, bool aligned) {
+    T * out = static_cast<T *>(base) + at;
+    constexpr int lanes = Vec<T>::kSize;
     if (aligned && count == 8) {
-        uint4 packed;
-        bf16 * lanes = reinterpret_cast<bf16 *>(&packed);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) lanes[e] = __float2bfloat16(values[e]);
-        *reinterpret_cast<uint4 *>(out) = packed;
+        for (int e = 0; e < 8; e += lanes) Vec<T>::store(out + e, *reinterpret_cast<const float (*)[lanes]>(values + e));
         return;
     }
-    for (int e = 0; e < count; ++e) out[e] = __float2bfloat16(values[e]);
-}
-template <> __device__ inline void store8<float>(void * base, int64_t at, const float (&values)[8], int count, bool aligned) {
-    float * out = static_cast<float *>(base) + at;
-    if (aligned && count == 8) {
-        reinterpret_cast<float4 *>(out)[0] = make_float4(values[0], values[1], values[2], values[3]);
-        reinterpret_cast<float4 *>(out)[1] = make_float4(values[4], values[5], values[6], values[7]);
-        return;
-    }
-    for (int e = 0; e < count; ++e) out[e] = values[e];
+    for (int e = 0; e < count; ++e) store(out + e, values[e]);
 }
 
 /// Thread t of the grid takes keys 8c .. 8c+7 of one query row (h, b, i); rows of S keys hold ceil(S/8) such chunks.
@@ -115,12 +102,7 @@ __global__ void __launch_bounds__(kThreads) key_bias_grad_kernel(const ContentBi
     __syncthreads();
     if (group != 0 || j >= args.key_len) return;
     for (int g = 1; g < kColumnGroups; ++g) sum += partial[g][key];
-    store<T>(args.grad_key_bias, hb * args.key_len + j, sum * args.scale);
-}
-
-const char * status() {
-    const cudaError_t error = cudaGetLastError();
-    return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+    store(static_cast<T *>(args.grad_key_bias) + hb * args.key_len + j, sum * args.scale);
 }
 
 } // namespace
@@ -138,7 +120,7 @@ const char * launch_content_bias_forward(const ContentBiasKernelArgs & args, voi
     auto stream = static_cast<cudaStream_t>(stream_handle);
     if (args.bf16) forward_kernel<bf16><<<chunk_blocks(args), kThreads, 0, stream>>>(args);
     else forward_kernel<float><<<chunk_blocks(args), kThreads, 0, stream>>>(args);
-    return status();
+    return launch_error();
 }
 
 const char * launch_content_bias_backward(const ContentBiasKernelArgs & args, void * stream_handle) {
@@ -152,7 +134,7 @@ const char * launch_content_bias_backward(const ContentBiasKernelArgs & args, vo
         position_grad_kernel<float><<<chunk_blocks(args), kThreads, 0, stream>>>(args);
         key_bias_grad_kernel<float><<<columns, kThreads, 0, stream>>>(args);
     }
-    return status();
+    return launch_error();
 }
 
 } // namespace studio

@@ -6,6 +6,8 @@
 
 #include <cuda_runtime.h>
 
+#include "kernel_common.cuh"
+
 namespace studio {
 
 namespace {
@@ -71,11 +73,6 @@ __global__ void __launch_bounds__(kThreads) apply_scalar_kernel(const LambApplyK
     for (int64_t j = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; j < a.n; j += stride) a.param[j] -= a.step[a.segment[j]] * a.update[j];
 }
 
-const char * status_text() {
-    const cudaError_t status = cudaGetLastError();
-    return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
-}
-
 } // namespace
 
 const char * launch_lamb_moments(const LambMomentsKernelArgs & args, void * stream_handle) {
@@ -85,7 +82,7 @@ const char * launch_lamb_moments(const LambMomentsKernelArgs & args, void * stre
         moments_vector_kernel<<<blocks_for(args.n / 4 > 0 ? args.n / 4 : 1), kThreads, 0, stream>>>(args);
     else
         moments_scalar_kernel<<<blocks_for(args.n), kThreads, 0, stream>>>(args);
-    return status_text();
+    return kernels::launch_error();
 }
 
 const char * launch_lamb_apply(const LambApplyKernelArgs & args, void * stream_handle) {
@@ -95,7 +92,7 @@ const char * launch_lamb_apply(const LambApplyKernelArgs & args, void * stream_h
         apply_vector_kernel<<<blocks_for(args.n / 4 > 0 ? args.n / 4 : 1), kThreads, 0, stream>>>(args);
     else
         apply_scalar_kernel<<<blocks_for(args.n), kThreads, 0, stream>>>(args);
-    return status_text();
+    return kernels::launch_error();
 }
 
 } // namespace studio

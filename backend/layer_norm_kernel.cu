@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernel_common.cuh"
+
 namespace studio {
 
 namespace {
@@ -106,7 +108,7 @@ const char * launch_segment_norm(const SegmentNormKernelArgs & args, void * stre
     cudaError_t status;
     if (args.input_bf16) status = args.params_bf16 ? launch<bf16, bf16>(args, stream) : launch<bf16, float>(args, stream);
     else status = args.params_bf16 ? launch<float, bf16>(args, stream) : launch<float, float>(args, stream);
-    return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+    return kernels::error_text(status);
 }
 
 } // namespace studio

@@ -10,6 +10,8 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include "kernel_common.cuh"
+
 namespace studio {
 
 namespace {
@@ -268,7 +270,7 @@ const char * launch_relative_attention(const RelativeAttentionKernelArgs & args,
     case 128: status = launch<128>(args, stream); break;
     default: return "relative attention kernel: head_dim must be 16, 32, 64 or 128";
     }
-    return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+    return kernels::error_text(status);
 }
 
 } // namespace studio

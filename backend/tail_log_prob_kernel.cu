@@ -10,11 +10,13 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include "kernel_common.cuh"
+
 namespace studio {
 
 namespace {
 
-using bf16 = __nv_bfloat16;
+using namespace kernels;
 
 constexpr int kRows = 32;                 // rows of a block: 8 warps x 4 rows
 constexpr int kCols = 128;                // columns of a tile: 32 lanes x 4 columns
@@ -23,17 +25,6 @@ constexpr int kThreads = 256;
 constexpr int64_t kTargetBlocks = 2048;   // enough blocks to fill an H200 a few times over
 constexpr int kRowPitch = kRows + 4;      // k-major hidden slice, 16-byte aligned rows
 constexpr int kColPitch = kCols + 1;      // k-major weight slice, odd pitch against bank conflicts on the stores
-
-__device__ inline float to_float(bf16 x) { return __bfloat162float(x); }
-__device__ inline float to_float(float x) { return x; }
-
-/// (max, sum) pairs of a running log-sum-exp joined: sum is relative to max.
-__device__ inline void join(float & m, float & l, float m2, float l2) {
-    const float top = fmaxf(m, m2);
-    if (top == -INFINITY) return;
-    l = l * __expf(m - top) + l2 * __expf(m2 - top);
-    m = top;
-}
 
 /// Column splits for a grid of about kTargetBlocks blocks of rows_per_block x cols_per_tile.
 /// Rows of this call: how many (read from device memory when indirect) and the physical row of logical row r.
@@ -288,7 +279,7 @@ const char * launch_tail_log_prob(const TailLogProbKernelArgs & args, void * str
     if (args.hidden_bf16) status = args.weight_bf16 ? (args.dim <= 1024 ? launch_tensor_cores(args, stream) : launch<bf16, bf16>(args, stream))
                                                     : launch<bf16, float>(args, stream);
     else status = args.weight_bf16 ? launch<float, bf16>(args, stream) : launch<float, float>(args, stream);
-    return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+    return error_text(status);
 }
 
 } // namespace studio

@@ -1,0 +1,64 @@
+// Device helpers that several of our kernels use (nvcc only: each .cu includes this; the plain C++ launch headers
+// do not): element conversion between bf16 and fp32, 16-byte vector loads and stores, the join of two running
+// log-sum-exps, and the launchers' error text.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+namespace studio {
+namespace kernels {
+
+using bf16 = __nv_bfloat16;
+
+__device__ inline float to_float(bf16 x) { return __bfloat162float(x); }
+__device__ inline float to_float(float x) { return x; }
+__device__ inline void store(bf16 * p, float x) { *p = __float2bfloat16(x); }
+__device__ inline void store(float * p, float x) { *p = x; }
+
+/// 16 bytes of T as floats, and back.
+template <typename T> struct Vec;
+template <> struct Vec<float> {
+    static constexpr int kSize = 4;
+    __device__ static void load(const float * p, float (&v)[kSize]) {
+        const float4 x = *reinterpret_cast<const float4 *>(p);
+        v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
+    }
+    __device__ static void store(float * p, const float (&v)[kSize]) { *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]); }
+};
+template <> struct Vec<bf16> {
+    static constexpr int kSize = 8;
+    __device__ static void load(const bf16 * p, float (&v)[kSize]) {
+        const uint4 raw = *reinterpret_cast<const uint4 *>(p);
+        const __nv_bfloat162 * pairs = reinterpret_cast<const __nv_bfloat162 *>(&raw);
+#pragma unroll
+        for (int i = 0; i < kSize / 2; ++i) {
+            const float2 f = __bfloat1622float2(pairs[i]);
+            v[2 * i] = f.x;
+            v[2 * i + 1] = f.y;
+        }
+    }
+    __device__ static void store(bf16 * p, const float (&v)[kSize]) {
+        uint4 raw;
+        __nv_bfloat162 * pairs = reinterpret_cast<__nv_bfloat162 *>(&raw);
+#pragma unroll
+        for (int i = 0; i < kSize / 2; ++i) pairs[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+        *reinterpret_cast<uint4 *>(p) = raw;
+    }
+};
+
+/// (max, sum) pairs of a running log-sum-exp joined: sum is relative to max; (-inf, 0) is the empty pair.
+__device__ inline void join(float & m, float & s, float m2, float s2) {
+    const float top = fmaxf(m, m2);
+    if (top == -INFINITY) return;
+    s = s * __expf(m - top) + s2 * __expf(m2 - top);
+    m = top;
+}
+
+/// What a launcher returns: nullptr on success, else CUDA's error text.
+inline const char * error_text(cudaError_t status) { return status == cudaSuccess ? nullptr : cudaGetErrorString(status); }
+/// The error text of the launches just made (nullptr if none failed).
+inline const char * launch_error() { return error_text(cudaGetLastError()); }
+
+} // namespace kernels
+} // namespace studio
