@@ -182,7 +182,17 @@ torch::Tensor tail_log_prob_by_kernel(const torch::Tensor & projected, const tor
 }
 } // namespace
 
-torch::Tensor AdaptiveIOImpl::target_log_prob(const torch::Tensor & hidden, const torch::Tensor & target) {
+AdaptiveIOImpl::TargetClusters AdaptiveIOImpl::route_targets(const torch::Tensor & target, const torch::Tensor & like) const {
+    TargetClusters routed;
+    const int64_t C = num_clusters();
+    routed.cluster = torch::zeros_like(target);
+    for (int64_t i = 1; i < C; ++i) routed.cluster += (target >= bounds[i]).to(torch::kLong);     // (N,)
+    routed.order = std::get<1>(torch::sort(routed.cluster, /*stable=*/true, 0, false));           // (N,)
+    if (!target_log_prob_graph_safe(like)) routed.counts = HostCopy(torch::bincount(routed.cluster, {}, C)); // (C,)
+    return routed;
+}
+
+torch::Tensor AdaptiveIOImpl::target_log_prob(const torch::Tensor & hidden, const torch::Tensor & target, const TargetClusters * clusters) {
     torch::Tensor head_weight = out_weight[0], head_bias = out_bias[0];
     if (!in_proj.empty()) {
         head_weight = torch::cat({out_weight[0], cluster_weight}, 0);                  // (shortlist + C-1, D)
@@ -195,30 +205,33 @@ torch::Tensor AdaptiveIOImpl::target_log_prob(const torch::Tensor & hidden, cons
     int64_t widest = head_weight.size(0);
     for (size_t i = 1; i < out_weight.size(); ++i) widest = std::max(widest, out_weight[i].size(0));
     const int64_t block = cpu_inference_block(hidden, rows, widest * (int64_t) sizeof(float));
-    if (block >= rows) return target_log_prob_rows(hidden, target, head_weight, head_bias);
+    if (block >= rows) return target_log_prob_rows(hidden, target, head_weight, head_bias, clusters);
     std::vector<torch::Tensor> parts;
     for (int64_t r = 0; r < rows; r += block) {
         const int64_t n = std::min(block, rows - r);
-        parts.push_back(target_log_prob_rows(hidden.narrow(0, r, n), target.narrow(0, r, n), head_weight, head_bias));
+        parts.push_back(target_log_prob_rows(hidden.narrow(0, r, n), target.narrow(0, r, n), head_weight, head_bias, nullptr));
     }
     return torch::cat(parts);                                                          // (N,)
 }
 
 torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden, const torch::Tensor & target,
-                                                   const torch::Tensor & head_weight, const torch::Tensor & head_bias) {
+                                                   const torch::Tensor & head_weight, const torch::Tensor & head_bias,
+                                                   const TargetClusters * clusters) {
     // The logits in the product's own dtype (bf16 under autocast): log_softmax_at reads them as they are on the GPU.
     if (in_proj.empty()) return log_softmax_at(F::linear(hidden, head_weight, head_bias), target);   // (N,V) -> (N,)
     const int64_t shortlist = bounds[1];
     const int64_t C = num_clusters();
-    auto cluster = torch::zeros_like(target);
-    for (int64_t i = 1; i < C; ++i) cluster += (target >= bounds[i]).to(torch::kLong);  // (N,) cluster of each row
+    TargetClusters routed_here;
+    if (!clusters) routed_here = route_targets(target, hidden);
+    const TargetClusters & routed = clusters ? *clusters : routed_here;
+    const auto & cluster = routed.cluster;                                             // (N,)
+    const auto & order = routed.order;                                                 // (N,) rows, by cluster
     // One head column per row: a shortlist word's own, or its cluster's (column shortlist + i - 1) for a tail word,
     // which then adds its tail log-prob. One pass over the head's logits; no (N, shortlist + C-1) log-softmax.
     auto head_column = torch::where(cluster == 0, target, cluster + (shortlist - 1));  // (N,)
     auto head_hidden = F::linear(hidden, out_head_proj);                               // (N,D)
     auto head_logits = F::linear(head_hidden, head_weight, head_bias);                 // (N, shortlist + C-1 + padding)
     auto result = log_softmax_at(head_logits, head_column);                            // (N,)
-    auto order = std::get<1>(torch::sort(cluster, /*stable=*/true, 0, false));          // (N,) rows, by cluster
     if (target_log_prob_graph_safe(hidden)) {
         // Our tail kernel finds each cluster's rows on the device (counts and starts never cross to the host), so
         // this path has static shapes and no sync: a CUDA graph can capture the whole segment, loss included.
@@ -231,10 +244,10 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
         }
         return result;
     }
-    // Every cluster's row count read in one host transfer: the GPU waits for the host once a step, not once per
-    // cluster as a nonzero() per cluster made it.
-    auto counts = torch::bincount(cluster, {}, C).to(torch::kCPU);                      // (C,) the one sync
-    const auto * count = counts.data_ptr<int64_t>();
+    // Every cluster's row count in one host transfer, started when the targets were routed: by now the GPU has long
+    // passed it, so the host reads it without draining the queue (a bincount here stopped the GPU once a step).
+    auto counts = routed.counts.defined() ? routed.counts : HostCopy(torch::bincount(cluster, {}, C));
+    const auto * count = counts.get().data_ptr<int64_t>();                             // (C,)
     int64_t first = count[0];
     for (int64_t i = 1; i < C; ++i) {
         const int64_t n = count[i];

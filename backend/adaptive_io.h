@@ -9,6 +9,8 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include "device.h"
+
 namespace studio {
 
 struct AdaptiveIOOptions {
@@ -29,8 +31,17 @@ public:
 
     /// ids (B,T) int64 -> (B,T,D), unscaled. word_drop > 0 drops whole vocabulary rows (kept rows scaled 1/(1-p)).
     torch::Tensor embed(const torch::Tensor & ids, double word_drop);
-    /// hidden (N,D), target (N,) -> log p(target) (N,), float32.
-    torch::Tensor target_log_prob(const torch::Tensor & hidden, const torch::Tensor & target);
+    /// Where each target row's word lives. It depends on the targets alone, so LanguageModel::forward routes them
+    /// before the layers run, and the loss then reads the row counts on the host without stopping the GPU.
+    struct TargetClusters {
+        torch::Tensor cluster;  ///< (N,) each row's cluster (0: the shortlist)
+        torch::Tensor order;    ///< (N,) the rows, stably sorted by cluster
+        HostCopy counts;        ///< (C,) rows per cluster on the host; undefined where the loss needs no host counts
+    };
+    /// target (N,); `like` stands for the hidden rows the loss will read (device, dtype).
+    TargetClusters route_targets(const torch::Tensor & target, const torch::Tensor & like) const;
+    /// hidden (N,D), target (N,) -> log p(target) (N,), float32. `clusters`: route_targets(target) made earlier.
+    torch::Tensor target_log_prob(const torch::Tensor & hidden, const torch::Tensor & target, const TargetClusters * clusters = nullptr);
     /// Whether target_log_prob of such hidden rows runs with static shapes and no host sync, so a CUDA graph may
     /// capture it: GPU inference with our tail kernel (or a plain softmax).
     bool target_log_prob_graph_safe(const torch::Tensor & hidden) const;
@@ -55,7 +66,7 @@ private:
     torch::Tensor tail_projection(size_t cluster) const; // (d_i, D) weight for linear(): D -> d_i
     /// target_log_prob of a block of rows, given the head's joined weight and bias (shortlist + cluster logits).
     torch::Tensor target_log_prob_rows(const torch::Tensor & hidden, const torch::Tensor & target, const torch::Tensor & head_weight,
-                                       const torch::Tensor & head_bias);
+                                       const torch::Tensor & head_bias, const TargetClusters * clusters);
 };
 TORCH_MODULE(AdaptiveIO);
 

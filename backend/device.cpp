@@ -115,6 +115,30 @@ void check_kernel_launch(const char * error, const char * kernel) {
     TORCH_CHECK(error == nullptr, kernel, " kernel: ", error, " (STUDIO_ATTENTION=sdpa runs LibTorch's kernels instead)");
 }
 
+HostCopy::HostCopy(const torch::Tensor & tensor) {
+#ifdef STUDIO_CUDA
+    if (tensor.is_cuda()) {
+        host_ = torch::empty(tensor.sizes(), tensor.options().device(torch::kCPU).pinned_memory(true));
+        host_.copy_(tensor, /*non_blocking=*/true);
+        auto event = std::make_shared<at::cuda::CUDAEvent>();
+        event->record(c10::cuda::getCurrentCUDAStream(tensor.device().index()));
+        ready_ = std::move(event);
+        return;
+    }
+#endif
+    host_ = tensor;
+}
+
+const torch::Tensor & HostCopy::get() {
+#ifdef STUDIO_CUDA
+    if (ready_) {
+        static_cast<at::cuda::CUDAEvent *>(ready_.get())->synchronize();
+        ready_.reset();
+    }
+#endif
+    return host_;
+}
+
 namespace {
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 #ifdef STUDIO_CUDA

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include <torch/types.h>
@@ -49,6 +50,21 @@ bool rows_16_byte_aligned(const torch::Tensor & t);
 void * current_cuda_stream(const torch::Device & device);
 /// Throws a launcher's error (null: none), naming the kernel and the way back to LibTorch's kernels.
 void check_kernel_launch(const char * error, const char * kernel);
+
+/// A small device tensor copied to the host in the background: the copy queues behind the GPU work so far and get()
+/// waits for the copy alone, so work queued after it keeps the GPU busy while the host waits. On the CPU, the tensor.
+class HostCopy {
+public:
+    HostCopy() = default;
+    explicit HostCopy(const torch::Tensor & tensor);
+    bool defined() const { return host_.defined(); }
+    /// The host tensor, once the copy has landed.
+    const torch::Tensor & get();
+
+private:
+    torch::Tensor host_;
+    std::shared_ptr<void> ready_; // CUDA event (CUDA builds)
+};
 
 /// Wall time of GPU work: CUDA events on CUDA, a steady clock after synchronising on the CPU.
 class DeviceTimer {

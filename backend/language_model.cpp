@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include <ATen/CPUGeneratorImpl.h>
+
 #include <torch/torch.h>
 
 #include "layer_graph.h"
@@ -123,6 +126,12 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
     h = all_attention ? F::dropout(h, input_drop) * std::sqrt((double) D)                 // scaled after dropout
                       : F::dropout(h * std::sqrt((double) D), input_drop);
 
+    // The loss's clusters from the targets alone, their row counts on their way to the host while the layers run.
+    AdaptiveIOImpl::TargetClusters clusters;
+    // (STUDIO_CLUSTER_COUNTS=late: counted after the layers as before, for side-by-side timing.)
+    static const bool route_late = std::getenv("STUDIO_CLUSTER_COUNTS") && std::string(std::getenv("STUDIO_CLUSTER_COUNTS")) == "late";
+    const bool routed = target.defined() && !io->in_proj.empty() && !route_late;
+    if (routed) clusters = io->route_targets(target.reshape({B * T}), h);
     const auto noise = gate_noise(gates, input.device());                                // (total heads,)
     auto layers = graph && graph->takes(*this, h) ? graph->run(*this, h, memory, gates, noise) : run_layers(h, memory, gates, noise);
     LMOutput out;
@@ -140,7 +149,7 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
         out.hidden = h;   // no softmax asked for (the benchmark's loss-free workload)
         return out;
     }
-    out.target_log_prob = io->target_log_prob(h.reshape({B * T, D}), target.reshape({B * T})).view({B, T});
+    out.target_log_prob = io->target_log_prob(h.reshape({B * T, D}), target.reshape({B * T}), routed ? &clusters : nullptr).view({B, T});
     return out;
 }
 
