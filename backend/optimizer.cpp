@@ -1,5 +1,6 @@
 #include "optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <torch/torch.h>
@@ -60,21 +61,28 @@ Optimizer::Optimizer(OptimizerConfig config, std::vector<ParamGroup> groups)
         auto & g = groups_[gi];
         FlatGroup f;
         int64_t total = 0;
+        // Every tensor starts 16-byte aligned, so kernels that read rows 16 bytes at a time take the parameters as
+        // they are. The few elements between tensors stay zero: no gradient, no moment, no update, no norm.
+        const int64_t align = g.params.empty() ? 1 : std::max<int64_t>(1, 16 / (int64_t) g.params[0].element_size());
+        std::vector<int64_t> spans;                                           // elements from one tensor's start to the next's
         for (const auto & p : g.params) {
             TORCH_CHECK(p.scalar_type() == g.params[0].scalar_type() && p.device() == g.params[0].device(),
                         "optimizer: group ", g.name, " mixes dtypes or devices");
-            f.offsets.push_back(total);
+            const int64_t start = (total + align - 1) / align * align;
+            if (!spans.empty()) spans.back() += start - total;
+            f.offsets.push_back(start);
             f.numels.push_back(p.numel());
-            total += p.numel();
+            spans.push_back(p.numel());
+            total = start + p.numel();
         }
         const auto options = g.params.empty() ? torch::TensorOptions() : g.params[0].options();
-        f.param = torch::empty({total}, options);
+        f.param = torch::zeros({total}, options);
         f.grad = torch::zeros({total}, options);
         f.exp_avg = torch::zeros({total}, options);
         f.exp_avg_sq = torch::zeros({total}, options);
         // The tensor each element belongs to, once: a per-step repeat_interleave costs more than the whole update.
         const auto index_type = total < (int64_t(1) << 31) ? torch::kInt : torch::kLong;
-        f.segment = torch::repeat_interleave(torch::arange((int64_t) f.numels.size(), torch::kLong), torch::tensor(f.numels, torch::kLong))
+        f.segment = torch::repeat_interleave(torch::arange((int64_t) f.numels.size(), torch::kLong), torch::tensor(spans, torch::kLong))
                         .to(options.device(), index_type);
         for (size_t i = 0; i < g.params.size(); ++i) {
             auto & p = g.params[i];

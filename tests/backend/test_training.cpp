@@ -71,6 +71,32 @@ private Q_SLOTS:
         QVERIFY(std::abs(p.detach()[0].item<double>() - first) < 1e-6);
     }
 
+    // The flat buffers start every tensor 16-byte aligned (kernels read rows 16 bytes at a time); the padding between
+    // tensors must change nothing: two odd-sized tensors in one group step exactly as each does alone.
+    void flat_buffers_align_tensors_without_changing_the_step() {
+        auto a = torch::randn({3}, torch::requires_grad()), b = torch::randn({5}, torch::requires_grad());
+        auto a_alone = a.detach().clone().requires_grad_(true), b_alone = b.detach().clone().requires_grad_(true);
+        OptimizerConfig config;
+        config.weight_decay = 0.1;
+        Optimizer together(config, {ParamGroup{"decay", {a, b}, 1.0, 0.1}});
+        Optimizer first(config, {ParamGroup{"decay", {a_alone}, 1.0, 0.1}}), second(config, {ParamGroup{"decay", {b_alone}, 1.0, 0.1}});
+        for (const auto & p : {a, b}) QCOMPARE(reinterpret_cast<uintptr_t>(p.data_ptr()) % 16, uintptr_t(0));
+        for (int step = 0; step < 3; ++step) {
+            auto ga = torch::randn({3}), gb = torch::randn({5});
+            a.mutable_grad().copy_(ga);
+            b.mutable_grad().copy_(gb);
+            a_alone.mutable_grad() = ga.clone();
+            b_alone.mutable_grad() = gb.clone();
+            QVERIFY(std::abs(together.clip_gradients(0.0).item<double>() - torch::cat({ga, gb}).norm().item<double>()) < 1e-5);
+            together.step(0.01);
+            first.step(0.01);
+            second.step(0.01);
+            QVERIFY(torch::allclose(a.detach(), a_alone.detach(), 1e-6, 1e-7));
+            QVERIFY(torch::allclose(b.detach(), b_alone.detach(), 1e-6, 1e-7));
+        }
+        QCOMPARE(together.state().at("decay.1.exp_avg").numel(), int64_t(5));
+    }
+
     void adam_matches_libtorch() {
         auto a = torch::randn({5}, torch::requires_grad()), b = a.detach().clone().requires_grad_(true);
         OptimizerConfig config;
