@@ -12,6 +12,7 @@
 #include "apart_attention.h"
 #include "content_bias.h"
 #include "device.h"
+#include "gated_weight.h"
 
 #ifdef STUDIO_CUDA_KERNELS
 #include <optional>
@@ -329,7 +330,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
             weight = gates.output_scaling ? output_scaled(sample, H) : sample.gate;
             result.closed = sample.closed;
         }
-        out_weight = o_weight * weight.view({H, 1}).expand({H, dh}).reshape({H * dh}).to(o_weight.dtype()); // (D,H*dh)
+        out_weight = gated_weight(o_weight, weight, dh);                    // (D,H*dh)
     }
     auto merged = heads.permute({1, 2, 0, 3}).reshape({B * T, H * dh});     // (B*T,H*dh)
     // addmm on the rows: the bias joins the product's epilogue (a 3-D linear added it in a broadcast pass of its own).

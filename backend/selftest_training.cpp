@@ -1,13 +1,16 @@
 // `studio selftest`: the training step's own machinery on the device: layers replayed from CUDA graphs (layer_graph.h)
-// against eager steps, and LAMB by our kernels (lamb_kernel.h) against LibTorch's operations.
+// against eager steps; LAMB, the content bias and the gated output weight by our kernels against LibTorch's operations.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <string>
+#include <utility>
 
 #include <torch/torch.h>
 
 #include "content_bias.h"
 #include "device.h"
+#include "gated_weight.h"
 #include "language_model.h"
 #include "layer_graph.h"
 #include "optimizer.h"
@@ -36,6 +39,7 @@ namespace {
 struct TrainedSteps {
     std::vector<double> losses;
     std::vector<torch::Tensor> parameters;
+    std::vector<std::string> names;
     int64_t replays = 0;
 };
 
@@ -78,7 +82,10 @@ TrainedSteps train_steps(const torch::Device & device, bool graphed, uint64_t se
         optimizer.step(1e-3);
         result.losses.push_back(loss.item<double>());
     }
-    for (const auto & p : model->parameters()) result.parameters.push_back(p.detach().to(torch::kFloat).clone());
+    for (const auto & p : model->named_parameters()) {
+        result.parameters.push_back(p.value().detach().to(torch::kFloat).clone());
+        result.names.push_back(p.key());
+    }
     result.replays = layer_graph.replays();
     return result;
 }
@@ -89,9 +96,13 @@ double loss_difference(const TrainedSteps & a, const TrainedSteps & b) {
     return worst;
 }
 
-double parameter_difference(const TrainedSteps & a, const TrainedSteps & b) {
-    double worst = 0;
-    for (size_t i = 0; i < a.parameters.size(); ++i) worst = std::max(worst, (a.parameters[i] - b.parameters[i]).abs().max().item<double>());
+/// The largest parameter difference, and the parameter it is in.
+std::pair<double, std::string> parameter_difference(const TrainedSteps & a, const TrainedSteps & b) {
+    std::pair<double, std::string> worst{0.0, "none"};
+    for (size_t i = 0; i < a.parameters.size(); ++i) {
+        const double difference = (a.parameters[i] - b.parameters[i]).abs().max().item<double>();
+        if (difference > worst.first) worst = {difference, a.names[i]};
+    }
     return worst;
 }
 
@@ -106,14 +117,18 @@ bool check_layer_graph(const torch::Device & device) {
     const auto graphed = train_steps(device, true, 1), reseeded = train_steps(device, false, 2);
     // Eager steps are not bit-reproducible (atomic additions in some backward kernels): the graph may differ from
     // eager by what eager differs from itself, and must differ far less than another dropout stream does.
-    const double floor_loss = loss_difference(eager, eager_again), floor_params = parameter_difference(eager, eager_again);
-    const double graph_loss = loss_difference(eager, graphed), graph_params = parameter_difference(eager, graphed);
-    const double other_stream = loss_difference(eager, reseeded);
+    const double floor_loss = loss_difference(eager, eager_again), graph_loss = loss_difference(eager, graphed);
+    const auto [floor_params, floor_where] = parameter_difference(eager, eager_again);
+    const auto [graph_params, graph_where] = parameter_difference(eager, graphed);
+    const double other_stream = loss_difference(eager, reseeded), other_params = parameter_difference(eager, reseeded).first;
+    // One pair of eager runs can miss a rare flip of those additions (seen: 4.96e-5 in one gate's log_alpha, in eager
+    // against eager too), so the parameters may also differ by a hundredth of what another dropout stream moves them.
     const bool pass = graphed.replays == 6 - LayerGraph::kWarmupSteps && graph_loss <= 4 * floor_loss + 1e-5
-                      && graph_params <= 4 * floor_params + 1e-5 && other_stream > 100 * (graph_loss + 1e-7);
+                      && graph_params <= 4 * floor_params + std::max(1e-5, other_params / 100) && other_stream > 100 * (graph_loss + 1e-7);
     std::printf("selftest: 6 gated training steps with dropout, layers replayed from CUDA graphs (%lld replays) vs eager: loss max "
-                "difference %.2e, parameters %.2e (eager vs eager %.2e, %.2e; another seed's losses differ by %.2e) %s\n",
-                (long long) graphed.replays, graph_loss, graph_params, floor_loss, floor_params, other_stream, pass ? "ok" : "FAIL");
+                "difference %.2e, parameters %.2e in %s (eager vs eager %.2e, %.2e in %s; another seed's differ by %.2e, %.2e) %s\n",
+                (long long) graphed.replays, graph_loss, graph_params, graph_where.c_str(), floor_loss, floor_params, floor_where.c_str(),
+                other_stream, other_params, pass ? "ok" : "FAIL");
     return pass;
 }
 
@@ -188,6 +203,44 @@ bool check_content_bias(const torch::Device & device) {
                         dtype == torch::kFloat ? "fp32" : "bf16", error, bound, kernels_masked ? "yes" : "no", pass ? "ok" : "FAIL");
             ok = pass && ok;
         }
+    }
+    return ok;
+}
+
+bool check_gated_weight(const torch::Device & device) {
+    struct Shape { int64_t D, H, dh; };
+    bool ok = true;
+    for (const Shape & shape : {Shape{1024, 8, 64}, Shape{48, 3, 24}}) {
+        auto weight_in = torch::randn({shape.D, shape.H * shape.dh}, torch::TensorOptions().device(device));
+        auto gate_in = torch::rand({shape.H}, torch::TensorOptions().device(device)) * 2;
+        auto upstream = torch::randn({shape.D, shape.H * shape.dh}, torch::TensorOptions().device(device));
+        // The weight, then the gradients of <gated weight, upstream> w.r.t. the weight and the gates.
+        auto run = [&](bool kernels) {
+            const bool previous = own_kernels_enabled();
+            set_own_kernels(kernels);
+            auto weight = (kernels ? weight_in : weight_in.to(torch::kDouble)).clone().requires_grad_(true);
+            auto gate = (kernels ? gate_in : gate_in.to(torch::kDouble)).clone().requires_grad_(true);
+            torch::Tensor gated;
+            bool fused = false;
+            {
+                AutocastGuard autocast(device, kernels);   // where the kernels serve: fp32 weights, bf16 products
+                fused = gated_weight_kernel_takes(weight, gate, shape.dh);
+                gated = gated_weight(weight, gate, shape.dh);
+            }
+            set_own_kernels(previous);
+            (gated.to(torch::kDouble) * upstream.to(torch::kDouble)).sum().backward();
+            return std::make_tuple(Outputs{{gated.to(torch::kDouble), weight.grad().to(torch::kDouble), gate.grad().to(torch::kDouble)}}, fused,
+                                   gated.scalar_type());
+        };
+        auto [reference, reference_fused, reference_dtype] = run(false);
+        auto [kernels, kernels_fused, kernels_dtype] = run(true);
+        // bf16 rounding of the weight and of the upstream gradient, as autocast's cast makes it: ~2^-9 relative.
+        const double error = worst_error(kernels, reference), bound = 1e-2;
+        const bool pass = kernels_fused && !reference_fused && kernels_dtype == torch::kBFloat16 && error < bound;
+        std::printf("selftest: gated output weight (D %ld, H %ld, dh %ld), our kernels under bf16 autocast vs float64 operations: weight and 2 "
+                    "gradients max rel. error %.2e (< %.0e) %s\n",
+                    (long) shape.D, (long) shape.H, (long) shape.dh, error, bound, pass ? "ok" : "FAIL");
+        ok = pass && ok;
     }
     return ok;
 }

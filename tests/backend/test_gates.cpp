@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "gated_weight.h"
 #include "language_model.h"
 #include "prune.h"
 #include "safetensors.h"
@@ -138,6 +139,39 @@ private Q_SLOTS:
         auto b = attention->forward(x, mem, pos, keep, {}, {}, scaled).out - attention->o_bias;
         const double factor = std::min(4.0, std::max(1.0, 4.0 / (4.0 - 1.0 + 1e-3)));
         QVERIFY(torch::allclose(b, a * factor, 1e-5, 1e-6));
+    }
+
+    // The gates scale the output projection's columns head by head: element by element, and both gradients of
+    // <gated, upstream> (d weight = upstream x gate, d gate[h] = sum of upstream x weight over head h's columns).
+    void gated_weight_scales_each_heads_columns() {
+        const int64_t D = 5, H = 3, dh = 4;
+        auto weight = torch::randn({D, H * dh}, torch::kDouble).requires_grad_(true);
+        auto gate = torch::tensor({0.0, 1.0, 1.7}, torch::kDouble).requires_grad_(true);
+        auto upstream = torch::randn({D, H * dh}, torch::kDouble);
+        auto gated = gated_weight(weight, gate, dh);
+        QCOMPARE(gated.sizes(), weight.sizes());
+        (gated * upstream).sum().backward();
+        auto w = weight.detach();
+        for (int64_t d = 0; d < D; ++d) {
+            for (int64_t c = 0; c < H * dh; ++c) {
+                const double g = gate[c / dh].item<double>();
+                QCOMPARE(gated[d][c].item<double>(), w[d][c].item<double>() * g);
+                QCOMPARE(weight.grad()[d][c].item<double>(), upstream[d][c].item<double>() * g);
+            }
+        }
+        for (int64_t h = 0; h < H; ++h) {
+            double sum = 0;
+            for (int64_t d = 0; d < D; ++d)
+                for (int64_t j = 0; j < dh; ++j) sum += upstream[d][h * dh + j].item<double>() * w[d][h * dh + j].item<double>();
+            QVERIFY(std::abs(gate.grad()[h].item<double>() - sum) < 1e-12);
+        }
+        std::string message;
+        try {
+            gated_weight(weight.detach(), gate.detach(), 3);
+        } catch (const c10::Error & e) {
+            message = e.what_without_backtrace();
+        }
+        QVERIFY2(message.rfind("gated_weight: weight (D, H x head_dim) and gate (H,), got [5, 12] and [3] with head_dim 3", 0) == 0, message.c_str());
     }
 
     // The model samples all layers' gates in one pass (stacked log_alpha); each row must be that layer's own sample:

@@ -1,0 +1,92 @@
+#include "gated_weight_kernel.h"
+
+#include "kernel_common.cuh"
+
+namespace studio {
+
+namespace {
+
+using namespace kernels;
+
+constexpr int kChunk = 8;                   // columns a thread takes at a time: 16 bytes of bf16, 32 of fp32
+constexpr int kForwardThreads = 256;
+constexpr int kForwardRows = 64;            // rows a forward block scales
+constexpr int kBackwardThreads = 1024;      // one block a head: the gate's sum stays in the block, in a fixed order
+
+/// A chunk of fp32 columns: two 16-byte accesses.
+__device__ inline void load_chunk(const float * p, float (&v)[kChunk]) {
+    const float4 low = reinterpret_cast<const float4 *>(p)[0], high = reinterpret_cast<const float4 *>(p)[1];
+    v[0] = low.x, v[1] = low.y, v[2] = low.z, v[3] = low.w, v[4] = high.x, v[5] = high.y, v[6] = high.z, v[7] = high.w;
+}
+__device__ inline void store_chunk(float * p, const float (&v)[kChunk]) {
+    reinterpret_cast<float4 *>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4 *>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+/// Block (head, rows / kForwardRows): out = weight x gate over the head's columns of its rows.
+__global__ void __launch_bounds__(kForwardThreads) forward_kernel(const GatedWeightKernelArgs args) {
+    const int64_t width = args.heads * args.head_dim, head = blockIdx.x;
+    const int chunks = (int) (args.head_dim / kChunk);                   // chunks in a row of one head
+    const float gate = args.gate[head];
+    const int64_t first_row = (int64_t) blockIdx.y * kForwardRows;
+    for (int i = threadIdx.x; i < kForwardRows * chunks; i += kForwardThreads) {
+        const int64_t row = first_row + i / chunks;
+        if (row >= args.rows) break;
+        const int64_t at = row * width + head * args.head_dim + (int64_t) (i % chunks) * kChunk;
+        float v[kChunk];
+        load_chunk(args.weight + at, v);
+#pragma unroll
+        for (int k = 0; k < kChunk; ++k) v[k] *= gate;
+        Vec<bf16>::store(static_cast<bf16 *>(args.out) + at, v);
+    }
+}
+
+/// Block (head): grad_weight = grad_out x gate over the head's columns, and grad_gate[head] = sum grad_out x weight.
+__global__ void __launch_bounds__(kBackwardThreads) backward_kernel(const GatedWeightKernelArgs args) {
+    const int64_t width = args.heads * args.head_dim, head = blockIdx.x;
+    const int chunks = (int) (args.head_dim / kChunk);
+    const float gate = args.gate[head];
+    float sum = 0.0f;
+    for (int64_t i = threadIdx.x; i < args.rows * chunks; i += kBackwardThreads) {
+        const int64_t at = (i / chunks) * width + head * args.head_dim + (i % chunks) * kChunk;
+        float grad[kChunk], weight[kChunk];
+        Vec<bf16>::load(static_cast<const bf16 *>(args.grad_out) + at, grad);
+        load_chunk(args.weight + at, weight);
+#pragma unroll
+        for (int k = 0; k < kChunk; ++k) {
+            sum += grad[k] * weight[k];
+            grad[k] *= gate;
+        }
+        store_chunk(args.grad_weight + at, grad);
+    }
+    constexpr int kWarps = kBackwardThreads / 32;
+    __shared__ float warp_sums[kWarps];
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) warp_sums[warp] = sum;
+    __syncthreads();
+    if (warp == 0) {
+        sum = lane < kWarps ? warp_sums[lane] : 0.0f;
+        for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        if (lane == 0) args.grad_gate[head] = sum;
+    }
+}
+
+} // namespace
+
+bool gated_weight_kernel_supports(int64_t heads, int64_t head_dim) {
+    return heads > 0 && heads <= 65535 && head_dim > 0 && head_dim % kChunk == 0;
+}
+
+const char * launch_gated_weight_forward(const GatedWeightKernelArgs & args, void * stream) {
+    const dim3 blocks((unsigned) args.heads, (unsigned) ((args.rows + kForwardRows - 1) / kForwardRows));
+    forward_kernel<<<blocks, kForwardThreads, 0, static_cast<cudaStream_t>(stream)>>>(args);
+    return launch_error();
+}
+
+const char * launch_gated_weight_backward(const GatedWeightKernelArgs & args, void * stream) {
+    backward_kernel<<<(unsigned) args.heads, kBackwardThreads, 0, static_cast<cudaStream_t>(stream)>>>(args);
+    return launch_error();
+}
+
+} // namespace studio
