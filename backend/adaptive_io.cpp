@@ -77,8 +77,13 @@ torch::Tensor AdaptiveIOImpl::embed(const torch::Tensor & ids, double word_drop)
         auto keep = torch::bernoulli(torch::full({rows}, 1.0 - word_drop, flat.options().dtype(torch::kFloat))) / (1.0 - word_drop);
         return keep.index_select(0, local).unsqueeze(1);                    // (n,1)
     };
+    // On the GPU, rows gathered by index_select: its backward adds them back (index_add) without the host sync of
+    // embedding's sorted backward, which reads its segment count on the host once per table (four syncs a step).
+    auto lookup = [](const torch::Tensor & table, const torch::Tensor & ids) {
+        return ids.is_cuda() ? table.index_select(0, ids) : F::embedding(ids, table);
+    };
     if (in_proj.empty()) {
-        auto out = F::embedding(flat, emb[0]);                              // (N,D)
+        auto out = lookup(emb[0], flat);                                    // (N,D)
         if (drop) out = out * row_scale(emb[0].size(0), flat).to(out.dtype());
         return out.view({ids.size(0), ids.size(1), D});
     }
@@ -89,7 +94,7 @@ torch::Tensor AdaptiveIOImpl::embed(const torch::Tensor & ids, double word_drop)
         for (size_t i = 0; i < emb.size(); ++i) {
             auto in_cluster = (flat >= bounds[i]).logical_and(flat < bounds[i + 1]);                 // (N,)
             auto local = (flat - bounds[i]).clamp(0, bounds[i + 1] - bounds[i] - 1);
-            auto e = F::embedding(local, emb[i]);                                                    // (N,d_i)
+            auto e = lookup(emb[i], local);                                                          // (N,d_i)
             if (drop) e = e * row_scale(emb[i].size(0), local).to(e.dtype());
             auto projected = F::linear(e, in_proj[i]) * in_cluster.unsqueeze(1).to(e.dtype());      // (N,D)
             out = out.defined() ? out + projected : projected;
@@ -188,7 +193,9 @@ AdaptiveIOImpl::TargetClusters AdaptiveIOImpl::route_targets(const torch::Tensor
     routed.cluster = torch::zeros_like(target);
     for (int64_t i = 1; i < C; ++i) routed.cluster += (target >= bounds[i]).to(torch::kLong);     // (N,)
     routed.order = std::get<1>(torch::sort(routed.cluster, /*stable=*/true, 0, false));           // (N,)
-    if (!target_log_prob_graph_safe(like)) routed.counts = HostCopy(torch::bincount(routed.cluster, {}, C)); // (C,)
+    // Counted by scatter_add: CUDA's bincount reads the largest id on the host first, a sync of its own.
+    routed.counts = torch::zeros({C}, routed.cluster.options()).scatter_add_(0, routed.cluster, torch::ones_like(routed.cluster)); // (C,)
+    if (!target_log_prob_graph_safe(like)) routed.host_counts = HostCopy(routed.counts);
     return routed;
 }
 
@@ -235,7 +242,7 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
     if (target_log_prob_graph_safe(hidden)) {
         // Our tail kernel finds each cluster's rows on the device (counts and starts never cross to the host), so
         // this path has static shapes and no sync: a CUDA graph can capture the whole segment, loss included.
-        auto counts = torch::zeros({C}, cluster.options()).scatter_add_(0, cluster, torch::ones_like(cluster)); // (C,)
+        const auto & counts = routed.counts;                                                                   // (C,)
         auto ranges = torch::stack({counts.cumsum(0) - counts, counts}, 1).contiguous();                    // (C,2)
         for (int64_t i = 1; i < C; ++i) {
             auto projected = F::linear(hidden, tail_projection(i));                    // (N, d_i): only cluster i's rows are read
@@ -246,7 +253,7 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
     }
     // Every cluster's row count in one host transfer, started when the targets were routed: by now the GPU has long
     // passed it, so the host reads it without draining the queue (a bincount here stopped the GPU once a step).
-    auto counts = routed.counts.defined() ? routed.counts : HostCopy(torch::bincount(cluster, {}, C));
+    auto counts = routed.host_counts.defined() ? routed.host_counts : HostCopy(routed.counts);
     const auto * count = counts.get().data_ptr<int64_t>();                             // (C,)
     int64_t first = count[0];
     for (int64_t i = 1; i < C; ++i) {

@@ -36,7 +36,8 @@ public:
     struct TargetClusters {
         torch::Tensor cluster;  ///< (N,) each row's cluster (0: the shortlist)
         torch::Tensor order;    ///< (N,) the rows, stably sorted by cluster
-        HostCopy counts;        ///< (C,) rows per cluster on the host; undefined where the loss needs no host counts
+        torch::Tensor counts;   ///< (C,) rows per cluster
+        HostCopy host_counts;   ///< the same on the host, on its way; undefined where the loss needs no host counts
     };
     /// target (N,); `like` stands for the hidden rows the loss will read (device, dtype).
     TargetClusters route_targets(const torch::Tensor & target, const torch::Tensor & like) const;

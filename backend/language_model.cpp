@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <string>
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -128,9 +126,7 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
 
     // The loss's clusters from the targets alone, their row counts on their way to the host while the layers run.
     AdaptiveIOImpl::TargetClusters clusters;
-    // (STUDIO_CLUSTER_COUNTS=late: counted after the layers as before, for side-by-side timing.)
-    static const bool route_late = std::getenv("STUDIO_CLUSTER_COUNTS") && std::string(std::getenv("STUDIO_CLUSTER_COUNTS")) == "late";
-    const bool routed = target.defined() && !io->in_proj.empty() && !route_late;
+    const bool routed = target.defined() && !io->in_proj.empty();
     if (routed) clusters = io->route_targets(target.reshape({B * T}), h);
     const auto noise = gate_noise(gates, input.device());                                // (total heads,)
     auto layers = graph && graph->takes(*this, h) ? graph->run(*this, h, memory, gates, noise) : run_layers(h, memory, gates, noise);

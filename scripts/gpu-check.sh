@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|countsbench|trainprofile|gate|repro|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|trainprofile|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -163,18 +163,6 @@ biasbench() {
       --out "$OUT/train-bias-$mode" 2>>"$OUT/train-bench.log" | tee -a "$OUT/summary.txt"
   done
 }
-# The loss's cluster counts read after the layers (STUDIO_CLUSTER_COUNTS=late, the host waits for the forward) against
-# copied while the layers run (the default); ungated and gated, alternating rounds on one machine.
-countsbench() {
-  for round in 1 2; do
-    for mode in late early; do
-      log "train bench, cluster counts $mode (round $round)"
-      STUDIO_CLUSTER_COUNTS=$([ $mode = late ] && echo late) $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda \
-        --dtypes bf16 --batch-sizes ${COUNTS_BATCHES:-24,64} --steps 10 --warmup 3 -r 5 \
-        --out "$OUT/train-counts-$mode-$round" 2>>"$OUT/train-bench.log" | tee -a "$OUT/summary.txt"
-    done
-  done
-}
 # The persistent columns' flash call of one layer with its keys split s ways, for 1..8 heads (see the script).
 splitprobe() {
   log "probe: persistent flash call, keys split s ways"
@@ -300,7 +288,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
-    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|countsbench|trainprofile|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
+    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|trainprofile|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
