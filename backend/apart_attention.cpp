@@ -7,10 +7,57 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include "device.h"          // rows_16_byte_aligned, current_cuda_stream, check_kernel_launch
+#include "rel_attention.h"   // own_kernels_enabled
+
+#ifdef STUDIO_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+
+#include "attention_merge_kernel.h"
+#endif
+
 namespace studio {
+
+bool attention_merge_kernel_takes(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
+                                  const torch::Tensor & lse_b) {
+#ifdef STUDIO_CUDA_KERNELS
+    return out_a.is_cuda() && own_kernels_enabled() && out_a.dim() == 4 && out_b.sizes() == out_a.sizes() && lse_a.dim() == 3
+           && lse_b.sizes() == lse_a.sizes() && lse_a.sizes() == out_a.sizes().slice(0, 3) && out_a.scalar_type() == torch::kBFloat16
+           && out_b.scalar_type() == torch::kBFloat16 && lse_a.scalar_type() == torch::kFloat && lse_b.scalar_type() == torch::kFloat
+           && out_b.device() == out_a.device() && lse_a.device() == out_a.device() && lse_b.device() == out_a.device()
+           && attention_merge_kernel_supports(out_a.size(3)) && rows_16_byte_aligned(out_a) && rows_16_byte_aligned(out_b);
+#else
+    (void) out_a, (void) lse_a, (void) out_b, (void) lse_b;
+    return false;
+#endif
+}
 
 torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
                                     const torch::Tensor & lse_b) {
+#ifdef STUDIO_CUDA_KERNELS
+    if (attention_merge_kernel_takes(out_a, lse_a, out_b, lse_b)) {
+        c10::cuda::CUDAGuard device_guard(out_a.device());
+        auto out = torch::empty_like(out_a);                                     // out_a's layout: (...,T,dh)
+        if (rows_16_byte_aligned(out)) {
+            AttentionMergeKernelArgs args;
+            for (int d = 0; d < 4; ++d) args.sizes[d] = out_a.size(d);
+            args.out_a = out_a.data_ptr();
+            args.out_b = out_b.data_ptr();
+            args.out = out.data_ptr();
+            args.lse_a = lse_a.data_ptr<float>();
+            args.lse_b = lse_b.data_ptr<float>();
+            for (int d = 0; d < 3; ++d) {
+                args.out_a_stride[d] = out_a.stride(d);
+                args.out_b_stride[d] = out_b.stride(d);
+                args.out_stride[d] = out.stride(d);
+                args.lse_a_stride[d] = lse_a.stride(d);
+                args.lse_b_stride[d] = lse_b.stride(d);
+            }
+            check_kernel_launch(launch_attention_merge(args, current_cuda_stream(out_a.device())), "attention merge");
+            return out;
+        }
+    }
+#endif
     const auto wide = c10::promoteTypes(out_a.scalar_type(), torch::kFloat);   // bf16 parts are joined in fp32
     auto share_a = torch::sigmoid(lse_a.to(wide) - lse_b.to(wide)).unsqueeze(-1);                    // (...,T,1)
     return (out_a.to(wide) * share_a + out_b.to(wide) * (1 - share_a)).to(out_a.dtype());            // (...,T,dh)
@@ -111,8 +158,8 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
         auto persistent_lse = persistent.lse.view({H, B, T});                                          // (H,B,T)
         // Laid out as the content part's own output: its kernel's backward reads the output (for the joined
         // softmax's correction) assuming the layout its forward wrote.
-        auto out = torch::empty_like(content.out);                                                     // (H,B,T,dh)
-        out.copy_(merge_attention_parts(content.out, content_lse, persistent.out.view({H, B, T, dh}), persistent_lse));
+        auto out = merge_attention_parts(content.out, content_lse, persistent.out.view({H, B, T, dh}), persistent_lse); // (H,B,T,dh)
+        if (out.strides() != content.out.strides()) out = torch::empty_like(content.out).copy_(out);
         // The joined log-sum-exp, in the content kernel's (padded) layout, which its backward reads.
         auto joined_lse = content.lse.clone();                                                         // (H,B,T')
         joined_lse.narrow(-1, 0, T).copy_(torch::logaddexp(content_lse, persistent_lse));

@@ -14,8 +14,13 @@ namespace studio {
 /// Attention over two disjoint sets of keys, computed apart, as one softmax over their union: each part's output
 /// weighted by its share of the softmax mass, sigmoid(lse_a - lse_b). out_a, out_b (..., T, dh); lse_a, lse_b (..., T):
 /// the natural log-sum-exp of each part's (scaled, biased) scores. Part b must have at least one unmasked key per row.
+/// bf16 outputs on the GPU go through our kernel (attention_merge_kernel.h) in one pass and keep out_a's layout.
 torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
                                     const torch::Tensor & lse_b);
+/// Whether merge_attention_parts takes these operands through our kernel (built and on, CUDA, bf16 outputs (X,Y,L,D)
+/// with 16-byte rows and D a multiple of 8, fp32 log-sum-exps (X,Y,L)).
+bool attention_merge_kernel_takes(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
+                                  const torch::Tensor & lse_b);
 
 /// Inference (no gradient): q (H,B,T,dh), k/val (H,B,S,dh), content_bias (H,B,T,S) already scaled and masked,
 /// mem_k/mem_v (H,N,dh) as the model holds them. The persistent scores are q . mem_k unscaled and the persistent

@@ -329,6 +329,7 @@ int selftest_command(const std::string & device_name) {
             ok = check_lamb_kernels(device) && ok;
             ok = check_content_bias(device) && ok;
             ok = check_gated_weight(device) && ok;
+            ok = check_attention_merge(device) && ok;
         } else {
             std::printf("selftest: log_softmax_at's kernels are not built or are off here; LibTorch's path is the CPU tests' subject\n");
         }

@@ -1,5 +1,6 @@
 // `studio selftest`: the training step's own machinery on the device: layers replayed from CUDA graphs (layer_graph.h)
-// against eager steps; LAMB, the content bias and the gated output weight by our kernels against LibTorch's operations.
+// against eager steps; LAMB, the content bias, the gated output weight and the attention parts' merge by our kernels
+// against LibTorch's operations.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -8,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include "apart_attention.h"
 #include "content_bias.h"
 #include "device.h"
 #include "gated_weight.h"
@@ -243,6 +245,31 @@ bool check_gated_weight(const torch::Device & device) {
         ok = pass && ok;
     }
     return ok;
+}
+
+bool check_attention_merge(const torch::Device & device) {
+    const int64_t X = 4, Y = 3, L = 37, D = 64;
+    auto options = torch::TensorOptions().device(device);
+    // Part a laid out as the memory-efficient kernel writes it, (X,L,Y,D) storage; part b as the flash kernel's
+    // rows, (Y*L,X,D) storage; the log-sum-exps a padded (X,Y,L') slice and a (X,Y*L) view.
+    auto out_a = torch::randn({X, L, Y, D}, options).to(torch::kBFloat16).permute({0, 2, 1, 3});                   // (X,Y,L,D)
+    auto out_b = torch::randn({Y * L, X, D}, options).to(torch::kBFloat16).view({Y, L, X, D}).permute({2, 0, 1, 3}); // (X,Y,L,D)
+    auto lse_a = (torch::randn({X, Y, L + 27}, options) * 3).narrow(-1, 0, L);                                     // (X,Y,L)
+    auto lse_b = (torch::randn({X, Y * L}, options) * 3).view({X, Y, L});                                          // (X,Y,L)
+    const bool previous = own_kernels_enabled();
+    set_own_kernels(true);
+    const bool fused = attention_merge_kernel_takes(out_a, lse_a, out_b, lse_b);
+    auto merged = merge_attention_parts(out_a, lse_a, out_b, lse_b);
+    set_own_kernels(previous);
+    // Written out in float64: each part's output times its share of the joined softmax mass.
+    auto share = torch::sigmoid(lse_a.to(torch::kDouble) - lse_b.to(torch::kDouble)).unsqueeze(-1);
+    auto reference = out_a.to(torch::kDouble) * share + out_b.to(torch::kDouble) * (1 - share);
+    const double error = relative_error(merged.to(torch::kDouble), reference), bound = 1e-2;   // the bf16 output's rounding
+    const bool pass = fused && merged.scalar_type() == torch::kBFloat16 && merged.strides() == out_a.strides() && error < bound;
+    std::printf("selftest: attention parts merged (X %ld, Y %ld, L %ld, D %ld, both kernels' layouts), our kernel vs float64 operations: "
+                "max rel. error %.2e (< %.0e), part a's layout kept %s %s\n",
+                (long) X, (long) Y, (long) L, (long) D, error, bound, merged.strides() == out_a.strides() ? "yes" : "no", pass ? "ok" : "FAIL");
+    return pass;
 }
 
 } // namespace studio
