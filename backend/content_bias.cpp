@@ -1,12 +1,10 @@
 #include "content_bias.h"
 
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include <torch/torch.h>
 
-#include "device.h"          // is_bf16_or_fp32, current_cuda_stream, check_kernel_launch
+#include "device.h"          // environment_is, is_bf16_or_fp32, current_cuda_stream, check_kernel_launch
 #include "rel_attention.h"   // own_kernels_enabled, rel_shift
 
 #ifdef STUDIO_CUDA_KERNELS
@@ -19,10 +17,7 @@ namespace studio {
 
 namespace {
 // STUDIO_CONTENT_BIAS=ops: LibTorch's operations even where our kernels would take the operands (side-by-side timing).
-const bool kernels_wanted = [] {
-    const char * value = std::getenv("STUDIO_CONTENT_BIAS");
-    return !(value && std::strcmp(value, "ops") == 0);
-}();
+const bool kernels_wanted = !environment_is("STUDIO_CONTENT_BIAS", "ops");
 } // namespace
 
 bool content_bias_kernel_takes(const torch::Tensor & position, const torch::Tensor & key_bias, const torch::Tensor & keep) {

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 
 #include <torch/version.h>
 #if TORCH_VERSION_MAJOR < 2
@@ -177,6 +179,11 @@ double DeviceTimer::stop_ms() {
 #endif
     device_synchronize(device_);
     return (now_s() - start_s_) * 1000.0;
+}
+
+bool environment_is(const char * name, const char * value) {
+    const char * set = std::getenv(name);
+    return set && std::strcmp(set, value) == 0;
 }
 
 uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {

@@ -97,6 +97,9 @@ private:
     void * legacy_ = nullptr;
 };
 
+/// Whether the environment variable `name` is set to exactly `value` (the STUDIO_*=ops timing switches).
+bool environment_is(const char * name, const char * value);
+
 /// Seeds the default generators (CPU and the current CUDA device) for one training step, from (seed, stream, step):
 /// dropout masks are then a function of the step, so a resumed run draws exactly what an uninterrupted one did.
 void seed_step(uint64_t seed, uint64_t stream, uint64_t step);

@@ -1,11 +1,8 @@
 #include "gated_weight.h"
 
-#include <cstdlib>
-#include <cstring>
-
 #include <torch/torch.h>
 
-#include "device.h"          // cuda_compute_dtype, rows_16_byte_aligned, current_cuda_stream, check_kernel_launch
+#include "device.h"          // environment_is, cuda_compute_dtype, rows_16_byte_aligned, current_cuda_stream, check_kernel_launch
 #include "rel_attention.h"   // own_kernels_enabled
 
 #ifdef STUDIO_CUDA_KERNELS
@@ -18,10 +15,7 @@ namespace studio {
 
 namespace {
 // STUDIO_GATED_WEIGHT=ops: LibTorch's operations even where our kernels would take the operands (side-by-side timing).
-const bool kernels_wanted = [] {
-    const char * value = std::getenv("STUDIO_GATED_WEIGHT");
-    return !(value && std::strcmp(value, "ops") == 0);
-}();
+const bool kernels_wanted = !environment_is("STUDIO_GATED_WEIGHT", "ops");
 } // namespace
 
 bool gated_weight_kernel_takes(const torch::Tensor & weight, const torch::Tensor & gate, int64_t head_dim) {

@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include <torch/torch.h>
@@ -29,10 +27,7 @@ namespace studio {
 namespace F = torch::nn::functional;
 
 namespace {
-bool attention_mode_is(const char * mode) {
-    const char * v = std::getenv("STUDIO_ATTENTION");
-    return v && std::strcmp(v, mode) == 0;
-}
+bool attention_mode_is(const char * mode) { return environment_is("STUDIO_ATTENTION", mode); }
 bool fused_wanted = !attention_mode_is("explicit");
 // STUDIO_ATTENTION=concat: fused, but the persistent columns join the content ones in one kernel call, in training
 // and inference alike (the layout before they were attended apart; for side-by-side timing).
