@@ -4,7 +4,6 @@
 #include <cmath>
 
 #include <ATen/CPUGeneratorImpl.h>
-
 #include <torch/torch.h>
 
 #include "layer_graph.h"
