@@ -470,6 +470,24 @@ private Q_SLOTS:
         QVERIFY(torch::equal(e[0][1], io->emb[0][7]));
     }
 
+    // The model routes the targets to their clusters before the layers run (so a GPU step never waits for the counts);
+    // the loss must equal the adaptive softmax's own at the model's final hidden rows.
+    void routed_targets_give_the_same_loss() {
+        LanguageModel model(tiny(ModelType::AllAttention));
+        model->eval();
+        torch::NoGradGuard no_grad;
+        auto input = ((torch::arange(12) * 3 + 1) % 40).view({3, 4});
+        auto target = torch::tensor({0, 9, 10, 24, 25, 39, 3, 12, 30, 30, 5, 11}, torch::kLong).view({3, 4});
+        auto routed = model->io->route_targets(target.reshape({12}), torch::zeros({1}));
+        QVERIFY(torch::equal(routed.cluster, torch::tensor({0, 0, 1, 1, 2, 2, 0, 1, 2, 2, 0, 1}, torch::kLong)));
+        QVERIFY(torch::equal(routed.counts, torch::tensor({4, 4, 4}, torch::kLong)));
+        QVERIFY(torch::equal(routed.host_counts.get(), routed.counts));
+        QVERIFY(torch::equal(routed.order, torch::tensor({0, 1, 6, 10, 2, 3, 7, 11, 4, 5, 8, 9}, torch::kLong)));
+        auto hidden = model->forward(input, {}, {}).hidden;                                    // (B,T,D)
+        auto direct = model->io->target_log_prob(hidden.reshape({12, 8}), target.reshape({12}));
+        QVERIFY(torch::allclose(model->forward(input, target, {}).target_log_prob.reshape({12}), direct, 1e-6, 1e-7));
+    }
+
     void forward_shapes_memory_and_gradients() {
         for (auto type : {ModelType::AllAttention, ModelType::TransformerXL}) {
             auto config = tiny(type);
