@@ -9,7 +9,7 @@ namespace {
 using namespace kernels;
 
 constexpr int kThreads = 256;
-constexpr int kChunk = Vec<bf16>::kSize;   // 8 columns: one 16-byte access per part
+constexpr int kChunk = 8;                  // columns a thread takes: one 16-byte access per part (load8/store8)
 
 /// A thread per 8 columns of a row: out = a x share + b x (1 - share), share = sigmoid(lse_a - lse_b), in fp32.
 __global__ void __launch_bounds__(kThreads) merge_kernel(const AttentionMergeKernelArgs args) {
@@ -23,11 +23,11 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const AttentionMergeKer
     const float lse_b = args.lse_b[x * args.lse_b_stride[0] + y * args.lse_b_stride[1] + l * args.lse_b_stride[2]];
     const float share = 1.0f / (1.0f + __expf(lse_b - lse_a));
     float a[kChunk], b[kChunk];
-    Vec<bf16>::load(static_cast<const bf16 *>(args.out_a) + x * args.out_a_stride[0] + y * args.out_a_stride[1] + l * args.out_a_stride[2] + column, a);
-    Vec<bf16>::load(static_cast<const bf16 *>(args.out_b) + x * args.out_b_stride[0] + y * args.out_b_stride[1] + l * args.out_b_stride[2] + column, b);
+    load8(static_cast<const bf16 *>(args.out_a) + x * args.out_a_stride[0] + y * args.out_a_stride[1] + l * args.out_a_stride[2] + column, a);
+    load8(static_cast<const bf16 *>(args.out_b) + x * args.out_b_stride[0] + y * args.out_b_stride[1] + l * args.out_b_stride[2] + column, b);
 #pragma unroll
     for (int k = 0; k < kChunk; ++k) a[k] = a[k] * share + b[k] * (1.0f - share);
-    Vec<bf16>::store(static_cast<bf16 *>(args.out) + x * args.out_stride[0] + y * args.out_stride[1] + l * args.out_stride[2] + column, a);
+    store8(static_cast<bf16 *>(args.out) + x * args.out_stride[0] + y * args.out_stride[1] + l * args.out_stride[2] + column, a);
 }
 
 } // namespace

@@ -19,12 +19,10 @@ constexpr int kThreads = 128;
 template <typename T> __device__ inline float load(const void * base, int64_t at) { return to_float(static_cast<const T *>(base)[at]); }
 
 /// Eight results from element `at` on: 16-byte stores where the row length keeps them aligned, else one by one.
-template <typename T> __device__ inline void store8(void * base, int64_t at, const float (&values)[8], int count, bool aligned) {
+template <typename T> __device__ inline void store_chunk(void * base, int64_t at, const float (&values)[8], int count, bool aligned) {
     T * out = static_cast<T *>(base) + at;
-    constexpr int lanes = Vec<T>::kSize;
     if (aligned && count == 8) {
-#pragma unroll
-        for (int e = 0; e < 8; e += lanes) Vec<T>::store(out + e, *reinterpret_cast<const float (*)[lanes]>(values + e));
+        store8(out, values);
         return;
     }
     for (int e = 0; e < count; ++e) store(out + e, values[e]);
@@ -64,7 +62,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const ContentBiasKern
         values[e] = e < c.count && keep[j] ? (load<T>(args.position, position + j) + load<T>(args.key_bias, key_bias + j)) * args.scale
                                           : -INFINITY;
     }
-    store8<T>(args.bias, c.row * S + c.first, values, c.count, S % 8 == 0);
+    store_chunk<T>(args.bias, c.row * S + c.first, values, c.count, S % 8 == 0);
 }
 
 template <typename T>
@@ -80,7 +78,7 @@ __global__ void __launch_bounds__(kThreads) position_grad_kernel(const ContentBi
         const int64_t j = c.first + e - (T_ - 1 - c.i);   // the key whose shifted score column c.first + e is
         values[e] = e < c.count && j >= 0 && j < S && keep[j] ? load<T>(args.grad_bias, grad + j) * args.scale : 0.0f;
     }
-    store8<T>(args.grad_position, c.row * S + c.first, values, c.count, S % 8 == 0);
+    store_chunk<T>(args.grad_position, c.row * S + c.first, values, c.count, S % 8 == 0);
 }
 
 /// A block sums 32 keys' columns over the queries, its 8 rows of threads taking every 8th query, then adds the rows.

@@ -8,20 +8,10 @@ namespace {
 
 using namespace kernels;
 
-constexpr int kChunk = 8;                   // columns a thread takes at a time: 16 bytes of bf16, 32 of fp32
+constexpr int kChunk = 8;                   // columns a thread takes at a time (load8/store8)
 constexpr int kForwardThreads = 256;
 constexpr int kForwardRows = 64;            // rows a forward block scales
 constexpr int kBackwardThreads = 1024;      // one block a head: the gate's sum stays in the block, in a fixed order
-
-/// A chunk of fp32 columns: two 16-byte accesses.
-__device__ inline void load_chunk(const float * p, float (&v)[kChunk]) {
-    const float4 low = reinterpret_cast<const float4 *>(p)[0], high = reinterpret_cast<const float4 *>(p)[1];
-    v[0] = low.x, v[1] = low.y, v[2] = low.z, v[3] = low.w, v[4] = high.x, v[5] = high.y, v[6] = high.z, v[7] = high.w;
-}
-__device__ inline void store_chunk(float * p, const float (&v)[kChunk]) {
-    reinterpret_cast<float4 *>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-    reinterpret_cast<float4 *>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
 
 /// Block (head, rows / kForwardRows): out = weight x gate over the head's columns of its rows.
 __global__ void __launch_bounds__(kForwardThreads) forward_kernel(const GatedWeightKernelArgs args) {
@@ -34,10 +24,10 @@ __global__ void __launch_bounds__(kForwardThreads) forward_kernel(const GatedWei
         if (row >= args.rows) break;
         const int64_t at = row * width + head * args.head_dim + (int64_t) (i % chunks) * kChunk;
         float v[kChunk];
-        load_chunk(args.weight + at, v);
+        load8(args.weight + at, v);
 #pragma unroll
         for (int k = 0; k < kChunk; ++k) v[k] *= gate;
-        Vec<bf16>::store(static_cast<bf16 *>(args.out) + at, v);
+        store8(static_cast<bf16 *>(args.out) + at, v);
     }
 }
 
@@ -50,14 +40,14 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(const GatedW
     for (int64_t i = threadIdx.x; i < args.rows * chunks; i += kBackwardThreads) {
         const int64_t at = (i / chunks) * width + head * args.head_dim + (i % chunks) * kChunk;
         float grad[kChunk], weight[kChunk];
-        Vec<bf16>::load(static_cast<const bf16 *>(args.grad_out) + at, grad);
-        load_chunk(args.weight + at, weight);
+        load8(static_cast<const bf16 *>(args.grad_out) + at, grad);
+        load8(args.weight + at, weight);
 #pragma unroll
         for (int k = 0; k < kChunk; ++k) {
             sum += grad[k] * weight[k];
             grad[k] *= gate;
         }
-        store_chunk(args.grad_weight + at, grad);
+        store8(args.grad_weight + at, grad);
     }
     constexpr int kWarps = kBackwardThreads / 32;
     __shared__ float warp_sums[kWarps];

@@ -1,6 +1,6 @@
 // Device helpers that several of our kernels use (nvcc only: each .cu includes this; the plain C++ launch headers
-// do not): element conversion between bf16 and fp32, 16-byte vector loads and stores, the join of two running
-// log-sum-exps, and the launchers' error text.
+// do not): element conversion between bf16 and fp32, 16-byte vector loads and stores (and 8 elements at a time), the
+// join of two running log-sum-exps, and the launchers' error text.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -46,6 +46,18 @@ template <> struct Vec<bf16> {
         *reinterpret_cast<uint4 *>(p) = raw;
     }
 };
+
+/// 8 elements of T as floats, and back: one 16-byte access for bf16, two for fp32. p 16-byte aligned.
+template <typename T> __device__ inline void load8(const T * p, float (&v)[8]) {
+    constexpr int lanes = Vec<T>::kSize;
+#pragma unroll
+    for (int e = 0; e < 8; e += lanes) Vec<T>::load(p + e, *reinterpret_cast<float (*)[lanes]>(v + e));
+}
+template <typename T> __device__ inline void store8(T * p, const float (&v)[8]) {
+    constexpr int lanes = Vec<T>::kSize;
+#pragma unroll
+    for (int e = 0; e < 8; e += lanes) Vec<T>::store(p + e, *reinterpret_cast<const float (*)[lanes]>(v + e));
+}
 
 /// (max, sum) pairs of a running log-sum-exp joined: sum is relative to max; (-inf, 0) is the empty pair.
 __device__ inline void join(float & m, float & s, float m2, float s2) {
