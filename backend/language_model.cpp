@@ -123,9 +123,10 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
     h = all_attention ? F::dropout(h, input_drop) * std::sqrt((double) D)                 // scaled after dropout
                       : F::dropout(h * std::sqrt((double) D), input_drop);
 
-    // The loss's clusters from the targets alone, their row counts on their way to the host while the layers run.
+    // On the GPU, the loss's clusters from the targets alone, their row counts on their way to the host while the
+    // layers run. (On the CPU nothing would overlap, and CPU inference routes each block of rows itself.)
     AdaptiveIOImpl::TargetClusters clusters;
-    const bool routed = target.defined() && !io->in_proj.empty();
+    const bool routed = target.defined() && target.is_cuda() && !io->in_proj.empty();
     if (routed) clusters = io->route_targets(target.reshape({B * T}), h);
     const auto noise = gate_noise(gates, input.device());                                // (total heads,)
     auto layers = graph && graph->takes(*this, h) ? graph->run(*this, h, memory, gates, noise) : run_layers(h, memory, gates, noise);

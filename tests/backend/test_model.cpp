@@ -470,8 +470,9 @@ private Q_SLOTS:
         QVERIFY(torch::equal(e[0][1], io->emb[0][7]));
     }
 
-    // The model routes the targets to their clusters before the layers run (so a GPU step never waits for the counts);
-    // the loss must equal the adaptive softmax's own at the model's final hidden rows.
+    // On the GPU the model routes the targets to their clusters before the layers run (so a step never waits for the
+    // counts) and hands them to the loss: given or routed by the loss itself, the loss must be the same, and the
+    // model's own at its final hidden rows.
     void routed_targets_give_the_same_loss() {
         LanguageModel model(tiny(ModelType::AllAttention));
         model->eval();
@@ -485,6 +486,7 @@ private Q_SLOTS:
         QVERIFY(torch::equal(routed.order, torch::tensor({0, 1, 6, 10, 2, 3, 7, 11, 4, 5, 8, 9}, torch::kLong)));
         auto hidden = model->forward(input, {}, {}).hidden;                                    // (B,T,D)
         auto direct = model->io->target_log_prob(hidden.reshape({12, 8}), target.reshape({12}));
+        QVERIFY(torch::equal(model->io->target_log_prob(hidden.reshape({12, 8}), target.reshape({12}), &routed), direct));
         QVERIFY(torch::allclose(model->forward(input, target, {}).target_log_prob.reshape({12}), direct, 1e-6, 1e-7));
     }
 
