@@ -71,6 +71,18 @@ torch::Tensor as_rows(const torch::Tensor & t) {
     return t.reshape({1, t.size(0), t.size(1) * t.size(2), t.size(3)});     // (1,H,B*T,dh)
 }
 
+/// The batch-major (B,H,T,dh) form of the same rows: (1,H,B*T,dh), a view where the storage is (B,T,H,dh).
+torch::Tensor batch_major_as_rows(const torch::Tensor & t) {
+    return as_rows(t.transpose(0, 1));                                       // (1,H,B*T,dh)
+}
+
+/// (1,H,B*T,dh) or (1,H,B*T) back to batch-major (B,H,T,dh) or (B,H,T): views where the rows allow.
+torch::Tensor rows_as_batch_major(const torch::Tensor & rows, int64_t B, int64_t T) {
+    const int64_t H = rows.size(1);
+    return rows.dim() == 4 ? rows.reshape({H, B, T, rows.size(3)}).transpose(0, 1) // (B,H,T,dh)
+                           : rows.reshape({H, B, T}).transpose(0, 1);             // (B,H,T)
+}
+
 /// One part's forward, as its backward replays it. lse is laid out as the computing kernel lays it out: (X,Y,L')
 /// fp32 with L' >= L (the memory-efficient kernel pads the query length to a multiple of 32).
 struct Part {
@@ -136,12 +148,16 @@ Part persistent_kernel_forward(const torch::Tensor & rows, const torch::Tensor &
 }
 #endif
 
+/// Batch-major operands: q (B,H,T,dh), k/val (B,H,S,dh), content_bias (B,H,T,S). The model's projections are laid
+/// out (B,L,H,dh), so in this order the memory-efficient kernel's own layout (B,L,H,dh) is the projections', and so is
+/// the flash kernel's for the persistent rows: both outputs, the joined one and every gradient come and go as views,
+/// where a head-major call made the kernels lay them out (H,L,B,dh) and cost four copies a layer.
 struct TrainableApartAttention : public torch::autograd::Function<TrainableApartAttention> {
     static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & q, const torch::Tensor & k,
                                  const torch::Tensor & val, const torch::Tensor & content_bias, const torch::Tensor & persistent_keys,
                                  const torch::Tensor & persistent_values, double scale, double dropout, bool kernels) {
-        const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3);
-        auto rows = as_rows(q);                                                                        // (1,H,B*T,dh)
+        const int64_t B = q.size(0), T = q.size(2);
+        auto rows = batch_major_as_rows(q);                                                            // (1,H,B*T,dh)
         auto keys = persistent_keys.unsqueeze(0), values = persistent_values.unsqueeze(0);            // (1,H,N,dh)
         Part content, persistent;
 #if TORCH_VERSION_MAJOR >= 2
@@ -154,14 +170,14 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
             content = math_forward(q, k, val, content_bias, scale, dropout);
             persistent = math_forward(rows, keys, values, {}, 1.0, dropout);   // q . key unscaled, as the reference
         }
-        auto content_lse = content.lse.narrow(-1, 0, T);                                               // (H,B,T)
-        auto persistent_lse = persistent.lse.view({H, B, T});                                          // (H,B,T)
+        auto content_lse = content.lse.narrow(-1, 0, T);                                               // (B,H,T)
+        auto persistent_lse = rows_as_batch_major(persistent.lse, B, T);                               // (B,H,T)
         // Laid out as the content part's own output: its kernel's backward reads the output (for the joined
         // softmax's correction) assuming the layout its forward wrote.
-        auto out = merge_attention_parts(content.out, content_lse, persistent.out.view({H, B, T, dh}), persistent_lse); // (H,B,T,dh)
+        auto out = merge_attention_parts(content.out, content_lse, rows_as_batch_major(persistent.out, B, T), persistent_lse); // (B,H,T,dh)
         if (out.strides() != content.out.strides()) out = torch::empty_like(content.out).copy_(out);
         // The joined log-sum-exp, in the content kernel's (padded) layout, which its backward reads.
-        auto joined_lse = content.lse.clone();                                                         // (H,B,T')
+        auto joined_lse = content.lse.clone();                                                         // (B,H,T')
         joined_lse.narrow(-1, 0, T).copy_(torch::logaddexp(content_lse, persistent_lse));
         ctx->save_for_backward({q, k, val, content_bias, persistent_keys, persistent_values, out, joined_lse, content.seed,
                                 content.offset, persistent.seed, persistent.offset, content.dropped, persistent.dropped});
@@ -178,10 +194,10 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
                    & persistent_values = saved[5], & out = saved[6], & joined_lse = saved[7];
         const double scale = ctx->saved_data["scale"].toDouble(), dropout = ctx->saved_data["dropout"].toDouble();
         const bool kernels = ctx->saved_data["kernels"].toBool(), bias_grad = ctx->saved_data["bias_grad"].toBool();
-        const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), N = persistent_keys.size(1);
-        auto grad = torch::empty_like(out);                                                            // (H,B,T,dh)
-        grad.copy_(grads[0]);                                                                          // out's layout
-        auto rows_lse = joined_lse.narrow(-1, 0, T).contiguous().view({1, H, B * T});                 // (1,H,B*T)
+        const int64_t B = q.size(0), H = q.size(1), T = q.size(2), N = persistent_keys.size(1);
+        // In out's layout, as the content kernel's backward assumes; the model's upstream gradient already is.
+        auto grad = grads[0].strides() == out.strides() ? grads[0] : torch::empty_like(out).copy_(grads[0]);    // (B,H,T,dh)
+        auto rows_lse = joined_lse.narrow(-1, 0, T).transpose(0, 1).contiguous().view({1, H, B * T});           // (1,H,B*T)
         auto keys = persistent_keys.unsqueeze(0), values = persistent_values.unsqueeze(0);            // (1,H,N,dh)
         PartGradients content, persistent;
 #if TORCH_VERSION_MAJOR >= 2
@@ -189,20 +205,17 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
             std::tie(content.q, content.k, content.v, content.bias) = at::_scaled_dot_product_efficient_attention_backward(
                 grad, q, k, val, bias, out, joined_lse, saved[8], saved[9], dropout, std::array<bool, 4>{{true, true, true, bias_grad}},
                 /*is_causal=*/false, scale);
-            // The flash kernel's own layout for its output and its gradient: (1,B*T,H,dh) storage.
-            auto flash_rows = [&](const torch::Tensor & t) {
-                return t.permute({1, 2, 0, 3}).contiguous().view({1, B * T, H, dh}).transpose(1, 2);       // (1,H,B*T,dh)
-            };
             std::tie(persistent.q, persistent.k, persistent.v) = at::_scaled_dot_product_flash_attention_backward(
-                flash_rows(grad), as_rows(q), keys, values, flash_rows(out), rows_lse, /*cum_seq_q=*/{}, /*cum_seq_k=*/{}, B * T, N, dropout,
-                /*is_causal=*/false, saved[10], saved[11], 1.0);
+                batch_major_as_rows(grad), batch_major_as_rows(q), keys, values, batch_major_as_rows(out), rows_lse, /*cum_seq_q=*/{},
+                /*cum_seq_k=*/{}, B * T, N, dropout, /*is_causal=*/false, saved[10], saved[11], 1.0);
         }
 #endif
         if (!kernels) {
             content = math_backward(grad, q, k, val, bias, out, joined_lse, saved[12], scale, bias_grad);
-            persistent = math_backward(as_rows(grad), as_rows(q), keys, values, {}, as_rows(out), rows_lse, saved[13], 1.0, false);
+            persistent = math_backward(batch_major_as_rows(grad), batch_major_as_rows(q), keys, values, {}, batch_major_as_rows(out),
+                                       rows_lse, saved[13], 1.0, false);
         }
-        return {content.q + persistent.q.reshape({H, B, T, dh}), content.k, content.v, bias_grad ? content.bias : torch::Tensor(),
+        return {content.q + rows_as_batch_major(persistent.q, B, T), content.k, content.v, bias_grad ? content.bias : torch::Tensor(),
                 persistent.k.squeeze(0), persistent.v.squeeze(0), torch::Tensor(), torch::Tensor(), torch::Tensor()};
     }
 };
@@ -235,8 +248,10 @@ torch::Tensor trainable_apart_attention(const torch::Tensor & q, const torch::Te
                                         const torch::Tensor & persistent_values, double scale, double dropout, AttentionParts parts) {
     TORCH_CHECK(parts == AttentionParts::math || apart_attention_kernels_take(q, k),
                 "apart attention: the kernels do not take these operands (", q.scalar_type(), " on ", q.device(), ")");
-    return TrainableApartAttention::apply(q, k, val, content_bias, persistent_keys, persistent_values, scale, dropout,
-                                          parts == AttentionParts::kernels);
+    // Views both ways: (H,B,...) in, batch-major through the kernels, (H,B,T,dh) out.
+    return TrainableApartAttention::apply(q.transpose(0, 1), k.transpose(0, 1), val.transpose(0, 1), content_bias.transpose(0, 1),
+                                          persistent_keys, persistent_values, scale, dropout, parts == AttentionParts::kernels)
+        .transpose(0, 1);                                                    // (H,B,T,dh)
 }
 
 #if TORCH_VERSION_MAJOR >= 2
