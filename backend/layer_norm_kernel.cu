@@ -1,9 +1,14 @@
 // One warp a row: 16-byte loads, the row held in registers, mean and variance in fp32 by warp shuffles (two
-// passes over the registers, as LibTorch's layer norm: mean first, then the squared deviations).
+// passes over the registers, as LibTorch's layer norm: mean first, then the squared deviations). The backward keeps
+// the same shape: a warp a row for the input's gradient, each warp summing the gain's and bias's gradients over its
+// rows in registers, the block's warps joined in shared memory into one partial row per block (a fixed order, so the
+// sums are the same every run).
 #include "layer_norm_kernel.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include <algorithm>
 
 #include "kernel_common.cuh"
 
@@ -16,16 +21,8 @@ using bf16 = __nv_bfloat16;
 constexpr int kRowsPerBlock = 8;                 // one warp each
 constexpr int kMaxChunks = 8;                    // chunks of 8 values a lane holds at most: rows up to 2048
 
-__device__ inline void load8(const bf16 * p, float * out) {
-    const uint4 raw = *reinterpret_cast<const uint4 *>(p);
-    const bf16 * e = reinterpret_cast<const bf16 *>(&raw);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) out[i] = __bfloat162float(e[i]);
-}
-__device__ inline void load8(const float * p, float * out) {
-    const float4 a = *reinterpret_cast<const float4 *>(p), b = *reinterpret_cast<const float4 *>(p + 4);
-    out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w; out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
-}
+using kernels::load8;
+using kernels::store8;
 
 /// CHUNKS: chunks of 8 values each lane holds (rows up to 256 x CHUNKS), so registers fit the row.
 template <typename Input, typename Param, int CHUNKS>
@@ -65,6 +62,10 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) segment_norm_kernel(const 
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) squares += __shfl_xor_sync(0xffffffffu, squares, offset);
     const float inverse_std = rsqrtf(squares / float(args.dim) + args.eps);
+    if (args.mean_out && lane == 0) {
+        args.mean_out[row] = mean;
+        args.inverse_std_out[row] = inverse_std;
+    }
     bf16 * keys = static_cast<bf16 *>(args.keys_out) + row * args.dim;
     bf16 * queries = from_memory ? nullptr : static_cast<bf16 *>(args.queries_out) + (b * args.tgt_len + s - args.mem_len) * args.dim;
     const Param * weight = static_cast<const Param *>(args.weight);
@@ -76,12 +77,11 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) segment_norm_kernel(const 
             float w[8], bb[8];
             load8(weight + chunk * 8, w);
             load8(bias + chunk * 8, bb);
-            uint4 packed;
-            bf16 * out = reinterpret_cast<bf16 *>(&packed);
+            float out[8];
 #pragma unroll
-            for (int i = 0; i < 8; ++i) out[i] = __float2bfloat16((x[c][i] - mean) * inverse_std * (1.0f + w[i]) + bb[i]);
-            *reinterpret_cast<uint4 *>(keys + chunk * 8) = packed;
-            if (queries) *reinterpret_cast<uint4 *>(queries + chunk * 8) = packed;
+            for (int i = 0; i < 8; ++i) out[i] = (x[c][i] - mean) * inverse_std * (1.0f + w[i]) + bb[i];
+            store8(keys + chunk * 8, out);
+            if (queries) store8(queries + chunk * 8, out);
         }
     }
 }
@@ -98,6 +98,109 @@ cudaError_t launch(const SegmentNormKernelArgs & args, cudaStream_t stream) {
     return cudaGetLastError();
 }
 
+/// The backward of the same rows: g is the gradient of the row's normed output (a segment row's from the keys and
+/// from the queries, summed), x^ = (x - mean) x inverse_std and w = 1 + weight:
+///   d input = inverse_std x (w g - mean(w g) - x^ mean(w g x^)),  d weight = sum of g x^,  d bias = sum of g.
+/// Memory rows (no gradient of their own: the memory is carried detached) add to the weight's and bias's only.
+template <typename Input, typename Param, int CHUNKS>
+__global__ void __launch_bounds__(32 * kRowsPerBlock) segment_norm_backward_kernel(const SegmentNormBackwardKernelArgs args) {
+    const SegmentNormKernelArgs & forward = args.forward;
+    const int64_t S = forward.mem_len + forward.tgt_len, rows = forward.batch * S;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, chunks = int(forward.dim / 8);
+    const Param * weight = static_cast<const Param *>(forward.weight);
+    float weight_sum[CHUNKS][8], bias_sum[CHUNKS][8];
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) weight_sum[c][i] = bias_sum[c][i] = 0.0f;
+    for (int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + warp; row < rows; row += int64_t(gridDim.x) * kRowsPerBlock) {
+        const int64_t b = row / S, s = row % S;
+        const bool from_memory = s < forward.mem_len;
+        const int64_t t = s - forward.mem_len;
+        const Input * src = from_memory
+            ? static_cast<const Input *>(forward.memory) + b * forward.memory_stride[0] + s * forward.memory_stride[1]
+            : static_cast<const Input *>(forward.segment) + b * forward.segment_stride[0] + t * forward.segment_stride[1];
+        const bf16 * grad_keys = args.grad_keys ? static_cast<const bf16 *>(args.grad_keys) + row * forward.dim : nullptr;
+        const bf16 * grad_queries =
+            args.grad_queries && !from_memory ? static_cast<const bf16 *>(args.grad_queries) + (b * forward.tgt_len + t) * forward.dim : nullptr;
+        const float mean = args.mean[row], inverse_std = args.inverse_std[row];
+        float x_hat[CHUNKS][8], weighted[CHUNKS][8];
+        float weighted_sum = 0.0f, weighted_x_hat_sum = 0.0f;
+#pragma unroll
+        for (int c = 0; c < CHUNKS; ++c) {
+            const int chunk = c * 32 + lane;
+            if (chunk < chunks) {
+                float x[8], g[8] = {0, 0, 0, 0, 0, 0, 0, 0}, part[8], w[8];
+                load8(src + chunk * 8, x);
+                if (grad_keys) load8(grad_keys + chunk * 8, g);
+                if (grad_queries) {
+                    load8(grad_queries + chunk * 8, part);
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) g[i] += part[i];
+                }
+                load8(weight + chunk * 8, w);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    x_hat[c][i] = (x[i] - mean) * inverse_std;
+                    weighted[c][i] = (1.0f + w[i]) * g[i];
+                    weighted_sum += weighted[c][i];
+                    weighted_x_hat_sum += weighted[c][i] * x_hat[c][i];
+                    weight_sum[c][i] += g[i] * x_hat[c][i];
+                    bias_sum[c][i] += g[i];
+                }
+            }
+        }
+        if (from_memory) continue;
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2) {
+            weighted_sum += __shfl_xor_sync(0xffffffffu, weighted_sum, offset);
+            weighted_x_hat_sum += __shfl_xor_sync(0xffffffffu, weighted_x_hat_sum, offset);
+        }
+        const float weighted_mean = weighted_sum / float(forward.dim), weighted_x_hat_mean = weighted_x_hat_sum / float(forward.dim);
+        Input * grad_segment = static_cast<Input *>(args.grad_segment) + (b * forward.tgt_len + t) * forward.dim;
+#pragma unroll
+        for (int c = 0; c < CHUNKS; ++c) {
+            const int chunk = c * 32 + lane;
+            if (chunk < chunks) {
+                float dx[8];
+#pragma unroll
+                for (int i = 0; i < 8; ++i) dx[i] = inverse_std * (weighted[c][i] - weighted_mean - x_hat[c][i] * weighted_x_hat_mean);
+                store8(grad_segment + chunk * 8, dx);
+            }
+        }
+    }
+    // The block's warps joined, 256 columns at a time: one partial row of each sum per block.
+    __shared__ float joined[kRowsPerBlock][256];
+    for (int which = 0; which < 2; ++which) {
+        float * partial = (which == 0 ? args.weight_partial : args.bias_partial) + int64_t(blockIdx.x) * forward.dim;
+#pragma unroll
+        for (int c = 0; c < CHUNKS; ++c) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) joined[warp][lane * 8 + i] = which == 0 ? weight_sum[c][i] : bias_sum[c][i];
+            __syncthreads();
+            const int column = c * 256 + int(threadIdx.x);
+            if (column < forward.dim) {
+                float total = 0.0f;
+#pragma unroll
+                for (int w = 0; w < kRowsPerBlock; ++w) total += joined[w][threadIdx.x];
+                partial[column] = total;
+            }
+            __syncthreads();
+        }
+    }
+}
+
+template <typename Input, typename Param>
+cudaError_t launch_backward(const SegmentNormBackwardKernelArgs & args, cudaStream_t stream) {
+    const int64_t lane_chunks = (args.forward.dim / 8 + 31) / 32;
+    const unsigned blocks = unsigned(args.blocks);
+    if (lane_chunks <= 1) segment_norm_backward_kernel<Input, Param, 1><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(args);
+    else if (lane_chunks <= 2) segment_norm_backward_kernel<Input, Param, 2><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(args);
+    else if (lane_chunks <= 4) segment_norm_backward_kernel<Input, Param, 4><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(args);
+    else segment_norm_backward_kernel<Input, Param, kMaxChunks><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(args);
+    return cudaGetLastError();
+}
+
 } // namespace
 
 bool segment_norm_kernel_supports(int64_t dim) { return dim > 0 && dim % 8 == 0 && dim <= 8 * 32 * kMaxChunks; }
@@ -108,6 +211,21 @@ const char * launch_segment_norm(const SegmentNormKernelArgs & args, void * stre
     cudaError_t status;
     if (args.input_bf16) status = args.params_bf16 ? launch<bf16, bf16>(args, stream) : launch<bf16, float>(args, stream);
     else status = args.params_bf16 ? launch<float, bf16>(args, stream) : launch<float, float>(args, stream);
+    return kernels::error_text(status);
+}
+
+int64_t segment_norm_backward_blocks(int64_t rows) {
+    return std::min<int64_t>((rows + kRowsPerBlock - 1) / kRowsPerBlock, 1024);
+}
+
+const char * launch_segment_norm_backward(const SegmentNormBackwardKernelArgs & args, void * stream_handle) {
+    if (!segment_norm_kernel_supports(args.forward.dim)) return "segment norm kernel: dim must be a multiple of 8, at most 2048";
+    if (args.blocks < 1) return "segment norm backward: at least one block";
+    auto stream = static_cast<cudaStream_t>(stream_handle);
+    const auto & forward = args.forward;
+    cudaError_t status;
+    if (forward.input_bf16) status = forward.params_bf16 ? launch_backward<bf16, bf16>(args, stream) : launch_backward<bf16, float>(args, stream);
+    else status = forward.params_bf16 ? launch_backward<float, bf16>(args, stream) : launch_backward<float, float>(args, stream);
     return kernels::error_text(status);
 }
 

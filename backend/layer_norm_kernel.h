@@ -1,6 +1,7 @@
-// A CUDA kernel for inference: the layer norm of a segment and of its memory in one pass, written as the keys'
-// input (memory first) and as the queries' input. Replaces two layer norms, the gains' "1 + weight" and the
-// concatenation: five launches a layer with one. Plain C++ interface, like rel_attention_kernel.h.
+// CUDA kernels: the layer norm of a segment and of its memory in one pass, written as the keys' input (memory first)
+// and as the queries' input, and its backward. Replaces two layer norms, the gains' "1 + weight", the concatenation
+// and autocast's casts of the three products' inputs (and in training the gradients' casts back and their sums).
+// Plain C++ interface, like rel_attention_kernel.h.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,22 @@ struct SegmentNormKernelArgs {
     int64_t memory_stride[2] = {0, 0};    ///< batch, position
     int64_t segment_stride[2] = {0, 0};
     float eps = 1e-5f;
+    float * mean_out = nullptr;           ///< optional (B*(M+T),): each row's mean, for the backward
+    float * inverse_std_out = nullptr;    ///< with mean_out: each row's 1 / sqrt(variance + eps)
+};
+
+/// The backward, given the forward's arguments (inputs, weight, strides) and its row statistics. The memory gets no
+/// gradient (it is carried detached); its rows add to the weight's and bias's gradients.
+struct SegmentNormBackwardKernelArgs {
+    SegmentNormKernelArgs forward;
+    const float * mean = nullptr;         ///< (B*(M+T),)
+    const float * inverse_std = nullptr;
+    const void * grad_keys = nullptr;     ///< (B,M+T,D) contiguous bf16, or nullptr (no gradient)
+    const void * grad_queries = nullptr;  ///< (B,T,D) contiguous bf16, or nullptr
+    void * grad_segment = nullptr;        ///< (B,T,D) contiguous, the segment's dtype
+    float * weight_partial = nullptr;     ///< (blocks, D): each block's sum of g x^ over its rows
+    float * bias_partial = nullptr;       ///< (blocks, D): each block's sum of g
+    int64_t blocks = 0;                   ///< segment_norm_backward_blocks(rows)
 };
 
 /// dim must be a multiple of 8 and at most 2048.
@@ -27,5 +44,9 @@ bool segment_norm_kernel_supports(int64_t dim);
 
 /// Launches on the given cudaStream_t. Returns nullptr on success, else CUDA's error text.
 const char * launch_segment_norm(const SegmentNormKernelArgs & args, void * stream);
+
+/// How many blocks (partial rows) the backward uses for this many rows: at most 1024.
+int64_t segment_norm_backward_blocks(int64_t rows);
+const char * launch_segment_norm_backward(const SegmentNormBackwardKernelArgs & args, void * stream);
 
 } // namespace studio

@@ -330,6 +330,7 @@ int selftest_command(const std::string & device_name) {
             ok = check_content_bias(device) && ok;
             ok = check_gated_weight(device) && ok;
             ok = check_attention_merge(device) && ok;
+            ok = check_segment_norm_training(device) && ok;
         } else {
             std::printf("selftest: log_softmax_at's kernels are not built or are off here; LibTorch's path is the CPU tests' subject\n");
         }

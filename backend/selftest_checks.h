@@ -44,5 +44,9 @@ bool check_gated_weight(const torch::Device & device);
 /// The join of two attention parts (apart_attention.h) by our CUDA kernel against float64 operations, at the
 /// layouts the memory-efficient and flash kernels write.
 bool check_attention_merge(const torch::Device & device);
+/// The segment norm with gradients (transformer_layer.h) by our CUDA kernels under bf16 autocast against float64
+/// operations: both outputs, and the gradients of the segment and of the norm's parameters; strided memory, no memory,
+/// and rows up to the kernel's widest.
+bool check_segment_norm_training(const torch::Device & device);
 
 } // namespace studio

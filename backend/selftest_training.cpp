@@ -1,6 +1,6 @@
 // `studio selftest`: the training step's own machinery on the device: layers replayed from CUDA graphs (layer_graph.h)
-// against eager steps; LAMB, the content bias, the gated output weight and the attention parts' merge by our kernels
-// against LibTorch's operations.
+// against eager steps; LAMB, the content bias, the gated output weight, the attention parts' merge and the segment norm
+// by our kernels against LibTorch's operations.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -18,6 +18,7 @@
 #include "optimizer.h"
 #include "rel_attention.h"
 #include "selftest_checks.h"
+#include "transformer_layer.h"
 
 namespace studio {
 
@@ -270,6 +271,63 @@ bool check_attention_merge(const torch::Device & device) {
                 "max rel. error %.2e (< %.0e), part a's layout kept %s %s\n",
                 (long) X, (long) Y, (long) L, (long) D, error, bound, merged.strides() == out_a.strides() ? "yes" : "no", pass ? "ok" : "FAIL");
     return pass;
+}
+
+bool check_segment_norm_training(const torch::Device & device) {
+    struct Shape { int64_t B, T, M, D; };
+    bool ok = true;
+    for (const Shape & shape : {Shape{3, 64, 48, 512}, Shape{2, 17, 0, 40}, Shape{2, 5, 7, 2048}}) {
+        auto options = torch::TensorOptions().device(device);
+        // The memory as the model carries it: the last M rows of the previous input, a strided view.
+        auto memory = torch::randn({shape.B, shape.M + 5, shape.D}, options).narrow(1, 5, shape.M) * 3 + 1;
+        auto x_in = torch::randn({shape.B, shape.T, shape.D}, options) * 2 - 0.5;
+        OffsetLayerNorm norm(shape.D);
+        norm->to(device);
+        {
+            torch::NoGradGuard no_grad;
+            norm->weight.normal_(0, 0.3);
+            norm->bias.normal_(0, 0.3);
+        }
+        // The upstream gradients as autocast's products hand them back: bf16.
+        auto grad_keys = torch::randn({shape.B, shape.M + shape.T, shape.D}, options).to(torch::kBFloat16);
+        auto grad_queries = torch::randn({shape.B, shape.T, shape.D}, options).to(torch::kBFloat16);
+        auto x = x_in.clone().requires_grad_(true);
+        torch::Tensor keys, queries;
+        {
+            const bool previous = own_kernels_enabled();
+            set_own_kernels(true);
+            AutocastGuard autocast(device, true);
+            std::tie(keys, queries) = normalize_segment_for_training(memory, x, norm);
+            set_own_kernels(previous);
+        }
+        const bool fused = keys.defined() && keys.scalar_type() == torch::kBFloat16 && queries.scalar_type() == torch::kBFloat16;
+        Outputs kernels, reference;
+        if (fused) {
+            torch::autograd::backward({keys, queries}, {grad_keys, grad_queries});
+            kernels.values = {keys, queries, x.grad(), norm->weight.grad(), norm->bias.grad()};
+        }
+        // float64 operations: the layer norm of memory and segment joined, and of the segment alone.
+        auto x64 = x_in.to(torch::kDouble).requires_grad_(true);
+        auto weight64 = norm->weight.detach().to(torch::kDouble).requires_grad_(true);
+        auto bias64 = norm->bias.detach().to(torch::kDouble).requires_grad_(true);
+        auto layer_norm = [&](const torch::Tensor & t) { return torch::layer_norm(t, {shape.D}, weight64 + 1.0, bias64, norm->eps); };
+        auto keys64 = layer_norm(torch::cat({memory.to(torch::kDouble), x64}, 1)), queries64 = layer_norm(x64);
+        torch::autograd::backward({keys64, queries64}, {grad_keys.to(torch::kDouble), grad_queries.to(torch::kDouble)});
+        reference.values = {keys64, queries64, x64.grad(), weight64.grad(), bias64.grad()};
+        for (auto & t : kernels.values) t = t.to(torch::kDouble);
+        // The outputs carry bf16's rounding (2^-9 relative); the gradients are fp32 sums of the same bf16 gradients.
+        const double output_error = fused ? std::max(relative_error(kernels.values[0], reference.values[0]),
+                                                     relative_error(kernels.values[1], reference.values[1]))
+                                          : INFINITY;
+        double gradient_error = fused ? 0.0 : INFINITY;
+        for (size_t i = 2; fused && i < 5; ++i) gradient_error = std::max(gradient_error, relative_error(kernels.values[i], reference.values[i]));
+        const bool pass = fused && output_error < 1e-2 && gradient_error < 1e-4;
+        std::printf("selftest: segment norm with gradients (B %ld, T %ld, M %ld, D %ld), our kernels under bf16 autocast vs float64 "
+                    "operations: keys and queries max rel. error %.2e (< 1e-2), gradients of x, weight, bias %.2e (< 1e-4) %s\n",
+                    (long) shape.B, (long) shape.T, (long) shape.M, (long) shape.D, output_error, gradient_error, pass ? "ok" : "FAIL");
+        ok = pass && ok;
+    }
+    return ok;
 }
 
 } // namespace studio

@@ -2,7 +2,7 @@
 
 #include <torch/torch.h>
 
-#include "device.h"
+#include "device.h"        // environment_is, cuda_compute_dtype, rows_16_byte_aligned, check_kernel_launch
 
 #ifdef STUDIO_CUDA_KERNELS
 #include <c10/cuda/CUDAGuard.h>
@@ -16,26 +16,29 @@ namespace F = torch::nn::functional;
 
 namespace {
 #ifdef STUDIO_CUDA_KERNELS
-/// Our segment-norm kernel: LN(cat(memory, x)) as the keys' input (B,S,D) and LN(x) as the queries' (B,T,D), both
-/// bf16, in one launch. Undefined tensors when the kernel does not take these operands.
-std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & memory, const torch::Tensor & x, const OffsetLayerNorm & norm) {
+// STUDIO_SEGMENT_NORM=ops: LibTorch's layer norms in training even where our kernels would take them (side-by-side timing).
+const bool training_kernels_wanted = !environment_is("STUDIO_SEGMENT_NORM", "ops");
+
+bool segment_norm_takes(const torch::Tensor & memory, const torch::Tensor & x, const OffsetLayerNorm & norm) {
+    return x.is_cuda() && segment_norm_kernel_supports(x.size(2)) && is_bf16_or_fp32(x.scalar_type()) && memory.scalar_type() == x.scalar_type()
+           && is_bf16_or_fp32(norm->weight.scalar_type()) && norm->bias.scalar_type() == norm->weight.scalar_type()
+           && norm->weight.is_contiguous() && norm->bias.is_contiguous() && rows_16_byte_aligned(x)
+           && (memory.size(1) == 0 || rows_16_byte_aligned(memory));
+}
+
+/// The kernel's arguments for memory (B,M,D) and x (B,T,D), writing keys (B,M+T,D) and queries (B,T,D).
+SegmentNormKernelArgs segment_norm_args(const torch::Tensor & memory, const torch::Tensor & x, const torch::Tensor & weight,
+                                        const torch::Tensor & bias, double eps, torch::Tensor & keys, torch::Tensor & queries) {
     const int64_t B = x.size(0), T = x.size(1), D = x.size(2), M = memory.size(1);
-    if (!segment_norm_kernel_supports(D) || !is_bf16_or_fp32(x.scalar_type()) || memory.scalar_type() != x.scalar_type()
-        || !is_bf16_or_fp32(norm->weight.scalar_type()) || norm->bias.scalar_type() != norm->weight.scalar_type()
-        || !norm->weight.is_contiguous() || !norm->bias.is_contiguous() || !rows_16_byte_aligned(x) || (M > 0 && !rows_16_byte_aligned(memory)))
-        return {};
-    c10::cuda::CUDAGuard device_guard(x.device());
-    auto options = x.options().dtype(torch::kBFloat16);
-    auto keys = torch::empty({B, M + T, D}, options), queries = torch::empty({B, T, D}, options);
     SegmentNormKernelArgs args;
     args.memory = M > 0 ? memory.data_ptr() : nullptr;
     args.segment = x.data_ptr();
-    args.weight = norm->weight.data_ptr();
-    args.bias = norm->bias.data_ptr();
-    args.keys_out = keys.data_ptr();
-    args.queries_out = queries.data_ptr();
+    args.weight = weight.data_ptr();
+    args.bias = bias.data_ptr();
+    args.keys_out = keys.defined() ? keys.data_ptr() : nullptr;
+    args.queries_out = queries.defined() ? queries.data_ptr() : nullptr;
     args.input_bf16 = x.scalar_type() == torch::kBFloat16;
-    args.params_bf16 = norm->weight.scalar_type() == torch::kBFloat16;
+    args.params_bf16 = weight.scalar_type() == torch::kBFloat16;
     args.batch = B;
     args.mem_len = M;
     args.tgt_len = T;
@@ -46,12 +49,85 @@ std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & 
     }
     args.segment_stride[0] = x.stride(0);
     args.segment_stride[1] = x.stride(1);
-    args.eps = (float) norm->eps;
+    args.eps = (float) eps;
+    return args;
+}
+
+/// Our segment-norm kernel: LN(cat(memory, x)) as the keys' input (B,S,D) and LN(x) as the queries' (B,T,D), both
+/// bf16, in one launch. Undefined tensors when the kernel does not take these operands.
+std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & memory, const torch::Tensor & x, const OffsetLayerNorm & norm) {
+    if (!segment_norm_takes(memory, x, norm)) return {};
+    c10::cuda::CUDAGuard device_guard(x.device());
+    const int64_t B = x.size(0), T = x.size(1), D = x.size(2), M = memory.size(1);
+    auto options = x.options().dtype(torch::kBFloat16);
+    auto keys = torch::empty({B, M + T, D}, options), queries = torch::empty({B, T, D}, options);
+    auto args = segment_norm_args(memory, x, norm->weight, norm->bias, norm->eps, keys, queries);
     check_kernel_launch(launch_segment_norm(args, current_cuda_stream(x.device())), "segment norm");
     return {keys, queries};
 }
+
+/// The same with gradients (training under bf16 autocast): the gradients of x, weight and bias from both outputs in
+/// one backward launch, where LibTorch took two layer norms, a concatenation and three casts forward, and backward
+/// two layer-norm backwards, the casts' gradients back to fp32 and their sums. The memory gets no gradient: it is
+/// carried detached.
+struct TrainableSegmentNorm : public torch::autograd::Function<TrainableSegmentNorm> {
+    static torch::autograd::variable_list forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & x, const torch::Tensor & memory,
+                                                  const torch::Tensor & weight, const torch::Tensor & bias, double eps) {
+        c10::cuda::CUDAGuard device_guard(x.device());
+        const int64_t B = x.size(0), T = x.size(1), D = x.size(2), M = memory.size(1);
+        auto options = x.options().dtype(torch::kBFloat16);
+        auto keys = torch::empty({B, M + T, D}, options), queries = torch::empty({B, T, D}, options);
+        auto statistics = torch::empty({2, B * (M + T)}, x.options().dtype(torch::kFloat));           // mean, 1/std per row
+        auto args = segment_norm_args(memory, x, weight, bias, eps, keys, queries);
+        args.mean_out = statistics[0].data_ptr<float>();
+        args.inverse_std_out = statistics[1].data_ptr<float>();
+        check_kernel_launch(launch_segment_norm(args, current_cuda_stream(x.device())), "segment norm");
+        ctx->save_for_backward({x, memory, weight, bias, statistics});
+        ctx->saved_data["eps"] = eps;
+        return {keys, queries};
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext * ctx, torch::autograd::variable_list grads) {
+        const auto saved = ctx->get_saved_variables();
+        const auto & x = saved[0], & memory = saved[1], & weight = saved[2], & bias = saved[3], & statistics = saved[4];
+        c10::cuda::CUDAGuard device_guard(x.device());
+        const int64_t B = x.size(0), T = x.size(1), D = x.size(2), M = memory.size(1);
+        auto bf16_rows = [](const torch::Tensor & g) { return g.defined() ? g.to(torch::kBFloat16).contiguous() : g; };
+        const auto grad_keys = bf16_rows(grads[0]), grad_queries = bf16_rows(grads[1]);
+        auto grad_x = torch::empty({B, T, D}, x.options().memory_format(torch::MemoryFormat::Contiguous));
+        torch::Tensor none;
+        SegmentNormBackwardKernelArgs args;
+        args.forward = segment_norm_args(memory, x, weight, bias, ctx->saved_data["eps"].toDouble(), none, none);
+        args.blocks = segment_norm_backward_blocks(B * (M + T));
+        auto partial = torch::empty({2, args.blocks, D}, x.options().dtype(torch::kFloat));           // weight, bias
+        args.mean = statistics[0].data_ptr<float>();
+        args.inverse_std = statistics[1].data_ptr<float>();
+        args.grad_keys = grad_keys.defined() ? grad_keys.data_ptr() : nullptr;
+        args.grad_queries = grad_queries.defined() ? grad_queries.data_ptr() : nullptr;
+        args.grad_segment = grad_x.data_ptr();
+        args.weight_partial = partial[0].data_ptr<float>();
+        args.bias_partial = partial[1].data_ptr<float>();
+        check_kernel_launch(launch_segment_norm_backward(args, current_cuda_stream(x.device())), "segment norm backward");
+        auto sums = partial.sum(1);                                                                    // (2,D)
+        return {grad_x, torch::Tensor(), sums[0].to(weight.scalar_type()), sums[1].to(bias.scalar_type()), torch::Tensor()};
+    }
+};
 #endif
 } // namespace
+
+std::pair<torch::Tensor, torch::Tensor> normalize_segment_for_training(const torch::Tensor & memory, const torch::Tensor & x,
+                                                                       const OffsetLayerNorm & norm) {
+#ifdef STUDIO_CUDA_KERNELS
+    if (training_kernels_wanted && own_kernels_enabled() && torch::GradMode::is_enabled() && !memory.requires_grad()
+        && cuda_compute_dtype(x) == torch::kBFloat16 && segment_norm_takes(memory, x, norm)) {
+        auto normed = TrainableSegmentNorm::apply(x, memory, norm->weight, norm->bias, norm->eps);
+        return {normed[0], normed[1]};
+    }
+#else
+    (void) memory, (void) x, (void) norm;
+#endif
+    return {};
+}
 
 torch::Tensor OffsetLayerNormImpl::forward(const torch::Tensor & x) {
     return torch::layer_norm(x, {dim}, weight + 1.0, bias, eps);
@@ -91,6 +167,7 @@ torch::Tensor TransformerLayerImpl::forward(const torch::Tensor & x, const torch
 #ifdef STUDIO_CUDA_KERNELS
     if (attention->own_kernel_applies(x)) std::tie(keys_n, x_n) = normalize_segment(memory, x, norm);
 #endif
+    if (!x_n.defined()) std::tie(keys_n, x_n) = normalize_segment_for_training(memory, x, norm);
     if (!x_n.defined()) {
         x_n = norm->forward(x);
         mem_n = memory.size(1) > 0 ? norm->forward(memory) : memory;

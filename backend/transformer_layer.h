@@ -3,6 +3,8 @@
 // take its place (reference-model.md sections 1.3 and 1b).
 #pragma once
 
+#include <utility>
+
 #include <torch/types.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
@@ -25,6 +27,13 @@ struct OffsetLayerNormImpl : torch::nn::Cloneable<OffsetLayerNormImpl> {
     torch::Tensor weight, bias;
 };
 TORCH_MODULE(OffsetLayerNorm);
+
+/// Training under bf16 autocast on the GPU with our kernels: LN(cat(memory, x)) as the keys' input (B,M+T,D) and LN(x)
+/// as the queries' (B,T,D), both bf16, by one kernel each way, with the gradients of x and the norm's parameters
+/// (the memory, carried detached, must not require one). Undefined tensors where the kernels do not apply
+/// (STUDIO_SEGMENT_NORM=ops turns them off): the caller then takes LibTorch's layer norms.
+std::pair<torch::Tensor, torch::Tensor> normalize_segment_for_training(const torch::Tensor & memory, const torch::Tensor & x,
+                                                                       const OffsetLayerNorm & norm);
 
 struct TransformerLayerOptions {
     TransformerLayerOptions(RelativeAttentionOptions attention) : attention_(std::move(attention)) {}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|trainprofile|gate|repro|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|switchbench|trainprofile|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -155,12 +155,18 @@ kernelbench() {
 layerbench() { inference_rows_and_profiles 0 layers 7 25 "without the loss"; }
 # Training steps with the content columns' bias formed by LibTorch's operations (STUDIO_CONTENT_BIAS=ops) and by our
 # kernels (the default), ungated, at ${BIAS_BATCHES:-24,64}, same build and machine.
-biasbench() {
-  for mode in ops kernels; do
-    log "train bench, content bias by $mode"
-    STUDIO_CONTENT_BIAS=$([ $mode = ops ] && echo ops) $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda \
-      --dtypes bf16 --batch-sizes ${BIAS_BATCHES:-24,64} --train-variants ungated --steps 10 --warmup 3 -r 5 \
-      --out "$OUT/train-bias-$mode" 2>>"$OUT/train-bench.log" | tee -a "$OUT/summary.txt"
+biasbench() { SWITCH=STUDIO_CONTENT_BIAS switchbench; }
+# Side by side on one machine, alternating for ${ROUNDS:-1} rounds: LibTorch's operations (${SWITCH}=ops, one of
+# STUDIO_CONTENT_BIAS, STUDIO_GATED_WEIGHT, STUDIO_SEGMENT_NORM) against our kernels, ungated training steps.
+switchbench() {
+  local switch=${SWITCH:?SWITCH=STUDIO_...} round mode
+  for round in $(seq "${ROUNDS:-1}"); do
+    for mode in ops kernels; do
+      log "train bench round $round, $switch=$([ $mode = ops ] && echo ops || echo unset)"
+      env $([ $mode = ops ] && echo "$switch=ops") $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda \
+        --dtypes bf16 --batch-sizes "${SWITCH_BATCHES:-${BIAS_BATCHES:-24,64}}" --train-variants ungated --steps 10 --warmup 3 -r 5 \
+        --out "$OUT/train-$switch-$mode-$round" 2>>"$OUT/train-bench.log" | tee -a "$OUT/summary.txt"
+    done
   done
 }
 # The persistent columns' flash call of one layer with its keys split s ways, for 1..8 heads (see the script).
@@ -288,7 +294,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
-    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|trainprofile|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
+    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|switchbench|trainprofile|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
