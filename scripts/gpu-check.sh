@@ -156,14 +156,15 @@ layerbench() { inference_rows_and_profiles 0 layers 7 25 "without the loss"; }
 # Training steps with the content columns' bias formed by LibTorch's operations (STUDIO_CONTENT_BIAS=ops) and by our
 # kernels (the default), ungated, at ${BIAS_BATCHES:-24,64}, same build and machine.
 biasbench() { SWITCH=STUDIO_CONTENT_BIAS switchbench; }
-# Side by side on one machine, alternating for ${ROUNDS:-1} rounds: LibTorch's operations (${SWITCH}=ops, one of
-# STUDIO_CONTENT_BIAS, STUDIO_GATED_WEIGHT, STUDIO_SEGMENT_NORM) against our kernels, ungated training steps.
+# Side by side on one machine, alternating for ${ROUNDS:-1} rounds: ${SWITCH}=${SWITCH_OFF:-ops} (STUDIO_CONTENT_BIAS,
+# STUDIO_GATED_WEIGHT, STUDIO_SEGMENT_NORM =ops: LibTorch's operations; STUDIO_PERSISTENT_ATTENTION=flash) against
+# the switch unset, ungated training steps.
 switchbench() {
   local switch=${SWITCH:?SWITCH=STUDIO_...} round mode
   for round in $(seq "${ROUNDS:-1}"); do
     for mode in ops kernels; do
-      log "train bench round $round, $switch=$([ $mode = ops ] && echo ops || echo unset)"
-      env $([ $mode = ops ] && echo "$switch=ops") $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda \
+      log "train bench round $round, $switch=$([ $mode = ops ] && echo "${SWITCH_OFF:-ops}" || echo unset)"
+      env $([ $mode = ops ] && echo "$switch=${SWITCH_OFF:-ops}") $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda \
         --dtypes bf16 --batch-sizes "${SWITCH_BATCHES:-${BIAS_BATCHES:-24,64}}" --train-variants ungated --steps 10 --warmup 3 -r 5 \
         --out "$OUT/train-$switch-$mode-$round" 2>>"$OUT/train-bench.log" | tee -a "$OUT/summary.txt"
     done
