@@ -44,7 +44,38 @@ bool kernel_takes(const torch::Tensor & q, const torch::Tensor & k, const torch:
     return true;
 }
 #endif
+
+// STUDIO_OUTPUT_BIAS=ops: the output projection's bias gradient by addmm's own backward (side-by-side timing).
+const bool bias_by_product_wanted = !environment_is("STUDIO_OUTPUT_BIAS", "ops");
+
+/// output_projection with the bias's gradient as a product (rel_attention.h).
+struct OutputProjection : public torch::autograd::Function<OutputProjection> {
+    static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & rows, const torch::Tensor & weight,
+                                 const torch::Tensor & bias) {
+        const auto dtype = cuda_compute_dtype(rows);
+        auto rows_used = rows.to(dtype), weight_used = weight.to(dtype);
+        ctx->save_for_backward({rows_used, weight_used});
+        ctx->saved_data["dtypes"] = std::vector<int64_t>{(int64_t) rows.scalar_type(), (int64_t) weight.scalar_type(), (int64_t) bias.scalar_type()};
+        return torch::addmm(bias.to(dtype), rows_used, weight_used.t());                                 // (M,D)
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext * ctx, torch::autograd::variable_list grads) {
+        const auto saved = ctx->get_saved_variables();
+        const auto & rows = saved[0], & weight = saved[1];
+        const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
+        auto grad = grads[0].to(rows.scalar_type());                                                    // (M,D)
+        auto grad_bias = torch::ones({1, grad.size(0)}, grad.options()).mm(grad).view({grad.size(1)});  // (D,)
+        return {grad.mm(weight).to((torch::ScalarType) dtypes[0]), grad.t().mm(rows).to((torch::ScalarType) dtypes[1]),
+                grad_bias.to((torch::ScalarType) dtypes[2])};
+    }
+};
+
 } // namespace
+
+torch::Tensor output_projection(const torch::Tensor & rows, const torch::Tensor & weight, const torch::Tensor & bias, bool bias_by_product) {
+    if (bias_by_product && torch::GradMode::is_enabled()) return OutputProjection::apply(rows, weight, bias);   // (M,D)
+    return torch::addmm(bias, rows, weight.t());                                                                // (M,D)
+}
 
 bool fused_attention_available(const torch::Device & device) {
 #if TORCH_VERSION_MAJOR >= 2
@@ -329,7 +360,9 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     }
     auto merged = heads.permute({1, 2, 0, 3}).reshape({B * T, H * dh});     // (B*T,H*dh)
     // addmm on the rows: the bias joins the product's epilogue (a 3-D linear added it in a broadcast pass of its own).
-    result.out = torch::addmm(o_bias, merged, out_weight.t()).view({B, T, options.hidden_dim()}); // (B,T,D)
+    // On the GPU the bias's gradient as a product (the CPU's column sums are not slow).
+    result.out = output_projection(merged, out_weight, o_bias, merged.is_cuda() && bias_by_product_wanted)
+                     .view({B, T, options.hidden_dim()});                    // (B,T,D)
     return result;
 }
 

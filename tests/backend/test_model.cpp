@@ -203,6 +203,31 @@ private Q_SLOTS:
         QVERIFY(apart_grads[3].select(2, 0).select(2, S - 1).abs().max().item<double>() == 0);   // a masked key has none
     }
 
+    // The output projection with the bias's gradient as a product (what the GPU layer takes) must be addmm: the same
+    // output and the same three gradients, here against addmm's own autograd in float64.
+    void output_projection_bias_by_product_equals_addmm() {
+        torch::manual_seed(5);
+        const int64_t M = 37, K = 12, D = 9;
+        auto leaf = [](std::vector<int64_t> shape) { return torch::randn(shape, torch::kDouble).requires_grad_(true); };
+        auto rows = leaf({M, K}), weight = leaf({D, K}), bias = leaf({D});
+        auto upstream = torch::randn({M, D}, torch::kDouble);
+        std::vector<torch::Tensor> grads[2];
+        torch::Tensor outs[2];
+        for (int by_product = 0; by_product < 2; ++by_product) {
+            outs[by_product] = output_projection(rows, weight, bias, by_product == 1);
+            (outs[by_product] * upstream).sum().backward();
+            for (auto * t : {&rows, &weight, &bias}) {
+                grads[by_product].push_back(t->grad().clone());
+                t->mutable_grad().zero_();
+            }
+        }
+        QVERIFY(torch::allclose(outs[1], torch::addmm(bias, rows, weight.t()), 1e-12, 1e-12));
+        QVERIFY(torch::allclose(outs[1], outs[0], 1e-12, 1e-12));
+        QVERIFY2(torch::allclose(grads[1][2], upstream.sum(0), 1e-12, 1e-12), "bias gradient is not the column sums");
+        const char * names[] = {"rows", "weight", "bias"};
+        for (size_t i = 0; i < 3; ++i) QVERIFY2(torch::allclose(grads[1][i], grads[0][i], 1e-12, 1e-12), names[i]);
+    }
+
     // With attention dropout each part drops its own probabilities; the backward must replay the very masks of the
     // forward. The output is linear in the values for fixed masks, so <out, G> = <dV, V> summed over both parts
     // exactly when it does (a fresh mask would break the identity by O(dropout)).
