@@ -3,6 +3,7 @@
 #include "lamb_kernel.h"
 
 #include <cstdint>
+#include <climits>
 
 #include <cuda_runtime.h>
 
@@ -22,7 +23,9 @@ unsigned blocks_for(int64_t items) {
     return (unsigned) (blocks < 1 ? 1 : blocks > kMaxBlocks ? kMaxBlocks : blocks);
 }
 
-__device__ inline float update_of(float g, float p, float & m, float & v, const LambMomentsKernelArgs & a) {
+/// grad_scale: the clip's coefficient, or 1 (exact: g x 1 = g).
+__device__ inline float update_of(float grad, float grad_scale, float p, float & m, float & v, const LambMomentsKernelArgs & a) {
+    const float g = grad * grad_scale;
     m = m + a.one_minus_beta1 * (g - m);                 // lerp, as exp_avg.lerp_(grad, 1 - b1)
     v = v * a.beta2 + a.one_minus_beta2 * g * g;
     return m / (sqrtf(v) + a.eps) + a.weight_decay * p;
@@ -30,47 +33,75 @@ __device__ inline float update_of(float g, float p, float & m, float & v, const 
 
 __global__ void __launch_bounds__(kThreads) moments_vector_kernel(const LambMomentsKernelArgs a) {
     const int64_t vectors = a.n / 4, stride = (int64_t) gridDim.x * blockDim.x;
+    const float s = a.grad_scale ? *a.grad_scale : 1.0f;
     for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
         const float4 g = reinterpret_cast<const float4 *>(a.grad)[i], p = reinterpret_cast<const float4 *>(a.param)[i];
         float4 m = reinterpret_cast<float4 *>(a.exp_avg)[i], v = reinterpret_cast<float4 *>(a.exp_avg_sq)[i], u;
-        u.x = update_of(g.x, p.x, m.x, v.x, a);
-        u.y = update_of(g.y, p.y, m.y, v.y, a);
-        u.z = update_of(g.z, p.z, m.z, v.z, a);
-        u.w = update_of(g.w, p.w, m.w, v.w, a);
+        u.x = update_of(g.x, s, p.x, m.x, v.x, a);
+        u.y = update_of(g.y, s, p.y, m.y, v.y, a);
+        u.z = update_of(g.z, s, p.z, m.z, v.z, a);
+        u.w = update_of(g.w, s, p.w, m.w, v.w, a);
         reinterpret_cast<float4 *>(a.exp_avg)[i] = m;
         reinterpret_cast<float4 *>(a.exp_avg_sq)[i] = v;
         reinterpret_cast<float4 *>(a.update)[i] = u;
     }
     // The last n % 4 elements, one thread each.
     const int64_t j = vectors * 4 + (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
-    if (j < a.n) a.update[j] = update_of(a.grad[j], a.param[j], a.exp_avg[j], a.exp_avg_sq[j], a);
+    if (j < a.n) a.update[j] = update_of(a.grad[j], s, a.param[j], a.exp_avg[j], a.exp_avg_sq[j], a);
 }
 
 __global__ void __launch_bounds__(kThreads) moments_scalar_kernel(const LambMomentsKernelArgs a) {
     const int64_t stride = (int64_t) gridDim.x * blockDim.x;
+    const float s = a.grad_scale ? *a.grad_scale : 1.0f;
     for (int64_t j = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; j < a.n; j += stride)
-        a.update[j] = update_of(a.grad[j], a.param[j], a.exp_avg[j], a.exp_avg_sq[j], a);
+        a.update[j] = update_of(a.grad[j], s, a.param[j], a.exp_avg[j], a.exp_avg_sq[j], a);
 }
+
+/// The tensor that owns element i: the last start at or before it.
+__device__ inline int tensor_of(int64_t i, const LambApplyKernelArgs & a) {
+    int lo = 0, hi = a.tensors - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (a.starts[mid] <= i) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/// Each thread's elements only grow, so it searches again only when one passes the next tensor's start.
+struct TensorCursor {
+    int tensor = 0;
+    int64_t next_start = -1;
+    __device__ float step_at(int64_t i, const LambApplyKernelArgs & a) {
+        if (i >= next_start) {
+            tensor = tensor_of(i, a);
+            next_start = tensor + 1 < a.tensors ? a.starts[tensor + 1] : INT64_MAX;
+        }
+        return a.step[tensor];
+    }
+};
 
 __global__ void __launch_bounds__(kThreads) apply_vector_kernel(const LambApplyKernelArgs a) {
     const int64_t vectors = a.n / 4, stride = (int64_t) gridDim.x * blockDim.x;
+    TensorCursor cursor;
     for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
         float4 p = reinterpret_cast<float4 *>(a.param)[i];
         const float4 u = reinterpret_cast<const float4 *>(a.update)[i];
-        const int4 s = reinterpret_cast<const int4 *>(a.segment)[i];
-        p.x -= a.step[s.x] * u.x;
-        p.y -= a.step[s.y] * u.y;
-        p.z -= a.step[s.z] * u.z;
-        p.w -= a.step[s.w] * u.w;
+        const float step = cursor.step_at(4 * i, a);   // starts are multiples of 4: one tensor owns all four
+        p.x -= step * u.x;
+        p.y -= step * u.y;
+        p.z -= step * u.z;
+        p.w -= step * u.w;
         reinterpret_cast<float4 *>(a.param)[i] = p;
     }
     const int64_t j = vectors * 4 + (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
-    if (j < a.n) a.param[j] -= a.step[a.segment[j]] * a.update[j];
+    if (j < a.n) a.param[j] -= a.step[tensor_of(j, a)] * a.update[j];
 }
 
 __global__ void __launch_bounds__(kThreads) apply_scalar_kernel(const LambApplyKernelArgs a) {
     const int64_t stride = (int64_t) gridDim.x * blockDim.x;
-    for (int64_t j = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; j < a.n; j += stride) a.param[j] -= a.step[a.segment[j]] * a.update[j];
+    TensorCursor cursor;
+    for (int64_t j = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; j < a.n; j += stride) a.param[j] -= cursor.step_at(j, a) * a.update[j];
 }
 
 } // namespace
@@ -88,7 +119,8 @@ const char * launch_lamb_moments(const LambMomentsKernelArgs & args, void * stre
 const char * launch_lamb_apply(const LambApplyKernelArgs & args, void * stream_handle) {
     if (args.n == 0) return nullptr;
     auto stream = static_cast<cudaStream_t>(stream_handle);
-    if (aligned(args.param) && aligned(args.update) && aligned(args.segment))
+    if (args.tensors < 1) return "LAMB apply: no tensors";
+    if (aligned(args.param) && aligned(args.update))
         apply_vector_kernel<<<blocks_for(args.n / 4 > 0 ? args.n / 4 : 1), kThreads, 0, stream>>>(args);
     else
         apply_scalar_kernel<<<blocks_for(args.n), kThreads, 0, stream>>>(args);

@@ -1,7 +1,9 @@
 // CUDA kernels for LAMB's update over an optimizer group's flat buffers (optimizer.h). The update is bound by memory:
 // as a dozen LibTorch operations it moved some 104 bytes per parameter a step, 2.5 ms of a 35 ms step for the reference
-// model's 92M parameters on an H200. Here two passes move 52: one forms the moments and the update, one applies it with
-// each tensor's trust ratio (the ratios come from LibTorch's multi-tensor norms in between). Plain C++ interface.
+// model's 92M parameters on an H200. Here two passes move 44: one forms the moments and the update from the clipped
+// gradient (the clip's coefficient applied as it is read, not in a pass of its own), one applies the update with
+// each tensor's trust ratio, finding each element's tensor from the tensors' starts rather than reading a per-element
+// index (the ratios come from LibTorch's multi-tensor norms in between). Plain C++ interface.
 #pragma once
 
 #include <cstdint>
@@ -10,8 +12,10 @@ namespace studio {
 
 /// m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  update = m / (sqrt(v) + eps) + weight_decay p. fp32, n elements.
 /// 1 - b1 and 1 - b2 come from the host, rounded once from double as LibTorch rounds its scalar arguments.
+/// g = grad x grad_scale[0] where grad_scale is given (the clip's coefficient), else grad.
 struct LambMomentsKernelArgs {
     const float * grad = nullptr;
+    const float * grad_scale = nullptr;
     const float * param = nullptr;
     float * exp_avg = nullptr;
     float * exp_avg_sq = nullptr;
@@ -20,12 +24,14 @@ struct LambMomentsKernelArgs {
     float one_minus_beta1 = 0.1f, beta2 = 0.999f, one_minus_beta2 = 0.001f, eps = 1e-8f, weight_decay = 0.0f;
 };
 
-/// p -= step[segment[i]] x update[i]: step holds each tensor's lr x trust ratio, segment each element's tensor.
+/// p -= step[t] x update[i] for element i of tensor t: step holds each tensor's lr x trust ratio; tensor t owns the
+/// elements from starts[t] (ascending, starts[0] = 0, each a multiple of 4) to the next start.
 struct LambApplyKernelArgs {
     float * param = nullptr;
     const float * update = nullptr;
     const float * step = nullptr;
-    const int32_t * segment = nullptr;
+    const int64_t * starts = nullptr;
+    int tensors = 0;
     int64_t n = 0;
 };
 

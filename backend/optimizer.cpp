@@ -24,6 +24,7 @@ struct Optimizer::Graphs {
 #ifdef STUDIO_CUDA_KERNELS
     int64_t clip_calls = 0, step_calls = 0;
     double clip_max_norm = 0;
+    bool clip_defers = false, step_clips = false;   // the captured clip deferred its scaling; the captured step applies it
     std::unique_ptr<at::cuda::CUDAGraph> clip, step;
     torch::Tensor clip_norm;             // the captured clip's result, rewritten by every replay
 
@@ -127,6 +128,7 @@ void Optimizer::adopt_gradients(size_t group) {
 }
 
 void Optimizer::zero_grad() {
+    clip_pending_ = false;
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
         adopt_gradients(gi);
         flat_[gi].grad.zero_();
@@ -149,11 +151,13 @@ torch::Tensor Optimizer::clip_gradients(double max_norm) {
         flat_gradients();   // re-links replaced gradients into the buffers the graph reads
         if (g.clip && g.clip_max_norm == max_norm) {
             g.clip->replay();
+            clip_pending_ = g.clip_defers;
             return g.clip_norm;
         }
         if (g.clip_calls++ > 0) {   // the first call ran eagerly, so its kernels are loaded
             g.clip_max_norm = max_norm;
             g.clip = Graphs::capture(flat_.front().grad.device(), [&] { g.clip_norm = clip_eagerly(max_norm); });
+            g.clip_defers = clip_pending_;
             return g.clip_norm;
         }
     }
@@ -170,9 +174,21 @@ torch::Tensor Optimizer::clip_eagerly(double max_norm) {
     auto total = torch::stack(norms).norm(2);                                 // 0-dim
     if (max_norm > 0) {
         auto coefficient = (max_norm / (total + 1e-6)).clamp_max(1.0);
-        for (auto & g : grads) g.mul_(coefficient.to(g.scalar_type()));
+        if (defers_clip()) {
+            if (!clip_coefficient_.defined()) clip_coefficient_ = torch::empty({1}, total.options());
+            clip_coefficient_.copy_(coefficient.reshape({1}));
+            clip_pending_ = true;
+        } else {
+            for (auto & g : grads) g.mul_(coefficient.to(g.scalar_type()));
+        }
     }
     return total;
+}
+
+bool Optimizer::defers_clip() const {
+    if (flat_.empty()) return false;
+    for (const auto & f : flat_) if (!lamb_kernels_take(f)) return false;
+    return true;
 }
 
 bool Optimizer::lamb_kernels_take(const FlatGroup & f) const {
@@ -185,12 +201,14 @@ bool Optimizer::lamb_kernels_take(const FlatGroup & f) const {
 #endif
 }
 
-void Optimizer::lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, double lr_scale, double weight_decay) {
+void Optimizer::lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, double lr_scale, double weight_decay,
+                                     const torch::Tensor & grad_scale) {
 #ifdef STUDIO_CUDA_KERNELS
     c10::cuda::CUDAGuard device_guard(f.param.device());
     void * stream = current_cuda_stream(f.param.device());
     LambMomentsKernelArgs moments;
     moments.grad = f.grad.data_ptr<float>();
+    moments.grad_scale = grad_scale.defined() ? grad_scale.data_ptr<float>() : nullptr;
     moments.param = f.param.data_ptr<float>();
     moments.exp_avg = f.exp_avg.data_ptr<float>();
     moments.exp_avg_sq = f.exp_avg_sq.data_ptr<float>();
@@ -207,11 +225,13 @@ void Optimizer::lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, do
     apply.param = f.param.data_ptr<float>();
     apply.update = f.update.data_ptr<float>();
     apply.step = step_sizes.data_ptr<float>();
-    apply.segment = f.segment.data_ptr<int32_t>();
+    if (!f.starts.defined()) f.starts = torch::tensor(f.offsets, torch::kLong).to(f.param.device());
+    apply.starts = f.starts.data_ptr<int64_t>();
+    apply.tensors = (int) f.offsets.size();
     apply.n = f.param.numel();
     check_kernel_launch(launch_lamb_apply(apply, stream), "LAMB apply");
 #else
-    (void) f, (void) lr, (void) lr_scale, (void) weight_decay;
+    (void) f, (void) lr, (void) lr_scale, (void) weight_decay, (void) grad_scale;
 #endif
 }
 
@@ -231,13 +251,18 @@ void Optimizer::step(double lr) {
             for (size_t gi = 0; gi < groups_.size(); ++gi) adopt_gradients(gi);
             if (!g.lr.defined()) g.lr = torch::empty({1}, flat_.front().param.options());
             g.lr.fill_(lr);   // outside the graph, which reads it
-            if (g.step) {
+            if (g.step && g.step_clips == clip_pending_) {
                 ++steps_;
                 g.step->replay();
-            } else {
-                g.step = Graphs::capture(flat_.front().param.device(), [&] { step_eagerly(lr, /*fill_lr=*/false); });
+                clip_pending_ = false;
+                return;
             }
-            return;
+            if (!g.step) {
+                g.step_clips = clip_pending_;
+                g.step = Graphs::capture(flat_.front().param.device(), [&] { step_eagerly(lr, /*fill_lr=*/false); });
+                return;
+            }
+            // A step the captured graph does not match (clipped or not, against the capture): eagerly.
         }
     }
 #endif
@@ -261,9 +286,10 @@ void Optimizer::step_eagerly(double lr, bool fill_lr) {
                 graphs_->lr.fill_(lr);
                 lr_ready = true;
             }
-            lamb_step_by_kernels(f, graphs_->lr, g.lr_scale, g.weight_decay);
+            lamb_step_by_kernels(f, graphs_->lr, g.lr_scale, g.weight_decay, clip_pending_ ? clip_coefficient_ : torch::Tensor());
             continue;
         }
+        if (clip_pending_) f.grad.mul_(clip_coefficient_);   // our kernels were turned off since the clip
         f.exp_avg.lerp_(f.grad, 1 - b1);                                      // m = b1 m + (1 - b1) g
         f.exp_avg_sq.mul_(b2).addcmul_(f.grad, f.grad, 1 - b2);               // v = b2 v + (1 - b2) g^2
         if (config_.name == "lamb") {
@@ -281,6 +307,7 @@ void Optimizer::step_eagerly(double lr, bool fill_lr) {
             f.param.addcdiv_(f.exp_avg, (f.exp_avg_sq / c2).sqrt_().add_(eps), -group_lr / c1);
         }
     }
+    clip_pending_ = false;
 }
 
 TensorMap Optimizer::state() const {

@@ -50,7 +50,9 @@ public:
     std::vector<torch::Tensor> flat_gradients();
     /// Scales the gradients so that their global norm is at most `max_norm` (no-op for max_norm <= 0), as
     /// torch.nn.utils.clip_grad_norm_ does; returns the norm before clipping as a 0-dim tensor on the device,
-    /// so no step waits for the host (from a graph: its buffer, valid until the next call).
+    /// so no step waits for the host (from a graph: its buffer, valid until the next call). Where our kernels update
+    /// every group, the next step() applies the coefficient as it reads the gradients (a pass over them less), so
+    /// the buffers hold the unclipped gradients until then; zero_grad() drops a pending coefficient.
     torch::Tensor clip_gradients(double max_norm);
 
     TensorMap state() const;
@@ -61,6 +63,7 @@ private:
     struct FlatGroup {
         torch::Tensor param, grad, exp_avg, exp_avg_sq;  // (numel,) each
         torch::Tensor segment;                           // (numel,) index of each element's tensor
+        torch::Tensor starts;                            // (tensors,) int64 on the device: offsets, for our kernels
         torch::Tensor update;                            // (numel,) LAMB's update, reused every step
         std::vector<torch::Tensor> param_slices, update_slices;   // per-tensor views, made once (not twice a step)
         std::vector<int64_t> offsets, numels;
@@ -80,12 +83,17 @@ private:
     /// Whether our CUDA kernels (lamb_kernel.h) update this group: two passes over its buffers instead of a dozen.
     bool lamb_kernels_take(const FlatGroup & f) const;
     /// lr: (1,) on the device, the schedule's rate (before the group's scale).
-    void lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, double lr_scale, double weight_decay);
+    /// grad_scale: the pending clip's coefficient, (1,) on the device, or undefined.
+    void lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, double lr_scale, double weight_decay, const torch::Tensor & grad_scale);
+    /// Whether clip_gradients leaves the scaling to the step: our kernels update every group.
+    bool defers_clip() const;
 
     OptimizerConfig config_;
     std::vector<ParamGroup> groups_;
     std::vector<FlatGroup> flat_;
     int64_t steps_ = 0;
+    torch::Tensor clip_coefficient_;   // (1,) on the device: the last deferred clip's coefficient
+    bool clip_pending_ = false;        // the next step applies clip_coefficient_
     std::unique_ptr<Graphs> graphs_;
 };
 
