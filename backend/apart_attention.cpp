@@ -3,6 +3,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <stdexcept>
 
 #include <torch/cuda.h>
@@ -269,6 +270,14 @@ int64_t set_persistent_cudnn_min_rows(int64_t rows) {
     return rows;
 #else
     return rows;
+#endif
+}
+
+int64_t persistent_cudnn_min_rows() {
+#if TORCH_VERSION_MAJOR >= 2
+    return cudnn_min_rows;
+#else
+    return std::numeric_limits<int64_t>::max();
 #endif
 }
 

@@ -39,6 +39,7 @@ std::pair<torch::Tensor, torch::Tensor> persistent_flash_attention(const torch::
 /// cuDNN refuses a call, flash's from then on, and persistent_cudnn_refused() says so), else flash's. Returns the
 /// previous value. The selftest sets 0 to cover cuDNN's at its small shapes. STUDIO_PERSISTENT_ATTENTION=flash: never.
 int64_t set_persistent_cudnn_min_rows(int64_t rows);
+int64_t persistent_cudnn_min_rows();
 bool persistent_cudnn_refused();
 
 /// How each part is computed.

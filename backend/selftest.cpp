@@ -31,6 +31,15 @@ double worst_error(const Outputs & a, const Outputs & reference) {
     return worst;
 }
 
+KernelSwitchesGuard::KernelSwitchesGuard()
+    : fused_(fused_attention_enabled()), own_(own_kernels_enabled()), cudnn_min_rows_(persistent_cudnn_min_rows()) {}
+
+KernelSwitchesGuard::~KernelSwitchesGuard() {
+    set_fused_attention(fused_);
+    set_own_kernels(own_);
+    set_persistent_cudnn_min_rows(cudnn_min_rows_);
+}
+
 namespace {
 
 Outputs run_attention(RelativeAttention & attention, const torch::Tensor & x, const torch::Tensor & mem, const torch::Tensor & pos,
@@ -94,6 +103,7 @@ bool check_inference(const torch::Device & device) {
                             Shape{192, 3, 64, 0, 2, 100, 37, false, "transformer-xl, causal, T 100, M 37"},
                             Shape{128, 4, 32, 48, 3, 70, 150, true, "T 70, M 150"},
                             Shape{256, 2, 128, 16, 1, 65, 65, true, "head_dim 128, T 65"}};
+    KernelSwitchesGuard restore;
     const bool own_kernel = own_kernels_enabled();
     for (const Shape & shape : shapes) {
         RelativeAttention attention = attention_under_test(shape.D, shape.H, shape.dh, shape.N, device, shape.same_length);
@@ -127,7 +137,7 @@ bool check_inference(const torch::Device & device) {
 /// runs) and under bf16 autocast with fp32 weights (as evaluation during training runs), with the memory a strided
 /// view of the previous segment's input, as the model carries it.
 bool check_layer_inference(const torch::Device & device) {
-    const bool previous_own = own_kernels_enabled();
+    KernelSwitchesGuard restore;
     const int64_t D = 512, H = 8, dh = 64, N = 2048, B = 3, T = 192, M = 96;
     TransformerLayer layer(TransformerLayerOptions(RelativeAttentionOptions(D, H, dh).persistent(N)));
     {
@@ -163,7 +173,6 @@ bool check_layer_inference(const torch::Device & device) {
     std::printf("selftest: all-attention layer inference, our kernels vs explicit fp32: bf16 model %.2e (explicit %.2e) %s; "
                 "autocast %.2e (explicit %.2e) %s\n", own_bf16, explicit_bf16, pass_bf16 ? "ok" : "FAIL", own_autocast, explicit_autocast,
                 pass_autocast ? "ok" : "FAIL");
-    set_own_kernels(previous_own);
     return pass_bf16 && pass_autocast;
 }
 
@@ -176,7 +185,8 @@ bool check_layer_inference(const torch::Device & device) {
 /// relative) before sums of 128-384 terms; a wrong joined normaliser or correction term is off by O(1).
 bool check_apart_training(const torch::Device & device, int64_t H, int64_t B, int64_t dh, bool model_layout, bool cudnn) {
     // The persistent part by cuDNN's kernels (the model takes them for many rows) or by flash's.
-    const int64_t previous_min_rows = set_persistent_cudnn_min_rows(cudnn ? 0 : std::numeric_limits<int64_t>::max());
+    KernelSwitchesGuard restore;
+    set_persistent_cudnn_min_rows(cudnn ? 0 : std::numeric_limits<int64_t>::max());
     const int64_t T = 64, S = 128, N = 256;
     const double scale = 1.0 / std::sqrt((double) dh);
     auto options = torch::TensorOptions().device(device);
@@ -235,7 +245,6 @@ bool check_apart_training(const torch::Device & device, int64_t H, int64_t B, in
     const bool replayed = mismatch < 1e-2 && dropped > 0.05;
     std::printf("selftest: training attention with dropout 0.2 (kernels): <out,out> vs <dV,V> rel. difference %.2e (< 1e-2), "
                 "output moved %.2f by dropout (> 0.05) %s\n", mismatch, dropped, replayed ? "ok" : "FAIL");
-    set_persistent_cudnn_min_rows(previous_min_rows);
     return pass && replayed;
 }
 
@@ -285,7 +294,7 @@ bool check_training_step(const torch::Device & device) {
 
 /// The fused training attention (forward and every gradient) and the inference path, against the explicit one.
 bool check_fused_attention(const torch::Device & device) {
-    const bool previous = fused_attention_enabled();
+    KernelSwitchesGuard restore;
     bool ok = true;
     for (const int64_t persistent : {int64_t(32), int64_t(0)}) {
         const int64_t D = 64, H = 4, dh = 16, B = 3, T = 8, M = 8;
@@ -311,7 +320,6 @@ bool check_fused_attention(const torch::Device & device) {
     }
     ok = check_inference(device) && ok;
     if (own_kernels_built()) ok = check_layer_inference(device) && ok;
-    set_fused_attention(previous);
     return ok;
 }
 
@@ -344,9 +352,9 @@ int selftest_command(const std::string & device_name) {
         if (device.is_cuda()) {
             // cuDNN's persistent part (which the model takes from batch 64 of 192 tokens on) replayed from graphs:
             // its dropout must draw new masks each replay, as eager steps do.
-            const int64_t previous_min_rows = set_persistent_cudnn_min_rows(0);
+            KernelSwitchesGuard restore;
+            set_persistent_cudnn_min_rows(0);
             ok = check_layer_graph(device) && ok;
-            set_persistent_cudnn_min_rows(previous_min_rows);
         }
     } else {
         std::printf("selftest: fused attention is not used on %s with this LibTorch; the explicit path is the CPU tests' subject\n",

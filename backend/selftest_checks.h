@@ -3,6 +3,7 @@
 // its cases passed.
 #pragma once
 
+#include <cstdint>
 #include <vector>
 
 #include <torch/types.h>
@@ -15,6 +16,20 @@ namespace studio {
 struct Outputs {
     std::vector<torch::Tensor> values;
 };
+/// Puts the attention and kernel switches that checks turn (fused attention, our kernels, the rows from which
+/// training's persistent part takes cuDNN) back as they were when it was made, however the check ends.
+class KernelSwitchesGuard {
+public:
+    KernelSwitchesGuard();
+    ~KernelSwitchesGuard();
+    KernelSwitchesGuard(const KernelSwitchesGuard &) = delete;
+    KernelSwitchesGuard & operator=(const KernelSwitchesGuard &) = delete;
+
+private:
+    bool fused_, own_;
+    int64_t cudnn_min_rows_;
+};
+
 /// Largest error of a tensor relative to the reference's largest magnitude.
 double relative_error(const torch::Tensor & a, const torch::Tensor & reference);
 /// Largest relative error over all tensors (infinite when the counts differ).

@@ -32,9 +32,10 @@ bool check_loss(const torch::Device & device) {
     io->eval();
     auto hidden = torch::randn({256, 64});
     auto target = torch::randint(0, 3001, {256}, torch::kLong);
-    const bool previous_own = own_kernels_enabled();
+    KernelSwitchesGuard restore;
+    const bool kernels_on = own_kernels_enabled();
     std::vector<bool> kernel_choices{false};
-    if (previous_own) kernel_choices.push_back(true);   // the tails and head's log-softmax through our kernels, and through LibTorch's
+    if (kernels_on) kernel_choices.push_back(true);   // the tails and head's log-softmax through our kernels, and through LibTorch's
     for (const bool own : kernel_choices)
     for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
         set_own_kernels(own);
@@ -54,8 +55,7 @@ bool check_loss(const torch::Device & device) {
         ok = pass && ok;
         io->to(torch::kCPU, torch::kFloat);
     }
-    set_own_kernels(previous_own);
-    if (previous_own) {
+    if (kernels_on) {
         // At the reference's size (WikiText-103's 267,735 words; a 160,000-word tail of width 32), where the kernel
         // splits each row's words over many blocks: our tails against LibTorch's product and softmax. fp32 takes the
         // kernel's fp32 path, bf16 its tensor-core path; LibTorch's forms the same products in fp32. The head's
@@ -93,7 +93,6 @@ bool check_loss(const torch::Device & device) {
                         dtype == torch::kFloat ? "fp32" : "bf16", device.str().c_str(), error, pass ? "ok" : "FAIL");
             ok = pass && ok;
         }
-        set_own_kernels(previous_own);
     }
     return ok;
 }

@@ -160,9 +160,8 @@ bool check_lamb_kernels(const torch::Device & device) {
         for (auto & [name, t] : optimizer.state()) if (t.is_floating_point()) state.values.push_back(t.detach().clone());
         return state;
     };
-    const bool previous = fused_attention_enabled();
+    KernelSwitchesGuard restore;
     const auto reference = run(false, false), fused = run(true, false), graphed = run(true, true);
-    set_fused_attention(previous);
     const double fused_error = worst_error(fused, reference), graphed_error = worst_error(graphed, reference);
     const bool pass = fused_error < 1e-5 && graphed_error < 1e-5;
     std::printf("selftest: LAMB, 4 clipped steps of 7 tensors in 2 groups, our kernels vs LibTorch's operations: max rel. error %.2e, "
@@ -183,13 +182,12 @@ bool check_content_bias(const torch::Device & device) {
             const double scale = 0.125;
             // One computation: the bias over the kept entries, then both gradients of <bias, upstream> over them.
             auto run = [&](torch::ScalarType as, bool kernels) {
-                const bool previous = own_kernels_enabled();
+                KernelSwitchesGuard restore;
                 set_own_kernels(kernels);
                 auto position = position_in.to(dtype).to(as).clone().requires_grad_(true);
                 auto key_bias = key_bias_in.to(dtype).to(as).clone().requires_grad_(true);
                 const bool fused = content_bias_kernel_takes(position, key_bias, keep);
                 auto bias = content_bias(position, key_bias, keep, scale);
-                set_own_kernels(previous);
                 auto kept = bias.masked_fill(keep.logical_not(), 0);
                 (kept * upstream.to(as)).sum().backward();
                 const bool masked_right = (bias.masked_select(keep.logical_not()) == -INFINITY).all().item<bool>();
@@ -219,7 +217,7 @@ bool check_gated_weight(const torch::Device & device) {
         auto upstream = torch::randn({shape.D, shape.H * shape.dh}, torch::TensorOptions().device(device));
         // The weight, then the gradients of <gated weight, upstream> w.r.t. the weight and the gates.
         auto run = [&](bool kernels) {
-            const bool previous = own_kernels_enabled();
+            KernelSwitchesGuard restore;
             set_own_kernels(kernels);
             auto weight = (kernels ? weight_in : weight_in.to(torch::kDouble)).clone().requires_grad_(true);
             auto gate = (kernels ? gate_in : gate_in.to(torch::kDouble)).clone().requires_grad_(true);
@@ -230,7 +228,6 @@ bool check_gated_weight(const torch::Device & device) {
                 fused = gated_weight_kernel_takes(weight, gate, shape.dh);
                 gated = gated_weight(weight, gate, shape.dh);
             }
-            set_own_kernels(previous);
             (gated.to(torch::kDouble) * upstream.to(torch::kDouble)).sum().backward();
             return std::make_tuple(Outputs{{gated.to(torch::kDouble), weight.grad().to(torch::kDouble), gate.grad().to(torch::kDouble)}}, fused,
                                    gated.scalar_type());
@@ -257,11 +254,10 @@ bool check_attention_merge(const torch::Device & device) {
     auto out_b = torch::randn({Y * L, X, D}, options).to(torch::kBFloat16).view({Y, L, X, D}).permute({2, 0, 1, 3}); // (X,Y,L,D)
     auto lse_a = (torch::randn({X, Y, L + 27}, options) * 3).narrow(-1, 0, L);                                     // (X,Y,L)
     auto lse_b = (torch::randn({X, Y * L}, options) * 3).view({X, Y, L});                                          // (X,Y,L)
-    const bool previous = own_kernels_enabled();
+    KernelSwitchesGuard restore;
     set_own_kernels(true);
     const bool fused = attention_merge_kernel_takes(out_a, lse_a, out_b, lse_b);
     auto merged = merge_attention_parts(out_a, lse_a, out_b, lse_b);
-    set_own_kernels(previous);
     // Written out in float64: each part's output times its share of the joined softmax mass.
     auto share = torch::sigmoid(lse_a.to(torch::kDouble) - lse_b.to(torch::kDouble)).unsqueeze(-1);
     auto reference = out_a.to(torch::kDouble) * share + out_b.to(torch::kDouble) * (1 - share);
@@ -294,11 +290,10 @@ bool check_segment_norm_training(const torch::Device & device) {
         auto x = x_in.clone().requires_grad_(true);
         torch::Tensor keys, queries;
         {
-            const bool previous = own_kernels_enabled();
+            KernelSwitchesGuard restore;
             set_own_kernels(true);
             AutocastGuard autocast(device, true);
             std::tie(keys, queries) = normalize_segment_for_training(memory, x, norm);
-            set_own_kernels(previous);
         }
         const bool fused = keys.defined() && keys.scalar_type() == torch::kBFloat16 && queries.scalar_type() == torch::kBFloat16;
         Outputs kernels, reference;
