@@ -92,6 +92,11 @@ std::string train_bench_markdown(const std::vector<TrainBenchRow> & rows) {
     s << "| variant | batch | dtype | device | ms/step (median) | p10-p90 ms | tokens/s | forward ms | backward ms | optimizer ms (share) | peak GB | TFLOP/s | MFU |\n";
     s << "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     for (const auto & r : rows) {
+        if (!r.error.empty()) {
+            s << "| " << r.variant << " | " << r.batch << " | " << r.dtype << " | " << r.device << " | " << r.error
+              << " | - | - | - | - | - | - | - | - |\n";
+            continue;
+        }
         const double phases = r.forward_ms + r.backward_ms + r.optimizer_ms;
         char mfu[16] = "n/a";
         if (r.mfu > 0) std::snprintf(mfu, sizeof mfu, "%.1f%%", r.mfu * 100);
@@ -108,11 +113,12 @@ std::string train_bench_markdown(const std::vector<TrainBenchRow> & rows) {
 std::string train_bench_csv(const std::vector<TrainBenchRow> & rows) {
     std::ostringstream s;
     s << "variant,batch,tgt_len,mem_len,dtype,device,median_ms,p10_ms,p90_ms,mean_ms,stddev_ms,tokens_per_s,forward_ms,backward_ms,optimizer_ms,"
-         "peak_memory_gb,flops_per_token,tflops,mfu\n";
+         "peak_memory_gb,flops_per_token,tflops,mfu,error\n";
     for (const auto & r : rows) {
         s << r.variant << ',' << r.batch << ',' << r.tgt_len << ',' << r.mem_len << ',' << r.dtype << ',' << r.device << ',' << r.median_ms << ','
           << r.p10_ms << ',' << r.p90_ms << ',' << r.mean_ms << ',' << r.stddev_ms << ',' << r.tokens_per_s << ',' << r.forward_ms << ','
-          << r.backward_ms << ',' << r.optimizer_ms << ',' << r.peak_memory_gb << ',' << r.flops_per_token << ',' << r.tflops << ',' << r.mfu << '\n';
+          << r.backward_ms << ',' << r.optimizer_ms << ',' << r.peak_memory_gb << ',' << r.flops_per_token << ',' << r.tflops << ',' << r.mfu << ','
+          << r.error << '\n';
     }
     return s.str();
 }
@@ -125,6 +131,7 @@ json train_bench_json(const std::vector<TrainBenchRow> & rows) {
                        {"p90_ms", r.p90_ms}, {"mean_ms", r.mean_ms}, {"stddev_ms", r.stddev_ms}, {"tokens_per_s", r.tokens_per_s},
                        {"forward_ms", r.forward_ms}, {"backward_ms", r.backward_ms}, {"optimizer_ms", r.optimizer_ms},
                        {"peak_memory_gb", r.peak_memory_gb}, {"flops_per_token", r.flops_per_token}, {"tflops", r.tflops}, {"mfu", r.mfu}});
+        if (!r.error.empty()) out.back()["error"] = r.error;
     }
     return out;
 }

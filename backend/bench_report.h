@@ -43,6 +43,7 @@ struct TrainBenchRow {
     double flops_per_token = 0;     ///< the formula of docs/benchmarks.md
     double tflops = 0;              ///< flops_per_token x tokens/s
     double mfu = 0;                 ///< tflops / the device's peak (0 when the peak is unknown)
+    std::string error;              ///< why this row was not measured ("out of memory"), else empty
 };
 
 struct SampleStats {

@@ -65,95 +65,119 @@ void train_step(LanguageModelImpl & model, Optimizer & optimizer, const torch::T
     mark(2);
 }
 
+/// What names a row: the variant, the shape, the dtype and the device.
+TrainBenchRow train_row_heading(const Config & config, const std::string & variant, int64_t batch, const std::string & dtype_name,
+                                const std::string & device_name) {
+    TrainBenchRow row;
+    row.variant = variant;
+    row.batch = batch;
+    row.tgt_len = config.model.tgt_len;
+    row.mem_len = config.model.mem_len;
+    row.dtype = dtype_name;
+    row.device = device_name;
+    return row;
+}
+
+/// One row: `batch` sequences of the config's model, `variant` (ungated or gated), on one device in one dtype.
+TrainBenchRow measure_train_row(const Config & config, const TrainBenchOptions & options, const std::string & device_name,
+                                const std::string & dtype_name, const std::string & variant, int64_t batch, bool trace_it) {
+    const torch::Device device = device_resolve(device_name);
+    const bool bf16 = dtype_name == "bf16", gated = variant == "gated";
+    torch::manual_seed(1234);
+    ModelConfig model_config = config.model;
+    model_config.head_gates = gated;
+    LanguageModel model(model_config);
+    model->to(device);
+    model->train();
+    if (gated) {
+        model->configure_gates(HardConcreteGateOptions(1).init_log_alpha(config.gate.init_log_alpha).beta(config.gate.beta)
+                                   .gamma(config.gate.gamma).zeta(config.gate.zeta));
+    }
+    Optimizer optimizer(config.train.optimizer, make_param_groups(*model, config.train.optimizer.weight_decay, 10.0));
+    const bool graphs = config.train.cuda_graphs && config.bench.cuda_graphs;
+    optimizer.use_cuda_graphs(graphs);
+    GateSettings gates;
+    gates.enabled = gated;
+    gates.output_scaling = gated && config.gate.output_scaling;
+    const int64_t T = model_config.tgt_len;
+    auto ids = torch::randint(0, model_config.vocab_size, {4, batch, T + 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
+    std::vector<torch::Tensor> memory;
+    uint64_t step = 0;
+    // As training runs it: the layers replayed from CUDA graphs after the warm-up steps.
+    LayerGraph layer_graph;
+    LayerGraph * graph = graphs ? &layer_graph : nullptr;
+    auto no_mark = [](int) {};
+    auto next_ids = [&]() { return ids[(int64_t) (step % 4)]; };
+
+    TrainBenchRow row = train_row_heading(config, variant, batch, dtype_name, device_name);
+    // The graph's eager steps and its capture fall in the warm-up, never in the timed steps.
+    const int64_t warmup = std::max<int64_t>(config.bench.warmup, graph && device.is_cuda() ? LayerGraph::kWarmupSteps + 1 : 0);
+    for (int64_t w = 0; w < warmup; ++w, ++step) {
+        train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, graph, no_mark);
+    }
+    device_reset_peak_memory(device);
+    DeviceTimer timer(device);
+    for (int64_t r = 0; r < config.bench.repetitions; ++r) {
+        timer.start();
+        for (int64_t s = 0; s < config.bench.steps; ++s, ++step) {
+            train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, graph, no_mark);
+        }
+        row.samples_ms.push_back(timer.stop_ms() / (double) config.bench.steps);
+    }
+    row.peak_memory_gb = (double) device_peak_memory(device) / 1e9;
+    if (layer_graph.replays() > 0) row.device += " (graph)";
+    // The phases, each timed to its end: the host waits between them, so their sum exceeds the step.
+    std::vector<double> phase_ms[3];
+    for (int64_t s = 0; s < config.bench.steps; ++s, ++step) {
+        timer.start();
+        train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, graph, [&](int phase) {
+            phase_ms[phase].push_back(timer.stop_ms());
+            timer.start();
+        });
+        (void) timer.stop_ms();
+    }
+    // STUDIO_PROFILE=trace.json: three more steps of the first row, recorded as a Chrome trace.
+    if (const char * trace_path = std::getenv("STUDIO_PROFILE"); trace_path && *trace_path && trace_it) {
+        TraceRecorder trace;
+        trace.start(trace_path);
+        for (int s = 0; s < 3; ++s, ++step) train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, graph, no_mark);
+        device_synchronize(device);
+        trace.stop();
+    }
+    summarise_samples(row);
+    row.forward_ms = sample_stats(phase_ms[0]).median;
+    row.backward_ms = sample_stats(phase_ms[1]).median;
+    row.optimizer_ms = sample_stats(phase_ms[2]).median;
+    row.flops_per_token = train_flops_per_token(*model, batch);
+    row.tflops = row.flops_per_token * row.tokens_per_s / 1e12;
+    row.mfu = options.peak_tflops > 0 ? row.tflops / options.peak_tflops : 0.0;
+    return row;
+}
+
 } // namespace
 
 std::vector<TrainBenchRow> bench_train_measure(const Config & config, const TrainBenchOptions & options, bool verbose) {
     if (config.model.vocab_size <= 0) throw ConfigError("config error: model.vocab_size: set it to bench random tokens (no dataset is read)");
     std::vector<TrainBenchRow> rows;
     for (const auto & device_name : config.bench.devices) {
-        const torch::Device device = device_resolve(device_name);
+        device_resolve(device_name);   // a device that does not exist fails here, before any row
         for (const auto & dtype_name : config.bench.dtypes) {
-            const bool bf16 = dtype_name == "bf16";
             for (const auto & variant : options.variants) {
-                const bool gated = variant == "gated";
                 for (auto batch : config.bench.batch_sizes) {
-                    torch::manual_seed(1234);
-                    ModelConfig model_config = config.model;
-                    model_config.head_gates = gated;
-                    LanguageModel model(model_config);
-                    model->to(device);
-                    model->train();
-                    if (gated) {
-                        model->configure_gates(HardConcreteGateOptions(1).init_log_alpha(config.gate.init_log_alpha).beta(config.gate.beta)
-                                                   .gamma(config.gate.gamma).zeta(config.gate.zeta));
-                    }
-                    Optimizer optimizer(config.train.optimizer, make_param_groups(*model, config.train.optimizer.weight_decay, 10.0));
-                    const bool graphs = config.train.cuda_graphs && config.bench.cuda_graphs;
-                    optimizer.use_cuda_graphs(graphs);
-                    GateSettings gates;
-                    gates.enabled = gated;
-                    gates.output_scaling = gated && config.gate.output_scaling;
-                    const int64_t T = model_config.tgt_len;
-                    auto ids = torch::randint(0, model_config.vocab_size, {4, batch, T + 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
-                    std::vector<torch::Tensor> memory;
-                    uint64_t step = 0;
-                    // As training runs it: the layers replayed from CUDA graphs after the warm-up steps.
-                    LayerGraph layer_graph;
-                    LayerGraph * graph = graphs ? &layer_graph : nullptr;
-                    auto no_mark = [](int) {};
-                    auto next_ids = [&]() { return ids[(int64_t) (step % 4)]; };
-
                     TrainBenchRow row;
-                    row.variant = variant;
-                    row.batch = batch;
-                    row.tgt_len = T;
-                    row.mem_len = model_config.mem_len;
-                    row.dtype = dtype_name;
-                    row.device = device_name;
-                    // The graph's eager steps and its capture fall in the warm-up, never in the timed steps.
-                    const int64_t warmup = std::max<int64_t>(config.bench.warmup, graph && device.is_cuda() ? LayerGraph::kWarmupSteps + 1 : 0);
-                    for (int64_t w = 0; w < warmup; ++w, ++step) {
-                        train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, graph, no_mark);
+                    try {
+                        row = measure_train_row(config, options, device_name, dtype_name, variant, batch, rows.empty());
+                    } catch (const c10::OutOfMemoryError &) {
+                        // Where the largest batch that fits lies is a result too: the other rows still run and print.
+                        row = train_row_heading(config, variant, batch, dtype_name, device_name);
+                        row.error = "out of memory";
                     }
-                    device_reset_peak_memory(device);
-                    DeviceTimer timer(device);
-                    for (int64_t r = 0; r < config.bench.repetitions; ++r) {
-                        timer.start();
-                        for (int64_t s = 0; s < config.bench.steps; ++s, ++step) {
-                            train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, graph, no_mark);
-                        }
-                        row.samples_ms.push_back(timer.stop_ms() / (double) config.bench.steps);
-                    }
-                    row.peak_memory_gb = (double) device_peak_memory(device) / 1e9;
-                    if (layer_graph.replays() > 0) row.device += " (graph)";
-                    // The phases, each timed to its end: the host waits between them, so their sum exceeds the step.
-                    std::vector<double> phase_ms[3];
-                    for (int64_t s = 0; s < config.bench.steps; ++s, ++step) {
-                        timer.start();
-                        train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, graph, [&](int phase) {
-                            phase_ms[phase].push_back(timer.stop_ms());
-                            timer.start();
-                        });
-                        (void) timer.stop_ms();
-                    }
-                    // STUDIO_PROFILE=trace.json: three more steps of the first row, recorded as a Chrome trace.
-                    if (const char * trace_path = std::getenv("STUDIO_PROFILE"); trace_path && *trace_path && rows.empty()) {
-                        TraceRecorder trace;
-                        trace.start(trace_path);
-                        for (int s = 0; s < 3; ++s, ++step) train_step(*model, optimizer, next_ids(), memory, gates, 0.01, device, bf16, step, graph, no_mark);
-                        device_synchronize(device);
-                        trace.stop();
-                    }
-                    summarise_samples(row);
-                    row.forward_ms = sample_stats(phase_ms[0]).median;
-                    row.backward_ms = sample_stats(phase_ms[1]).median;
-                    row.optimizer_ms = sample_stats(phase_ms[2]).median;
-                    row.flops_per_token = train_flops_per_token(*model, batch);
-                    row.tflops = row.flops_per_token * row.tokens_per_s / 1e12;
-                    row.mfu = options.peak_tflops > 0 ? row.tflops / options.peak_tflops : 0.0;
-                    if (verbose) {
+                    if (verbose && row.error.empty()) {
                         std::fprintf(stderr, "[bench --train] %-8s %-4s %-5s batch %4lld: %.2f ms/step, %.0f tokens/s\n", variant.c_str(),
                                      device_name.c_str(), dtype_name.c_str(), (long long) batch, row.median_ms, row.tokens_per_s);
+                    } else if (verbose) {
+                        std::fprintf(stderr, "[bench --train] %-8s %-4s %-5s batch %4lld: %s\n", variant.c_str(), device_name.c_str(),
+                                     dtype_name.c_str(), (long long) batch, row.error.c_str());
                     }
                     rows.push_back(row);
                 }

@@ -199,6 +199,20 @@ private Q_SLOTS:
         QVERIFY(studio::train_bench_markdown({train}).find("| 3.2 | n/a |") != std::string::npos);
         QVERIFY(studio::train_bench_csv({train}).rfind("variant,batch,tgt_len,mem_len,dtype,device,median_ms", 0) == 0);
         QCOMPARE(studio::train_bench_json({train})[0]["optimizer_ms"].get<double>(), 2.0);
+        QVERIFY(!studio::train_bench_json({train})[0].contains("error"));
+
+        // A batch that did not fit: its row says so in all three forms, with no figures.
+        studio::TrainBenchRow too_big;
+        too_big.variant = "ungated"; too_big.batch = 768; too_big.tgt_len = 192; too_big.dtype = "bf16"; too_big.device = "cuda";
+        too_big.error = "out of memory";
+        const std::string both_md = studio::train_bench_markdown({train, too_big});
+        QVERIFY2(both_md.find("| ungated | 768 | bf16 | cuda | out of memory | - | - | - | - | - | - | - | - |\n") != std::string::npos,
+                 both_md.c_str());
+        const std::string both_csv = studio::train_bench_csv({train, too_big});
+        QVERIFY(both_csv.find(",mfu,error\n") != std::string::npos);
+        QVERIFY(both_csv.find(",0,out of memory\n") != std::string::npos);
+        QVERIFY(both_csv.find(",0.004,\n") == std::string::npos && both_csv.find(",0,\n") != std::string::npos);   // measured row: empty error
+        QCOMPARE(studio::train_bench_json({train, too_big})[1]["error"].get<std::string>(), std::string("out of memory"));
     }
 };
 
