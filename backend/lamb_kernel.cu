@@ -34,6 +34,7 @@ __device__ inline float update_of(float grad, float grad_scale, float p, float &
 __global__ void __launch_bounds__(kThreads) moments_vector_kernel(const LambMomentsKernelArgs a) {
     const int64_t vectors = a.n / 4, stride = (int64_t) gridDim.x * blockDim.x;
     const float s = a.grad_scale ? *a.grad_scale : 1.0f;
+    if (!isfinite(s)) return;   // a non-finite gradient norm: the step is skipped
     for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
         const float4 g = reinterpret_cast<const float4 *>(a.grad)[i], p = reinterpret_cast<const float4 *>(a.param)[i];
         float4 m = reinterpret_cast<float4 *>(a.exp_avg)[i], v = reinterpret_cast<float4 *>(a.exp_avg_sq)[i], u;
@@ -53,6 +54,7 @@ __global__ void __launch_bounds__(kThreads) moments_vector_kernel(const LambMome
 __global__ void __launch_bounds__(kThreads) moments_scalar_kernel(const LambMomentsKernelArgs a) {
     const int64_t stride = (int64_t) gridDim.x * blockDim.x;
     const float s = a.grad_scale ? *a.grad_scale : 1.0f;
+    if (!isfinite(s)) return;
     for (int64_t j = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; j < a.n; j += stride)
         a.update[j] = update_of(a.grad[j], s, a.param[j], a.exp_avg[j], a.exp_avg_sq[j], a);
 }
@@ -82,6 +84,7 @@ struct TensorCursor {
 };
 
 __global__ void __launch_bounds__(kThreads) apply_vector_kernel(const LambApplyKernelArgs a) {
+    if (a.skip_unless_finite && !isfinite(*a.skip_unless_finite)) return;
     const int64_t vectors = a.n / 4, stride = (int64_t) gridDim.x * blockDim.x;
     TensorCursor cursor;
     for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
@@ -99,6 +102,7 @@ __global__ void __launch_bounds__(kThreads) apply_vector_kernel(const LambApplyK
 }
 
 __global__ void __launch_bounds__(kThreads) apply_scalar_kernel(const LambApplyKernelArgs a) {
+    if (a.skip_unless_finite && !isfinite(*a.skip_unless_finite)) return;
     const int64_t stride = (int64_t) gridDim.x * blockDim.x;
     TensorCursor cursor;
     for (int64_t j = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; j < a.n; j += stride) a.param[j] -= cursor.step_at(j, a) * a.update[j];

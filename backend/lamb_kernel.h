@@ -12,7 +12,8 @@ namespace studio {
 
 /// m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  update = m / (sqrt(v) + eps) + weight_decay p. fp32, n elements.
 /// 1 - b1 and 1 - b2 come from the host, rounded once from double as LibTorch rounds its scalar arguments.
-/// g = grad x grad_scale[0] where grad_scale is given (the clip's coefficient), else grad.
+/// g = grad x grad_scale[0] where grad_scale is given (the clip's coefficient), else grad. A grad_scale that is not
+/// finite leaves everything as it is (the step is skipped).
 struct LambMomentsKernelArgs {
     const float * grad = nullptr;
     const float * grad_scale = nullptr;
@@ -33,6 +34,7 @@ struct LambApplyKernelArgs {
     const int64_t * starts = nullptr;
     int tensors = 0;
     int64_t n = 0;
+    const float * skip_unless_finite = nullptr;   ///< the moments' grad_scale: not finite, and nothing changes
 };
 
 /// Launch on the given cudaStream_t; nullptr on success, else CUDA's error text.

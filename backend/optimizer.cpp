@@ -24,7 +24,7 @@ struct Optimizer::Graphs {
 #ifdef STUDIO_CUDA_KERNELS
     int64_t clip_calls = 0, step_calls = 0;
     double clip_max_norm = 0;
-    bool clip_defers = false, step_clips = false;   // the captured clip deferred its scaling; the captured step applies it
+    bool step_clips = false;             // the captured step applies a clip's coefficient
     std::unique_ptr<at::cuda::CUDAGraph> clip, step;
     torch::Tensor clip_norm;             // the captured clip's result, rewritten by every replay
 
@@ -151,13 +151,13 @@ torch::Tensor Optimizer::clip_gradients(double max_norm) {
         flat_gradients();   // re-links replaced gradients into the buffers the graph reads
         if (g.clip && g.clip_max_norm == max_norm) {
             g.clip->replay();
-            clip_pending_ = g.clip_defers;
+            clip_pending_ = true;
+            clip_scales_ = max_norm > 0;
             return g.clip_norm;
         }
         if (g.clip_calls++ > 0) {   // the first call ran eagerly, so its kernels are loaded
             g.clip_max_norm = max_norm;
             g.clip = Graphs::capture(flat_.front().grad.device(), [&] { g.clip_norm = clip_eagerly(max_norm); });
-            g.clip_defers = clip_pending_;
             return g.clip_norm;
         }
     }
@@ -172,23 +172,14 @@ torch::Tensor Optimizer::clip_eagerly(double max_norm) {
     std::vector<torch::Tensor> norms;
     for (auto & g : grads) norms.push_back(g.norm(2).to(torch::kFloat));
     auto total = torch::stack(norms).norm(2);                                 // 0-dim
-    if (max_norm > 0) {
-        auto coefficient = (max_norm / (total + 1e-6)).clamp_max(1.0);
-        if (defers_clip()) {
-            if (!clip_coefficient_.defined()) clip_coefficient_ = torch::empty({1}, total.options());
-            clip_coefficient_.copy_(coefficient.reshape({1}));
-            clip_pending_ = true;
-        } else {
-            for (auto & g : grads) g.mul_(coefficient.to(g.scalar_type()));
-        }
-    }
+    // Left for the step, which applies it as it reads the gradients; NaN where the norm is not finite, which makes
+    // the step skip (on the device with our kernels), so a non-finite gradient never reaches the parameters.
+    auto coefficient = max_norm > 0 ? (max_norm / (total + 1e-6)).clamp_max(1.0) : torch::ones_like(total);
+    if (!clip_coefficient_.defined()) clip_coefficient_ = torch::empty({1}, total.options());
+    clip_coefficient_.copy_(torch::where(torch::isfinite(total), coefficient, torch::full_like(coefficient, NAN)).reshape({1}));
+    clip_pending_ = true;
+    clip_scales_ = max_norm > 0;
     return total;
-}
-
-bool Optimizer::defers_clip() const {
-    if (flat_.empty()) return false;
-    for (const auto & f : flat_) if (!lamb_kernels_take(f)) return false;
-    return true;
 }
 
 bool Optimizer::lamb_kernels_take(const FlatGroup & f) const {
@@ -229,6 +220,7 @@ void Optimizer::lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, do
     apply.starts = f.starts.data_ptr<int64_t>();
     apply.tensors = (int) f.offsets.size();
     apply.n = f.param.numel();
+    apply.skip_unless_finite = moments.grad_scale;
     check_kernel_launch(launch_lamb_apply(apply, stream), "LAMB apply");
 #else
     (void) f, (void) lr, (void) lr_scale, (void) weight_decay, (void) grad_scale;
@@ -271,6 +263,13 @@ void Optimizer::step(double lr) {
 
 void Optimizer::step_eagerly(double lr, bool fill_lr) {
     torch::NoGradGuard no_grad;
+    // Our kernels skip a step whose clip coefficient is NaN on the device; LibTorch's path asks the host, once.
+    bool operations = false;
+    for (const auto & f : flat_) operations = operations || (!lamb_kernels_take(f) && f.param.numel() > 0);
+    if (operations && clip_pending_ && !clip_coefficient_.isfinite().item<bool>()) {
+        clip_pending_ = false;
+        return;
+    }
     ++steps_;
     const double b1 = config_.beta1, b2 = config_.beta2, eps = config_.eps;
     bool lr_ready = !fill_lr;   // else step() filled it before this capture: a capture runs nothing
@@ -289,7 +288,7 @@ void Optimizer::step_eagerly(double lr, bool fill_lr) {
             lamb_step_by_kernels(f, graphs_->lr, g.lr_scale, g.weight_decay, clip_pending_ ? clip_coefficient_ : torch::Tensor());
             continue;
         }
-        if (clip_pending_) f.grad.mul_(clip_coefficient_);   // our kernels were turned off since the clip
+        if (clip_pending_ && clip_scales_) f.grad.mul_(clip_coefficient_);
         f.exp_avg.lerp_(f.grad, 1 - b1);                                      // m = b1 m + (1 - b1) g
         f.exp_avg_sq.mul_(b2).addcmul_(f.grad, f.grad, 1 - b2);               // v = b2 v + (1 - b2) g^2
         if (config_.name == "lamb") {

@@ -50,9 +50,10 @@ public:
     std::vector<torch::Tensor> flat_gradients();
     /// Scales the gradients so that their global norm is at most `max_norm` (no-op for max_norm <= 0), as
     /// torch.nn.utils.clip_grad_norm_ does; returns the norm before clipping as a 0-dim tensor on the device,
-    /// so no step waits for the host (from a graph: its buffer, valid until the next call). Where our kernels update
-    /// every group, the next step() applies the coefficient as it reads the gradients (a pass over them less), so
-    /// the buffers hold the unclipped gradients until then; zero_grad() drops a pending coefficient.
+    /// so no step waits for the host (from a graph: its buffer, valid until the next call). The next step() applies
+    /// the coefficient as it reads the gradients (a pass over them less), so the buffers hold the unclipped gradients
+    /// until then; zero_grad() drops it. Where the norm is not finite, that step() changes nothing (no moment, no
+    /// parameter, no step count on LibTorch's path): our kernels skip on the device, so the host need not look first.
     torch::Tensor clip_gradients(double max_norm);
 
     TensorMap state() const;
@@ -83,17 +84,16 @@ private:
     /// Whether our CUDA kernels (lamb_kernel.h) update this group: two passes over its buffers instead of a dozen.
     bool lamb_kernels_take(const FlatGroup & f) const;
     /// lr: (1,) on the device, the schedule's rate (before the group's scale).
-    /// grad_scale: the pending clip's coefficient, (1,) on the device, or undefined.
+    /// grad_scale: the pending clip's coefficient, (1,) on the device (NaN: skip the step), or undefined.
     void lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, double lr_scale, double weight_decay, const torch::Tensor & grad_scale);
-    /// Whether clip_gradients leaves the scaling to the step: our kernels update every group.
-    bool defers_clip() const;
 
     OptimizerConfig config_;
     std::vector<ParamGroup> groups_;
     std::vector<FlatGroup> flat_;
     int64_t steps_ = 0;
-    torch::Tensor clip_coefficient_;   // (1,) on the device: the last deferred clip's coefficient
-    bool clip_pending_ = false;        // the next step applies clip_coefficient_
+    torch::Tensor clip_coefficient_;   // (1,) on the device: the last clip's coefficient, NaN for a non-finite norm
+    bool clip_pending_ = false;        // the next step applies clip_coefficient_ (or skips, where it is NaN)
+    bool clip_scales_ = false;         // the clip had a maximum norm (else the coefficient is 1 or NaN)
     std::unique_ptr<Graphs> graphs_;
 };
 

@@ -153,8 +153,34 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
     const double elapsed_before = state.elapsed_s;
     auto window_start = start;
     int64_t window_tokens = 0;
-    double window_loss = 0;
-    int64_t window_steps = 0;
+    double window_loss = 0;              // the finite losses of the window's judged steps
+    int64_t window_losses = 0, window_steps = 0;
+    double last_grad_norm = 0;
+    // The last step's loss and gradient norm on their way to the host, judged one step later (or at once with
+    // STUDIO_STEP_CHECK=sync): a non-finite one is reported and skipped, or stops the run, per nan_policy.
+    int64_t pending_step = -1;
+    HostCopy pending_values;
+    const bool checks_at_once = environment_is("STUDIO_STEP_CHECK", "sync");
+    auto settle = [&]() {
+        if (!pending_values.defined()) return;
+        const auto values = pending_values.get();                                // (2,) double: loss, gradient norm
+        pending_values = HostCopy();
+        const double ce_value = values[0].item<double>(), grad_norm = values[1].item<double>();
+        if (std::isfinite(ce_value) && std::isfinite(grad_norm)) {
+            window_loss += ce_value;
+            ++window_losses;
+            last_grad_norm = grad_norm;
+            return;
+        }
+        if (sc.nan_policy == "skip") {
+            ctx.event("error", {{"step", pending_step}, {"message", "non-finite loss or gradient at step " + std::to_string(pending_step) + "; step skipped"}});
+            return;
+        }
+        auto latest = run_latest_checkpoint(ctx.run_dir, stage);
+        const std::string last_good = latest ? latest->path : std::string("none yet");
+        throw std::runtime_error(stage + ": loss or gradient is not finite at step " + std::to_string(pending_step) +
+                                 " (last good checkpoint: " + last_good + "); lower the learning rate or set nan_policy \"skip\"");
+    };
     const uint64_t stage_stream = gating ? 2 : 1;
 
     // Tests and the kill-test script stop a run at an exact step, as a SIGTERM there would.
@@ -173,6 +199,7 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
             if (state.step == 15) trace.stop();
         }
         if ((ctx.stop && ctx.stop->load()) || state.step == stop_at) {
+            settle();
             save_checkpoint();
             ctx.event("stage_end", {{"stage", stage}, {"status", "stopped"}});
             return StageOutcome::Stopped;
@@ -216,22 +243,13 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
             ctx.comm->sum(ce_mean);
             ce_mean = ce_mean / (double) ctx.world_size();
         }
-        // The step's one read by the host: the loss and the gradient norm, for the log and the NaN check.
-        const auto host_values = torch::cat({ce_mean, grad_norm_tensor.reshape({1}).to(torch::kFloat)}).to(torch::kDouble).cpu();
-        const double ce_value = host_values[0].item<double>(), grad_norm = host_values[1].item<double>();
-        if (!std::isfinite(ce_value) || !std::isfinite(grad_norm)) {
-            auto latest = run_latest_checkpoint(ctx.run_dir, stage);
-            const std::string last_good = latest ? latest->path : std::string("none yet");
-            if (sc.nan_policy == "skip") {
-                ctx.event("error", {{"step", state.step}, {"message", "non-finite loss or gradient at step " + std::to_string(state.step) + "; step skipped"}});
-                optimizer.zero_grad();
-            } else {
-                throw std::runtime_error(stage + ": loss or gradient is not finite at step " + std::to_string(state.step) +
-                                         " (last good checkpoint: " + last_good + "); lower the learning rate or set nan_policy \"skip\"");
-            }
-        } else {
-            optimizer.step(lr);
-        }
+        // A non-finite gradient norm makes this step change nothing (optimizer.h), so the host need not look before
+        // it: the loss and the norm reach it a step late and the GPU keeps a step queued.
+        optimizer.step(lr);
+        settle();
+        pending_step = state.step;
+        pending_values = HostCopy(torch::cat({ce_mean, grad_norm_tensor.reshape({1}).to(torch::kFloat)}).to(torch::kDouble));
+        if (checks_at_once) settle();
         if (gating && gc.target_sparsity) {
             const double gap = expected.item<double>() - target;
             lambda1 += gc.lagrangian_lr * gap;
@@ -242,7 +260,6 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
         ++state.batch_in_epoch;
         state.tokens += batch_tokens;
         window_tokens += batch_tokens;
-        window_loss += ce_value;
         ++window_steps;
         if (state.batch_in_epoch >= steps_per_epoch) {
             // A new epoch starts from zero memory (and a new roll), as the reference iterator does.
@@ -256,9 +273,10 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
         state.elapsed_s = elapsed_before + std::chrono::duration<double>(now - start).count();
         const bool last = state.step == total_steps;
         if (state.step % sc.log_interval == 0 || last) {
+            settle();   // this step's loss belongs in the window
             const double window_s = std::max(1e-9, std::chrono::duration<double>(now - window_start).count());
             const double tokens_per_s = (double) window_tokens / window_s;
-            const double mean_loss = window_loss / (double) window_steps;
+            const double mean_loss = window_losses > 0 ? window_loss / (double) window_losses : NAN;
             const double seconds_per_step = window_s / (double) window_steps;
             const double hard = model->hard_sparsity();
             const double expected_value = gating ? expected.item<double>() : 0.0;
@@ -268,19 +286,24 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
                                 {"l0_coefficient", l0_coefficient}, {"l0", gating ? l0.item<double>() : 0.0},
                                 {"expected_sparsity", expected_value}, {"hard_sparsity", hard},
                                 {"target_sparsity", gc.target_sparsity && gating ? json(target) : json(nullptr)},
-                                {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s}, {"elapsed_s", state.elapsed_s}});
+                                {"grad_norm", last_grad_norm}, {"tokens_per_s", tokens_per_s}, {"elapsed_s", state.elapsed_s}});
             if (ctx.rank() == 0 && ctx.progress) {
                 print_progress(stage, state.step, total_steps, mean_loss, tokens_per_s, seconds_per_step * (double) (total_steps - state.step), hard, gating);
             }
             window_start = now;
             window_tokens = 0;
             window_loss = 0;
+            window_losses = 0;
             window_steps = 0;
         }
         if (gating && (state.step % gc.gates_interval == 0 || last || state.step == 1)) ctx.event("gates", gates_event(*model, stage, state.step));
         if (sc.eval_interval > 0 && state.step % sc.eval_interval == 0 && !last) run_eval();
-        if (sc.checkpoint_interval > 0 && state.step % sc.checkpoint_interval == 0 && !last) save_checkpoint();
+        if (sc.checkpoint_interval > 0 && state.step % sc.checkpoint_interval == 0 && !last) {
+            settle();   // a checkpoint holds only judged steps
+            save_checkpoint();
+        }
     }
+    settle();
     if (gating && gc.target_sparsity) {
         // The multipliers bring the expected sparsity to the target, but a few gates can end on the wrong side:
         // the final decision closes exactly round(target x heads) heads, those with the lowest log_alpha.

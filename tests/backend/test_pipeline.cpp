@@ -257,13 +257,40 @@ private Q_SLOTS:
         config["train"]["clip_grad_norm"] = 0;
         auto r = studio_run({"--batch", write_config(dir.path(), config), "--run-dir", dir.path() + "/nan", "--no-progress"});
         QCOMPARE(r.code, 1);
-        QVERIFY2(r.err.contains(QRegularExpression("error: train: loss or gradient is not finite at step \\d+ \\(last good checkpoint: .*\\); lower the learning rate")), qPrintable(r.err));
+        const QRegularExpression message("error: train: loss or gradient is not finite at step (\\d+) \\(last good checkpoint: .*\\); lower the learning rate");
+        const auto at_once = message.match(r.err);
+        QVERIFY2(at_once.hasMatch(), qPrintable(r.err));
         bool error_event = false;
         for (auto & e : studio::events_read_all((dir.path() + "/nan/events.jsonl").toStdString())) {
             if (e["event"] == "run_end") QCOMPARE(e["status"].get<std::string>(), std::string("error"));
             if (e["event"] == "error") error_event = true;
         }
         QVERIFY(error_event);
+
+        // Between log lines the host judges each step a step later (the GPU keeps one queued): the same step is named.
+        config["name"] = "nan-late";
+        config["train"]["log_interval"] = 5;
+        auto late = studio_run({"--batch", write_config(dir.path(), config), "--run-dir", dir.path() + "/nan-late", "--no-progress"});
+        QCOMPARE(late.code, 1);
+        const auto judged_late = message.match(late.err);
+        QVERIFY2(judged_late.hasMatch(), qPrintable(late.err));
+        QCOMPARE(judged_late.captured(1), at_once.captured(1));
+
+        // nan_policy "skip": every non-finite step is reported once, by its own number, the last one after the loop.
+        config["name"] = "nan-skip";
+        config["train"]["nan_policy"] = "skip";
+        auto skipped = studio_run({"--batch", write_config(dir.path(), config), "--run-dir", dir.path() + "/nan-skip", "--no-progress"});
+        QVERIFY2(skipped.code == 0, qPrintable(skipped.err));
+        std::vector<int64_t> skipped_steps;
+        for (auto & e : studio::events_read_all((dir.path() + "/nan-skip/events.jsonl").toStdString())) {
+            if (e["event"] != "error") continue;
+            skipped_steps.push_back(e["step"].get<int64_t>());
+            QCOMPARE(e["message"].get<std::string>(), "non-finite loss or gradient at step " + std::to_string(skipped_steps.back()) + "; step skipped");
+        }
+        QVERIFY(!skipped_steps.empty());
+        QCOMPARE(QString::number(skipped_steps.front()), at_once.captured(1));
+        for (size_t i = 1; i < skipped_steps.size(); ++i) QCOMPARE(skipped_steps[i], skipped_steps[i - 1] + 1);
+        QCOMPARE(skipped_steps.back(), int64_t(11));   // the last of the 12 steps, judged after the loop
     }
 
     void train_gate_prune_eval() {

@@ -97,6 +97,42 @@ private Q_SLOTS:
         QCOMPARE(together.state().at("decay.1.exp_avg").numel(), int64_t(5));
     }
 
+    // The clip's coefficient reaches the gradients in the step, not before: clipping at 1 then stepping must equal
+    // stepping gradients scaled by hand. A step whose gradient norm is not finite changes nothing (parameters,
+    // moments, step count), so the trainer can learn of it a step later; the next finite step proceeds.
+    void clip_applies_in_the_step_and_a_non_finite_norm_skips_it() {
+        for (const char * name : {"lamb", "adam"}) {
+            OptimizerConfig config;
+            config.name = name;
+            auto w = torch::randn({7}, torch::requires_grad()), w_by_hand = w.detach().clone().requires_grad_(true);
+            Optimizer clipped(config, {ParamGroup{"decay", {w}, 1.0, 0.1}}), by_hand(config, {ParamGroup{"decay", {w_by_hand}, 1.0, 0.1}});
+            auto g = torch::randn({7}) * 10;
+            w.mutable_grad().copy_(g);
+            w_by_hand.mutable_grad().copy_(g * (1.0 / (g.norm().item<double>() + 1e-6)));
+            QVERIFY(std::abs(clipped.clip_gradients(1.0).item<double>() - g.norm().item<double>()) < 1e-4);
+            QVERIFY2(torch::equal(w.grad(), g), name);   // not scaled until the step
+            by_hand.clip_gradients(0.0);
+            clipped.step(0.01);
+            by_hand.step(0.01);
+            QVERIFY2(torch::allclose(w.detach(), w_by_hand.detach(), 1e-6, 1e-7), name);
+
+            const auto before = w.detach().clone();
+            const auto state_before = clipped.state();
+            auto bad = torch::randn({7});
+            bad[3] = NAN;
+            w.mutable_grad().copy_(bad);
+            QVERIFY(std::isnan(clipped.clip_gradients(1.0).item<double>()));
+            clipped.step(0.01);
+            QVERIFY2(torch::equal(w.detach(), before), name);
+            for (const auto & [key, value] : clipped.state()) QVERIFY2(torch::equal(value, state_before.at(key)), key.c_str());
+
+            w.mutable_grad().copy_(torch::randn({7}));
+            clipped.clip_gradients(1.0);
+            clipped.step(0.01);
+            QVERIFY2(!torch::equal(w.detach(), before) && torch::isfinite(w.detach()).all().item<bool>(), name);
+        }
+    }
+
     void adam_matches_libtorch() {
         auto a = torch::randn({5}, torch::requires_grad()), b = a.detach().clone().requires_grad_(true);
         OptimizerConfig config;
