@@ -297,7 +297,10 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
             window_steps = 0;
         }
         if (gating && (state.step % gc.gates_interval == 0 || last || state.step == 1)) ctx.event("gates", gates_event(*model, stage, state.step));
-        if (sc.eval_interval > 0 && state.step % sc.eval_interval == 0 && !last) run_eval();
+        if (sc.eval_interval > 0 && state.step % sc.eval_interval == 0 && !last) {
+            settle();   // an evaluation reports only judged steps
+            run_eval();
+        }
         if (sc.checkpoint_interval > 0 && state.step % sc.checkpoint_interval == 0 && !last) {
             settle();   // a checkpoint holds only judged steps
             save_checkpoint();
