@@ -3,7 +3,6 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
-#include <limits>
 #include <stdexcept>
 
 #include <torch/cuda.h>
@@ -140,6 +139,14 @@ PartGradients math_backward(const torch::Tensor & grad, const torch::Tensor & q,
     return grads;
 }
 
+// Training's persistent part (LibTorch 2): STUDIO_PERSISTENT_ATTENTION=flash keeps it on the flash kernels even where
+// cuDNN's run; cuDNN refusing a call once keeps it there from then on. From cudnn_min_rows query rows (B*T) on,
+// cuDNN's kernels: on an H200, training steps at batch 64, 128 and 192 of 192 tokens were 1.4%, 3.8% and 4.0% shorter
+// with them, at batch 24 (4,608 rows) 1% longer.
+const bool cudnn_wanted = !environment_is("STUDIO_PERSISTENT_ATTENTION", "flash");
+bool cudnn_failed = false;
+int64_t cudnn_min_rows = 12288;
+
 #if TORCH_VERSION_MAJOR >= 2
 Part content_kernel_forward(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & v, const torch::Tensor & bias,
                             double scale, double dropout) {
@@ -151,14 +158,6 @@ Part persistent_kernel_forward(const torch::Tensor & rows, const torch::Tensor &
     auto result = at::_scaled_dot_product_flash_attention(rows, keys, values, dropout, /*is_causal=*/false, /*return_debug_mask=*/false, 1.0);
     return {std::get<0>(result), std::get<1>(result), std::get<6>(result), std::get<7>(result), {}};
 }
-
-// STUDIO_PERSISTENT_ATTENTION=flash: the persistent part in training by the flash kernels even where cuDNN's run.
-const bool cudnn_wanted = !environment_is("STUDIO_PERSISTENT_ATTENTION", "flash");
-bool cudnn_failed = false;   // cuDNN refused a call once: flash from then on
-
-// From this many query rows (B*T) on, cuDNN's kernels: on an H200, training steps at batch 64, 128 and 192 of 192
-// tokens were 1.4%, 3.8% and 4.0% shorter with them, at batch 24 (4,608 rows) 1% longer.
-int64_t cudnn_min_rows = 12288;
 
 /// The persistent part in training: cuDNN's kernels for many rows where they run (alone, at batch 192, 2.08 ms a
 /// layer forward and backward with dropout against flash's 2.44), else flash's. Both backwards take the joined output
@@ -264,30 +263,9 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
 
 } // namespace
 
-int64_t set_persistent_cudnn_min_rows(int64_t rows) {
-#if TORCH_VERSION_MAJOR >= 2
-    std::swap(rows, cudnn_min_rows);
-    return rows;
-#else
-    return rows;
-#endif
-}
-
-int64_t persistent_cudnn_min_rows() {
-#if TORCH_VERSION_MAJOR >= 2
-    return cudnn_min_rows;
-#else
-    return std::numeric_limits<int64_t>::max();
-#endif
-}
-
-bool persistent_cudnn_refused() {
-#if TORCH_VERSION_MAJOR >= 2
-    return cudnn_failed;
-#else
-    return false;
-#endif
-}
+void set_persistent_cudnn_min_rows(int64_t rows) { cudnn_min_rows = rows; }
+int64_t persistent_cudnn_min_rows() { return cudnn_min_rows; }
+bool persistent_cudnn_refused() { return cudnn_failed; }
 
 #if TORCH_VERSION_MAJOR >= 2
 std::pair<torch::Tensor, torch::Tensor> persistent_flash_attention(const torch::Tensor & q, const torch::Tensor & keys,

@@ -35,10 +35,10 @@ torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::T
 std::pair<torch::Tensor, torch::Tensor> persistent_flash_attention(const torch::Tensor & q, const torch::Tensor & keys,
                                                                    const torch::Tensor & values);
 
-/// Training's persistent part takes cuDNN's kernels from this many query rows (B*T) on (12,288 unless set; where
-/// cuDNN refuses a call, flash's from then on, and persistent_cudnn_refused() says so), else flash's. Returns the
-/// previous value. The selftest sets 0 to cover cuDNN's at its small shapes. STUDIO_PERSISTENT_ATTENTION=flash: never.
-int64_t set_persistent_cudnn_min_rows(int64_t rows);
+/// Training's persistent part takes cuDNN's kernels (LibTorch 2) from this many query rows (B*T) on (12,288 unless
+/// set; where cuDNN refuses a call, flash's from then on, and persistent_cudnn_refused() says so), else flash's. The
+/// selftest sets 0 to cover cuDNN's at its small shapes. STUDIO_PERSISTENT_ATTENTION=flash: never.
+void set_persistent_cudnn_min_rows(int64_t rows);
 int64_t persistent_cudnn_min_rows();
 bool persistent_cudnn_refused();
 
