@@ -26,9 +26,10 @@ bool segment_norm_takes(const torch::Tensor & memory, const torch::Tensor & x, c
            && (memory.size(1) == 0 || rows_16_byte_aligned(memory));
 }
 
-/// The kernel's arguments for memory (B,M,D) and x (B,T,D), writing keys (B,M+T,D) and queries (B,T,D).
+/// The kernel's arguments for memory (B,M,D) and x (B,T,D), writing keys (B,M+T,D) and queries (B,T,D) where given.
 SegmentNormKernelArgs segment_norm_args(const torch::Tensor & memory, const torch::Tensor & x, const torch::Tensor & weight,
-                                        const torch::Tensor & bias, double eps, torch::Tensor & keys, torch::Tensor & queries) {
+                                        const torch::Tensor & bias, double eps, const torch::Tensor & keys = {},
+                                        const torch::Tensor & queries = {}) {
     const int64_t B = x.size(0), T = x.size(1), D = x.size(2), M = memory.size(1);
     SegmentNormKernelArgs args;
     args.memory = M > 0 ? memory.data_ptr() : nullptr;
@@ -53,17 +54,28 @@ SegmentNormKernelArgs segment_norm_args(const torch::Tensor & memory, const torc
     return args;
 }
 
-/// Our segment-norm kernel: LN(cat(memory, x)) as the keys' input (B,S,D) and LN(x) as the queries' (B,T,D), both
-/// bf16, in one launch. Undefined tensors when the kernel does not take these operands.
-std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & memory, const torch::Tensor & x, const OffsetLayerNorm & norm) {
-    if (!segment_norm_takes(memory, x, norm)) return {};
+/// One launch of the segment-norm kernel: LN(cat(memory, x)) as the keys' input (B,M+T,D) and LN(x) as the queries'
+/// (B,T,D), both bf16; with `statistics` (2, B*(M+T)) fp32 given, each row's mean and 1/std in it too.
+std::pair<torch::Tensor, torch::Tensor> launch_segment_norm_into_new(const torch::Tensor & memory, const torch::Tensor & x,
+                                                                     const torch::Tensor & weight, const torch::Tensor & bias, double eps,
+                                                                     const torch::Tensor & statistics = {}) {
     c10::cuda::CUDAGuard device_guard(x.device());
     const int64_t B = x.size(0), T = x.size(1), D = x.size(2), M = memory.size(1);
     auto options = x.options().dtype(torch::kBFloat16);
     auto keys = torch::empty({B, M + T, D}, options), queries = torch::empty({B, T, D}, options);
-    auto args = segment_norm_args(memory, x, norm->weight, norm->bias, norm->eps, keys, queries);
+    auto args = segment_norm_args(memory, x, weight, bias, eps, keys, queries);
+    if (statistics.defined()) {
+        args.mean_out = statistics[0].data_ptr<float>();
+        args.inverse_std_out = statistics[1].data_ptr<float>();
+    }
     check_kernel_launch(launch_segment_norm(args, current_cuda_stream(x.device())), "segment norm");
     return {keys, queries};
+}
+
+/// Inference: the segment norm by our kernel, or undefined tensors when it does not take these operands.
+std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & memory, const torch::Tensor & x, const OffsetLayerNorm & norm) {
+    if (!segment_norm_takes(memory, x, norm)) return {};
+    return launch_segment_norm_into_new(memory, x, norm->weight, norm->bias, norm->eps);
 }
 
 /// The same with gradients (training under bf16 autocast): the gradients of x, weight and bias from both outputs in
@@ -73,15 +85,9 @@ std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & 
 struct TrainableSegmentNorm : public torch::autograd::Function<TrainableSegmentNorm> {
     static torch::autograd::variable_list forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & x, const torch::Tensor & memory,
                                                   const torch::Tensor & weight, const torch::Tensor & bias, double eps) {
-        c10::cuda::CUDAGuard device_guard(x.device());
-        const int64_t B = x.size(0), T = x.size(1), D = x.size(2), M = memory.size(1);
-        auto options = x.options().dtype(torch::kBFloat16);
-        auto keys = torch::empty({B, M + T, D}, options), queries = torch::empty({B, T, D}, options);
-        auto statistics = torch::empty({2, B * (M + T)}, x.options().dtype(torch::kFloat));           // mean, 1/std per row
-        auto args = segment_norm_args(memory, x, weight, bias, eps, keys, queries);
-        args.mean_out = statistics[0].data_ptr<float>();
-        args.inverse_std_out = statistics[1].data_ptr<float>();
-        check_kernel_launch(launch_segment_norm(args, current_cuda_stream(x.device())), "segment norm");
+        const int64_t rows = x.size(0) * (memory.size(1) + x.size(1));
+        auto statistics = torch::empty({2, rows}, x.options().dtype(torch::kFloat));                   // mean, 1/std per row
+        auto [keys, queries] = launch_segment_norm_into_new(memory, x, weight, bias, eps, statistics);
         ctx->save_for_backward({x, memory, weight, bias, statistics});
         ctx->saved_data["eps"] = eps;
         return {keys, queries};
@@ -95,9 +101,8 @@ struct TrainableSegmentNorm : public torch::autograd::Function<TrainableSegmentN
         auto bf16_rows = [](const torch::Tensor & g) { return g.defined() ? g.to(torch::kBFloat16).contiguous() : g; };
         const auto grad_keys = bf16_rows(grads[0]), grad_queries = bf16_rows(grads[1]);
         auto grad_x = torch::empty({B, T, D}, x.options().memory_format(torch::MemoryFormat::Contiguous));
-        torch::Tensor none;
         SegmentNormBackwardKernelArgs args;
-        args.forward = segment_norm_args(memory, x, weight, bias, ctx->saved_data["eps"].toDouble(), none, none);
+        args.forward = segment_norm_args(memory, x, weight, bias, ctx->saved_data["eps"].toDouble());
         args.blocks = segment_norm_backward_blocks(B * (M + T));
         auto partial = torch::empty({2, args.blocks, D}, x.options().dtype(torch::kFloat));           // weight, bias
         args.mean = statistics[0].data_ptr<float>();
