@@ -65,7 +65,7 @@ Optimizer::Optimizer(OptimizerConfig config, std::vector<ParamGroup> groups)
         // Every tensor starts 16-byte aligned, so kernels that read rows 16 bytes at a time take the parameters as
         // they are. The few elements between tensors stay zero: no gradient, no moment, no update, no norm.
         const int64_t align = g.params.empty() ? 1 : std::max<int64_t>(1, 16 / (int64_t) g.params[0].element_size());
-        std::vector<int64_t> spans;                                           // elements from one tensor's start to the next's
+        auto & spans = f.spans;
         for (const auto & p : g.params) {
             TORCH_CHECK(p.scalar_type() == g.params[0].scalar_type() && p.device() == g.params[0].device(),
                         "optimizer: group ", g.name, " mixes dtypes or devices");
@@ -81,10 +81,7 @@ Optimizer::Optimizer(OptimizerConfig config, std::vector<ParamGroup> groups)
         f.grad = torch::zeros({total}, options);
         f.exp_avg = torch::zeros({total}, options);
         f.exp_avg_sq = torch::zeros({total}, options);
-        // The tensor each element belongs to, once: a per-step repeat_interleave costs more than the whole update.
-        const auto index_type = total < (int64_t(1) << 31) ? torch::kInt : torch::kLong;
-        f.segment = torch::repeat_interleave(torch::arange((int64_t) f.numels.size(), torch::kLong), torch::tensor(spans, torch::kLong))
-                        .to(options.device(), index_type);
+        f.starts = torch::tensor(f.offsets, torch::kLong).to(options.device());
         for (size_t i = 0; i < g.params.size(); ++i) {
             auto & p = g.params[i];
             auto view = f.param.narrow(0, f.offsets[i], f.numels[i]).view(p.sizes());
@@ -128,7 +125,7 @@ void Optimizer::adopt_gradients(size_t group) {
 }
 
 void Optimizer::zero_grad() {
-    clip_pending_ = false;
+    pending_clip_.reset();
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
         adopt_gradients(gi);
         flat_[gi].grad.zero_();
@@ -151,8 +148,7 @@ torch::Tensor Optimizer::clip_gradients(double max_norm) {
         flat_gradients();   // re-links replaced gradients into the buffers the graph reads
         if (g.clip && g.clip_max_norm == max_norm) {
             g.clip->replay();
-            clip_pending_ = true;
-            clip_scales_ = max_norm > 0;
+            pending_clip_ = max_norm;
             return g.clip_norm;
         }
         if (g.clip_calls++ > 0) {   // the first call ran eagerly, so its kernels are loaded
@@ -177,14 +173,13 @@ torch::Tensor Optimizer::clip_eagerly(double max_norm) {
     auto coefficient = max_norm > 0 ? (max_norm / (total + 1e-6)).clamp_max(1.0) : torch::ones_like(total);
     if (!clip_coefficient_.defined()) clip_coefficient_ = torch::empty({1}, total.options());
     clip_coefficient_.copy_(torch::where(torch::isfinite(total), coefficient, torch::full_like(coefficient, NAN)).reshape({1}));
-    clip_pending_ = true;
-    clip_scales_ = max_norm > 0;
+    pending_clip_ = max_norm;
     return total;
 }
 
 bool Optimizer::lamb_kernels_take(const FlatGroup & f) const {
 #ifdef STUDIO_CUDA_KERNELS
-    return config_.name == "lamb" && f.param.is_cuda() && f.param.scalar_type() == torch::kFloat && f.segment.scalar_type() == torch::kInt
+    return config_.name == "lamb" && f.param.is_cuda() && f.param.scalar_type() == torch::kFloat
            && own_kernels_enabled();
 #else
     (void) f;
@@ -216,7 +211,6 @@ void Optimizer::lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, do
     apply.param = f.param.data_ptr<float>();
     apply.update = f.update.data_ptr<float>();
     apply.step = step_sizes.data_ptr<float>();
-    if (!f.starts.defined()) f.starts = torch::tensor(f.offsets, torch::kLong).to(f.param.device());
     apply.starts = f.starts.data_ptr<int64_t>();
     apply.tensors = (int) f.offsets.size();
     apply.n = f.param.numel();
@@ -225,6 +219,16 @@ void Optimizer::lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, do
 #else
     (void) f, (void) lr, (void) lr_scale, (void) weight_decay, (void) grad_scale;
 #endif
+}
+
+const torch::Tensor & Optimizer::element_tensors(FlatGroup & f) {
+    // Once: a per-step repeat_interleave costs more than the whole update.
+    if (!f.segment.defined()) {
+        const auto index_type = f.param.numel() < (int64_t(1) << 31) ? torch::kInt : torch::kLong;
+        f.segment = torch::repeat_interleave(torch::arange((int64_t) f.spans.size(), torch::kLong), torch::tensor(f.spans, torch::kLong))
+                        .to(f.param.device(), index_type);
+    }
+    return f.segment;
 }
 
 torch::Tensor Optimizer::trust_ratios(const FlatGroup & f) const {
@@ -243,14 +247,14 @@ void Optimizer::step(double lr) {
             for (size_t gi = 0; gi < groups_.size(); ++gi) adopt_gradients(gi);
             if (!g.lr.defined()) g.lr = torch::empty({1}, flat_.front().param.options());
             g.lr.fill_(lr);   // outside the graph, which reads it
-            if (g.step && g.step_clips == clip_pending_) {
+            if (g.step && g.step_clips == pending_clip_.has_value()) {
                 ++steps_;
                 g.step->replay();
-                clip_pending_ = false;
+                pending_clip_.reset();
                 return;
             }
             if (!g.step) {
-                g.step_clips = clip_pending_;
+                g.step_clips = pending_clip_.has_value();
                 g.step = Graphs::capture(flat_.front().param.device(), [&] { step_eagerly(lr, /*fill_lr=*/false); });
                 return;
             }
@@ -266,8 +270,8 @@ void Optimizer::step_eagerly(double lr, bool fill_lr) {
     // Our kernels skip a step whose clip coefficient is NaN on the device; LibTorch's path asks the host, once.
     bool operations = false;
     for (const auto & f : flat_) operations = operations || (!lamb_kernels_take(f) && f.param.numel() > 0);
-    if (operations && clip_pending_ && !clip_coefficient_.isfinite().item<bool>()) {
-        clip_pending_ = false;
+    if (operations && pending_clip_ && !clip_coefficient_.isfinite().item<bool>()) {
+        pending_clip_.reset();
         return;
     }
     ++steps_;
@@ -285,10 +289,10 @@ void Optimizer::step_eagerly(double lr, bool fill_lr) {
                 graphs_->lr.fill_(lr);
                 lr_ready = true;
             }
-            lamb_step_by_kernels(f, graphs_->lr, g.lr_scale, g.weight_decay, clip_pending_ ? clip_coefficient_ : torch::Tensor());
+            lamb_step_by_kernels(f, graphs_->lr, g.lr_scale, g.weight_decay, pending_clip_ ? clip_coefficient_ : torch::Tensor());
             continue;
         }
-        if (clip_pending_ && clip_scales_) f.grad.mul_(clip_coefficient_);
+        if (pending_clip_ && *pending_clip_ > 0) f.grad.mul_(clip_coefficient_);   // with no maximum, 1 or NaN
         f.exp_avg.lerp_(f.grad, 1 - b1);                                      // m = b1 m + (1 - b1) g
         f.exp_avg_sq.mul_(b2).addcmul_(f.grad, f.grad, 1 - b2);               // v = b2 v + (1 - b2) g^2
         if (config_.name == "lamb") {
@@ -298,7 +302,7 @@ void Optimizer::step_eagerly(double lr, bool fill_lr) {
             torch::sqrt_out(update, f.exp_avg_sq).add_(eps);
             torch::div_out(update, f.exp_avg, update);
             if (g.weight_decay > 0) update.add_(f.param, g.weight_decay);
-            auto per_element = (trust_ratios(f) * group_lr).index_select(0, f.segment);                // (numel,)
+            auto per_element = (trust_ratios(f) * group_lr).index_select(0, element_tensors(f));       // (numel,)
             f.param.addcmul_(update, per_element, -1.0);
         } else {
             const double c1 = 1 - std::pow(b1, (double) steps_), c2 = 1 - std::pow(b2, (double) steps_);
@@ -306,7 +310,7 @@ void Optimizer::step_eagerly(double lr, bool fill_lr) {
             f.param.addcdiv_(f.exp_avg, (f.exp_avg_sq / c2).sqrt_().add_(eps), -group_lr / c1);
         }
     }
-    clip_pending_ = false;
+    pending_clip_.reset();
 }
 
 TensorMap Optimizer::state() const {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -63,11 +64,12 @@ public:
 private:
     struct FlatGroup {
         torch::Tensor param, grad, exp_avg, exp_avg_sq;  // (numel,) each
-        torch::Tensor segment;                           // (numel,) index of each element's tensor
+        torch::Tensor segment;                           // (numel,) each element's tensor: LibTorch's path, made when first used
         torch::Tensor starts;                            // (tensors,) int64 on the device: offsets, for our kernels
         torch::Tensor update;                            // (numel,) LAMB's update, reused every step
         std::vector<torch::Tensor> param_slices, update_slices;   // per-tensor views, made once (not twice a step)
         std::vector<int64_t> offsets, numels;
+        std::vector<int64_t> spans;                      // elements from one tensor's start to the next's (padding included)
         std::vector<const void *> param_ptrs, grad_ptrs;   // where each parameter and its gradient live in the buffers
     };
     struct Graphs;
@@ -79,6 +81,8 @@ private:
     void adopt_gradients(size_t group);
     std::vector<torch::Tensor> slices(const torch::Tensor & flat, size_t group) const;
     static std::vector<torch::Tensor> slices_of(const FlatGroup & f, const torch::Tensor & flat);
+    /// Each element's tensor (padding counts as the tensor before it), made on first use.
+    static const torch::Tensor & element_tensors(FlatGroup & f);
     /// LAMB's per-tensor lr multipliers ||p||.clamp(0,10) / (||update|| + eps), 1 where either norm is 0: (tensors,).
     torch::Tensor trust_ratios(const FlatGroup & f) const;
     /// Whether our CUDA kernels (lamb_kernel.h) update this group: two passes over its buffers instead of a dozen.
@@ -91,9 +95,8 @@ private:
     std::vector<ParamGroup> groups_;
     std::vector<FlatGroup> flat_;
     int64_t steps_ = 0;
-    torch::Tensor clip_coefficient_;   // (1,) on the device: the last clip's coefficient, NaN for a non-finite norm
-    bool clip_pending_ = false;        // the next step applies clip_coefficient_ (or skips, where it is NaN)
-    bool clip_scales_ = false;         // the clip had a maximum norm (else the coefficient is 1 or NaN)
+    torch::Tensor clip_coefficient_;     // (1,) on the device: the last clip's coefficient, NaN for a non-finite norm
+    std::optional<double> pending_clip_; // the max norm of the clip the next step applies (or skips on, where NaN)
     std::unique_ptr<Graphs> graphs_;
 };
 
