@@ -79,9 +79,9 @@ TrainBenchRow train_row_heading(const Config & config, const std::string & varia
 }
 
 /// One row: `batch` sequences of the config's model, `variant` (ungated or gated), on one device in one dtype.
-TrainBenchRow measure_train_row(const Config & config, const TrainBenchOptions & options, const std::string & device_name,
-                                const std::string & dtype_name, const std::string & variant, int64_t batch, bool trace_it) {
-    const torch::Device device = device_resolve(device_name);
+TrainBenchRow measure_train_row(const Config & config, const TrainBenchOptions & options, const torch::Device & device,
+                                const std::string & device_name, const std::string & dtype_name, const std::string & variant, int64_t batch,
+                                bool trace_it) {
     const bool bf16 = dtype_name == "bf16", gated = variant == "gated";
     torch::manual_seed(1234);
     ModelConfig model_config = config.model;
@@ -160,13 +160,13 @@ std::vector<TrainBenchRow> bench_train_measure(const Config & config, const Trai
     if (config.model.vocab_size <= 0) throw ConfigError("config error: model.vocab_size: set it to bench random tokens (no dataset is read)");
     std::vector<TrainBenchRow> rows;
     for (const auto & device_name : config.bench.devices) {
-        device_resolve(device_name);   // a device that does not exist fails here, before any row
+        const torch::Device device = device_resolve(device_name);   // a device that does not exist fails here, before any row
         for (const auto & dtype_name : config.bench.dtypes) {
             for (const auto & variant : options.variants) {
                 for (auto batch : config.bench.batch_sizes) {
                     TrainBenchRow row;
                     try {
-                        row = measure_train_row(config, options, device_name, dtype_name, variant, batch, rows.empty());
+                        row = measure_train_row(config, options, device, device_name, dtype_name, variant, batch, rows.empty());
                     } catch (const c10::OutOfMemoryError &) {
                         // Where the largest batch that fits lies is a result too: the other rows still run and print.
                         row = train_row_heading(config, variant, batch, dtype_name, device_name);
