@@ -24,6 +24,13 @@ constexpr int kMaxChunks = 8;                    // chunks of 8 values a lane ho
 using kernels::load8;
 using kernels::store8;
 
+/// Row s of batch b of the keys' input: the memory's row s, or for s >= M the segment's row s - M.
+template <typename Input>
+__device__ inline const Input * keys_input_row(const SegmentNormKernelArgs & a, int64_t b, int64_t s) {
+    return s < a.mem_len ? static_cast<const Input *>(a.memory) + b * a.memory_stride[0] + s * a.memory_stride[1]
+                         : static_cast<const Input *>(a.segment) + b * a.segment_stride[0] + (s - a.mem_len) * a.segment_stride[1];
+}
+
 /// CHUNKS: chunks of 8 values each lane holds (rows up to 256 x CHUNKS), so registers fit the row.
 template <typename Input, typename Param, int CHUNKS>
 __global__ void __launch_bounds__(32 * kRowsPerBlock) segment_norm_kernel(const SegmentNormKernelArgs args) {
@@ -33,9 +40,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) segment_norm_kernel(const 
     const int lane = threadIdx.x % 32;
     const int64_t b = row / S, s = row % S;
     const bool from_memory = s < args.mem_len;
-    const Input * src = from_memory
-        ? static_cast<const Input *>(args.memory) + b * args.memory_stride[0] + s * args.memory_stride[1]
-        : static_cast<const Input *>(args.segment) + b * args.segment_stride[0] + (s - args.mem_len) * args.segment_stride[1];
+    const Input * src = keys_input_row<Input>(args, b, s);
     const int chunks = int(args.dim / 8);
     float x[CHUNKS][8];
     float sum = 0.0f;
@@ -117,9 +122,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) segment_norm_backward_kern
         const int64_t b = row / S, s = row % S;
         const bool from_memory = s < forward.mem_len;
         const int64_t t = s - forward.mem_len;
-        const Input * src = from_memory
-            ? static_cast<const Input *>(forward.memory) + b * forward.memory_stride[0] + s * forward.memory_stride[1]
-            : static_cast<const Input *>(forward.segment) + b * forward.segment_stride[0] + t * forward.segment_stride[1];
+        const Input * src = keys_input_row<Input>(forward, b, s);
         const bf16 * grad_keys = args.grad_keys ? static_cast<const bf16 *>(args.grad_keys) + row * forward.dim : nullptr;
         const bf16 * grad_queries =
             args.grad_queries && !from_memory ? static_cast<const bf16 *>(args.grad_queries) + (b * forward.tgt_len + t) * forward.dim : nullptr;
