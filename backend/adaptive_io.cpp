@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include "biased_product.h"
 #include "device.h"
 #include "log_softmax_at.h"
 #include "rel_attention.h"
@@ -126,6 +127,17 @@ std::pair<torch::Tensor, torch::Tensor> padded_for_gemm(const torch::Tensor & we
             torch::cat({bias, torch::full({padding}, -std::numeric_limits<float>::infinity(), bias.options())})};
 }
 
+// STUDIO_LOSS_BIAS=ops: the logits' bias gradients by addmm's own backward (side-by-side timing).
+const bool loss_bias_by_product_wanted = !environment_is("STUDIO_LOSS_BIAS", "ops");
+
+/// hidden (n,d) x weight^T + bias: the logits. With a gradient on the GPU the bias's gradient rides in the weight's
+/// gradient product, where addmm's backward read the (n, words) logits' gradient once more to sum its columns.
+torch::Tensor logits(const torch::Tensor & hidden, const torch::Tensor & weight, const torch::Tensor & bias) {
+    if (hidden.is_cuda() && torch::GradMode::is_enabled() && loss_bias_by_product_wanted)
+        return biased_product(hidden, weight, bias, BiasGradient::ones_column);                      // (n, words)
+    return F::linear(hidden, weight, bias);                                                           // (n, words)
+}
+
 /// A tail cluster's logits. On the GPU from fp32 operands: the product has a small inner dimension (a tail's width:
 /// 128, 32 or 8 at div_value 4) and is bound by writing its output, so it writes fp32 once instead of bf16 that is
 /// then copied to fp32 (under autocast the product stays bf16 as before). On the CPU, where the loss runs in row
@@ -133,7 +145,7 @@ std::pair<torch::Tensor, torch::Tensor> padded_for_gemm(const torch::Tensor & we
 torch::Tensor tail_logits(const torch::Tensor & hidden, const torch::Tensor & weight, const torch::Tensor & bias) {
     if (!hidden.is_cuda()) return F::linear(hidden, weight, bias);                    // (n, words)
     auto [w, b] = padded_for_gemm(weight.to(torch::kFloat), bias.to(torch::kFloat));
-    return F::linear(hidden.to(torch::kFloat), w, b);                                 // (n, words + padding)
+    return logits(hidden.to(torch::kFloat), w, b);                                    // (n, words + padding)
 }
 
 /// Whether our tail kernel takes rows like `like` (inference on the GPU, where built) and this cluster's weights.
@@ -225,7 +237,7 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
                                                    const torch::Tensor & head_weight, const torch::Tensor & head_bias,
                                                    const TargetClusters * clusters) {
     // The logits in the product's own dtype (bf16 under autocast): log_softmax_at reads them as they are on the GPU.
-    if (in_proj.empty()) return log_softmax_at(F::linear(hidden, head_weight, head_bias), target);   // (N,V) -> (N,)
+    if (in_proj.empty()) return log_softmax_at(logits(hidden, head_weight, head_bias), target);      // (N,V) -> (N,)
     const int64_t shortlist = bounds[1];
     const int64_t C = num_clusters();
     TargetClusters routed_here;
@@ -237,7 +249,7 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
     // which then adds its tail log-prob. One pass over the head's logits; no (N, shortlist + C-1) log-softmax.
     auto head_column = torch::where(cluster == 0, target, cluster + (shortlist - 1));  // (N,)
     auto head_hidden = F::linear(hidden, out_head_proj);                               // (N,D)
-    auto head_logits = F::linear(head_hidden, head_weight, head_bias);                 // (N, shortlist + C-1 + padding)
+    auto head_logits = logits(head_hidden, head_weight, head_bias);                    // (N, shortlist + C-1 + padding)
     auto result = log_softmax_at(head_logits, head_column);                            // (N,)
     if (target_log_prob_graph_safe(hidden)) {
         // Our tail kernel finds each cluster's rows on the device (counts and starts never cross to the host), so

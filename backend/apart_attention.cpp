@@ -182,13 +182,14 @@ Part persistent_training_forward(const torch::Tensor & rows, const torch::Tensor
 }
 #endif
 
-/// Batch-major operands: q (B,H,T,dh), k/val (B,H,S,dh), content_bias (B,H,T,S). The model's projections are laid
+/// Batch-major operands: q and content_q (B,H,T,dh), k/val (B,H,S,dh), content_bias (B,H,T,S). The model's projections are laid
 /// out (B,L,H,dh), so in this order the memory-efficient kernel's own layout (B,L,H,dh) is the projections', and so is
 /// the flash kernel's for the persistent rows: both outputs, the joined one and every gradient come and go as views,
 /// where a head-major call made the kernels lay them out (H,L,B,dh) and cost four copies a layer.
 struct TrainableApartAttention : public torch::autograd::Function<TrainableApartAttention> {
-    static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & q, const torch::Tensor & k,
-                                 const torch::Tensor & val, const torch::Tensor & content_bias, const torch::Tensor & persistent_keys,
+    static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & q, const torch::Tensor & content_q,
+                                 const torch::Tensor & k, const torch::Tensor & val, const torch::Tensor & content_bias,
+                                 const torch::Tensor & persistent_keys,
                                  const torch::Tensor & persistent_values, double scale, double dropout, bool kernels) {
         const int64_t B = q.size(0), T = q.size(2);
         auto rows = batch_major_as_rows(q);                                                            // (1,H,B*T,dh)
@@ -196,12 +197,12 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
         Part content, persistent;
 #if TORCH_VERSION_MAJOR >= 2
         if (kernels) {
-            content = content_kernel_forward(q, k, val, content_bias, scale, dropout);
+            content = content_kernel_forward(content_q, k, val, content_bias, scale, dropout);
             persistent = persistent_training_forward(rows, keys, values, dropout);
         }
 #endif
         if (!kernels) {
-            content = math_forward(q, k, val, content_bias, scale, dropout);
+            content = math_forward(content_q, k, val, content_bias, scale, dropout);
             persistent = math_forward(rows, keys, values, {}, 1.0, dropout);   // q . key unscaled, as the reference
         }
         auto content_lse = content.lse.narrow(-1, 0, T);                                               // (B,H,T)
@@ -215,7 +216,7 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
         joined_lse.narrow(-1, 0, T).copy_(torch::logaddexp(content_lse, persistent_lse));
         ctx->save_for_backward({q, k, val, content_bias, persistent_keys, persistent_values, out, joined_lse, content.seed,
                                 content.offset, persistent.seed, persistent.offset, content.dropped, persistent.dropped,
-                                persistent.cum_q, persistent.cum_k});
+                                persistent.cum_q, persistent.cum_k, content_q});
         ctx->saved_data["persistent_cudnn"] = persistent.cudnn;
         ctx->saved_data["scale"] = scale;
         ctx->saved_data["dropout"] = dropout;
@@ -227,7 +228,7 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
     static torch::autograd::variable_list backward(torch::autograd::AutogradContext * ctx, torch::autograd::variable_list grads) {
         const auto saved = ctx->get_saved_variables();
         const auto & q = saved[0], & k = saved[1], & val = saved[2], & bias = saved[3], & persistent_keys = saved[4],
-                   & persistent_values = saved[5], & out = saved[6], & joined_lse = saved[7];
+                   & persistent_values = saved[5], & out = saved[6], & joined_lse = saved[7], & content_q = saved[16];
         const double scale = ctx->saved_data["scale"].toDouble(), dropout = ctx->saved_data["dropout"].toDouble();
         const bool kernels = ctx->saved_data["kernels"].toBool(), bias_grad = ctx->saved_data["bias_grad"].toBool();
         const int64_t B = q.size(0), H = q.size(1), T = q.size(2), N = persistent_keys.size(1);
@@ -239,7 +240,7 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
 #if TORCH_VERSION_MAJOR >= 2
         if (kernels) {
             std::tie(content.q, content.k, content.v, content.bias) = at::_scaled_dot_product_efficient_attention_backward(
-                grad, q, k, val, bias, out, joined_lse, saved[8], saved[9], dropout, std::array<bool, 4>{{true, true, true, bias_grad}},
+                grad, content_q, k, val, bias, out, joined_lse, saved[8], saved[9], dropout, std::array<bool, 4>{{true, true, true, bias_grad}},
                 /*is_causal=*/false, scale);
             if (ctx->saved_data["persistent_cudnn"].toBool())
                 std::tie(persistent.q, persistent.k, persistent.v) = at::_scaled_dot_product_cudnn_attention_backward(
@@ -252,11 +253,12 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
         }
 #endif
         if (!kernels) {
-            content = math_backward(grad, q, k, val, bias, out, joined_lse, saved[12], scale, bias_grad);
+            content = math_backward(grad, content_q, k, val, bias, out, joined_lse, saved[12], scale, bias_grad);
             persistent = math_backward(batch_major_as_rows(grad), batch_major_as_rows(q), keys, values, {}, batch_major_as_rows(out),
                                        rows_lse, saved[13], 1.0, false);
         }
-        return {content.q + rows_as_batch_major(persistent.q, B, T), content.k, content.v, bias_grad ? content.bias : torch::Tensor(),
+        // Where content_q is q itself, autograd adds the two query gradients.
+        return {rows_as_batch_major(persistent.q, B, T), content.q, content.k, content.v, bias_grad ? content.bias : torch::Tensor(),
                 persistent.k.squeeze(0), persistent.v.squeeze(0), torch::Tensor(), torch::Tensor(), torch::Tensor()};
     }
 };
@@ -288,23 +290,24 @@ bool apart_attention_kernels_take(const torch::Tensor & q, const torch::Tensor &
 #endif
 }
 
-torch::Tensor trainable_apart_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
-                                        const torch::Tensor & content_bias, const torch::Tensor & persistent_keys,
+torch::Tensor trainable_apart_attention(const torch::Tensor & q, const torch::Tensor & content_q, const torch::Tensor & k,
+                                        const torch::Tensor & val, const torch::Tensor & content_bias, const torch::Tensor & persistent_keys,
                                         const torch::Tensor & persistent_values, double scale, double dropout, AttentionParts parts) {
     TORCH_CHECK(parts == AttentionParts::math || apart_attention_kernels_take(q, k),
                 "apart attention: the kernels do not take these operands (", q.scalar_type(), " on ", q.device(), ")");
     // Views both ways: (H,B,...) in, batch-major through the kernels, (H,B,T,dh) out.
-    return TrainableApartAttention::apply(q.transpose(0, 1), k.transpose(0, 1), val.transpose(0, 1), content_bias.transpose(0, 1),
-                                          persistent_keys, persistent_values, scale, dropout, parts == AttentionParts::kernels)
+    return TrainableApartAttention::apply(q.transpose(0, 1), content_q.transpose(0, 1), k.transpose(0, 1), val.transpose(0, 1),
+                                          content_bias.transpose(0, 1), persistent_keys, persistent_values, scale, dropout,
+                                          parts == AttentionParts::kernels)
         .transpose(0, 1);                                                    // (H,B,T,dh)
 }
 
 #if TORCH_VERSION_MAJOR >= 2
-torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
-                                         const torch::Tensor & content_bias, const torch::Tensor & mem_k,
+torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::Tensor & content_q, const torch::Tensor & k,
+                                         const torch::Tensor & val, const torch::Tensor & content_bias, const torch::Tensor & mem_k,
                                          const torch::Tensor & mem_v, double scale) {
     const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), N = mem_k.size(1);
-    auto content = at::_scaled_dot_product_efficient_attention(q, k, val, content_bias.to(q.dtype()), /*compute_log_sumexp=*/true,
+    auto content = at::_scaled_dot_product_efficient_attention(content_q, k, val, content_bias.to(q.dtype()), /*compute_log_sumexp=*/true,
                                                                0.0, /*is_causal=*/false, scale);
     auto content_out = std::get<0>(content);                                 // (H,B,T,dh)
     auto content_lse = std::get<1>(content).narrow(-1, 0, T);               // (H,B,T): the kernel pads its length
@@ -327,7 +330,7 @@ torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::T
 }
 #else
 torch::Tensor persistent_apart_attention(const torch::Tensor &, const torch::Tensor &, const torch::Tensor &, const torch::Tensor &,
-                                         const torch::Tensor &, const torch::Tensor &, double) {
+                                         const torch::Tensor &, const torch::Tensor &, const torch::Tensor &, double) {
     throw std::runtime_error("apart attention: needs LibTorch 2's fused kernels");
 }
 #endif

@@ -22,11 +22,12 @@ torch::Tensor merge_attention_parts(const torch::Tensor & out_a, const torch::Te
 bool attention_merge_kernel_takes(const torch::Tensor & out_a, const torch::Tensor & lse_a, const torch::Tensor & out_b,
                                   const torch::Tensor & lse_b);
 
-/// Inference (no gradient): q (H,B,T,dh), k/val (H,B,S,dh), content_bias (H,B,T,S) already scaled and masked,
-/// mem_k/mem_v (H,N,dh) as the model holds them. The persistent scores are q . mem_k unscaled and the persistent
-/// values mem_v x sqrt(N), as the reference computes them. LibTorch 2 on CUDA only (its fused kernels).
-torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
-                                         const torch::Tensor & content_bias, const torch::Tensor & mem_k,
+/// Inference (no gradient): q (H,B,T,dh) the persistent columns' query, content_q (H,B,T,dh) the content columns' (the
+/// model's q + u), k/val (H,B,S,dh), content_bias (H,B,T,S) already scaled and masked, mem_k/mem_v (H,N,dh) as the
+/// model holds them. The persistent scores are q . mem_k unscaled and the persistent values mem_v x sqrt(N), as the
+/// reference computes them. LibTorch 2 on CUDA only (its fused kernels).
+torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::Tensor & content_q, const torch::Tensor & k,
+                                         const torch::Tensor & val, const torch::Tensor & content_bias, const torch::Tensor & mem_k,
                                          const torch::Tensor & mem_v, double scale);
 
 /// The persistent part alone, for every batch row in one flash call (LibTorch 2, CUDA, bf16/fp16, no gradient or
@@ -52,12 +53,14 @@ enum class AttentionParts {
 /// up to 256).
 bool apart_attention_kernels_take(const torch::Tensor & q, const torch::Tensor & k);
 
-/// Attention with gradients and attention dropout (training). q (H,B,T,dh), k/val (H,B,S,dh), content_bias
-/// (H,B,T,S) scaled and masked (may require a gradient), persistent_keys/values (H,N,dh) in q's dtype, already in
-/// the form the scores use (q . key unscaled; values x sqrt(N)). Returns (H,B,T,dh). Each part drops its own
-/// probabilities with probability dropout (independent masks, as one dropout over the joined probabilities would).
-torch::Tensor trainable_apart_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
-                                        const torch::Tensor & content_bias, const torch::Tensor & persistent_keys,
+/// Attention with gradients and attention dropout (training). q (H,B,T,dh) the persistent columns' query, content_q
+/// (H,B,T,dh) the content columns' (the model passes q + u, so that u . k_j needs no place in the bias; q itself
+/// where the bias holds it), k/val (H,B,S,dh), content_bias (H,B,T,S) scaled and masked (may require a gradient),
+/// persistent_keys/values (H,N,dh) in q's dtype, already in the form the scores use (q . key unscaled; values x
+/// sqrt(N)). Returns (H,B,T,dh). Each part drops its own probabilities with probability dropout (independent masks,
+/// as one dropout over the joined probabilities would).
+torch::Tensor trainable_apart_attention(const torch::Tensor & q, const torch::Tensor & content_q, const torch::Tensor & k,
+                                        const torch::Tensor & val, const torch::Tensor & content_bias, const torch::Tensor & persistent_keys,
                                         const torch::Tensor & persistent_values, double scale, double dropout,
                                         AttentionParts parts = AttentionParts::kernels);
 

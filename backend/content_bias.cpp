@@ -22,10 +22,10 @@ const bool kernels_wanted = !environment_is("STUDIO_CONTENT_BIAS", "ops");
 
 bool content_bias_kernel_takes(const torch::Tensor & position, const torch::Tensor & key_bias, const torch::Tensor & keep) {
 #ifdef STUDIO_CUDA_KERNELS
-    return kernels_wanted && position.is_cuda() && own_kernels_enabled() && is_bf16_or_fp32(position.scalar_type())
-           && key_bias.scalar_type() == position.scalar_type() && key_bias.device() == position.device()
-           && keep.device() == position.device() && keep.scalar_type() == torch::kBool
-           && position.stride(3) == 1 && key_bias.stride(2) == 1 && keep.stride(1) == 1;
+    const bool key_bias_taken = !key_bias.defined()
+                                || (key_bias.scalar_type() == position.scalar_type() && key_bias.device() == position.device() && key_bias.stride(2) == 1);
+    return kernels_wanted && position.is_cuda() && own_kernels_enabled() && is_bf16_or_fp32(position.scalar_type()) && key_bias_taken
+           && keep.device() == position.device() && keep.scalar_type() == torch::kBool && position.stride(3) == 1 && keep.stride(1) == 1;
 #else
     (void) position;
     (void) key_bias;
@@ -51,7 +51,8 @@ ContentBiasKernelArgs kernel_args(const torch::Tensor & keep, int64_t H, int64_t
 }
 
 /// The mask, the shift, the sum and the scale in one pass; the backward writes the position gradient in one pass
-/// (shifted back, zero off the kept band) and sums each key's column for the key-bias gradient in another.
+/// (shifted back, zero off the kept band) and, where there is a key bias, sums each key's column for its gradient in
+/// another.
 struct ContentBias : public torch::autograd::Function<ContentBias> {
     static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & position, const torch::Tensor & key_bias,
                                  const torch::Tensor & keep, double scale) {
@@ -61,12 +62,15 @@ struct ContentBias : public torch::autograd::Function<ContentBias> {
         auto args = kernel_args(keep, H, B, T, S, position.scalar_type() == torch::kBFloat16, scale);
         args.position = position.data_ptr();
         for (int d = 0; d < 3; ++d) args.position_stride[d] = position.stride(d);
-        args.key_bias = key_bias.data_ptr();
-        args.key_bias_stride[0] = key_bias.stride(0);
-        args.key_bias_stride[1] = key_bias.stride(1);
+        if (key_bias.numel() > 0) {
+            args.key_bias = key_bias.data_ptr();
+            args.key_bias_stride[0] = key_bias.stride(0);
+            args.key_bias_stride[1] = key_bias.stride(1);
+        }
         args.bias = bias.data_ptr();
         check_kernel_launch(launch_content_bias_forward(args, current_cuda_stream(position.device())), "content bias forward");
         ctx->save_for_backward({keep});
+        ctx->saved_data["key_bias"] = key_bias.numel() > 0;
         ctx->saved_data["scale"] = scale;
         ctx->saved_data["bf16"] = position.scalar_type() == torch::kBFloat16;
         ctx->saved_data["sizes"] = position.sizes().vec();
@@ -82,12 +86,13 @@ struct ContentBias : public torch::autograd::Function<ContentBias> {
         auto grad_bias = grads[0].to(bf16 ? torch::kBFloat16 : torch::kFloat);
         if (grad_bias.stride(3) != 1) grad_bias = grad_bias.contiguous();
         auto grad_position = torch::empty({H, B, T, S}, grad_bias.options());                         // (H,B,T,S)
-        auto grad_key_bias = torch::empty({H, B, S}, grad_bias.options());                            // (H,B,S)
+        torch::Tensor grad_key_bias;
+        if (ctx->saved_data["key_bias"].toBool()) grad_key_bias = torch::empty({H, B, S}, grad_bias.options());  // (H,B,S)
         auto args = kernel_args(keep, H, B, T, S, bf16, ctx->saved_data["scale"].toDouble());
         args.grad_bias = grad_bias.data_ptr();
         for (int d = 0; d < 3; ++d) args.grad_bias_stride[d] = grad_bias.stride(d);
         args.grad_position = grad_position.data_ptr();
-        args.grad_key_bias = grad_key_bias.data_ptr();
+        args.grad_key_bias = grad_key_bias.defined() ? grad_key_bias.data_ptr() : nullptr;
         check_kernel_launch(launch_content_bias_backward(args, current_cuda_stream(keep.device())), "content bias backward");
         return {grad_position, grad_key_bias, torch::Tensor(), torch::Tensor()};
     }
@@ -97,15 +102,18 @@ struct ContentBias : public torch::autograd::Function<ContentBias> {
 } // namespace
 
 torch::Tensor content_bias(const torch::Tensor & position, const torch::Tensor & key_bias, const torch::Tensor & keep, double scale) {
-    TORCH_CHECK(position.dim() == 4 && key_bias.dim() == 3 && key_bias.size(0) == position.size(0) && key_bias.size(1) == position.size(1)
-                    && key_bias.size(2) == position.size(3) && keep.dim() == 2 && keep.size(0) == position.size(2)
-                    && keep.size(1) == position.size(3),
-                "content_bias: position (H,B,T,S), key_bias (H,B,S) and keep (T,S), got ", position.sizes(), ", ", key_bias.sizes(),
-                " and ", keep.sizes());
+    const bool key_bias_fits = !key_bias.defined() || (key_bias.dim() == 3 && key_bias.size(0) == position.size(0)
+                                                       && key_bias.size(1) == position.size(1) && key_bias.size(2) == position.size(3));
+    TORCH_CHECK(position.dim() == 4 && key_bias_fits && keep.dim() == 2 && keep.size(0) == position.size(2) && keep.size(1) == position.size(3),
+                "content_bias: position (H,B,T,S), key_bias (H,B,S) or none and keep (T,S), got ", position.sizes(), ", ",
+                key_bias.defined() ? key_bias.sizes() : c10::IntArrayRef{}, " and ", keep.sizes());
 #ifdef STUDIO_CUDA_KERNELS
-    if (content_bias_kernel_takes(position, key_bias, keep)) return ContentBias::apply(position, key_bias, keep, scale);
+    // LibTorch 2's Function::apply cannot take an undefined tensor: no key bias travels as an empty one.
+    if (content_bias_kernel_takes(position, key_bias, keep))
+        return ContentBias::apply(position, key_bias.defined() ? key_bias : torch::empty({0}, position.options()), keep, scale);
 #endif
-    return ((rel_shift(position) + key_bias.unsqueeze(2)) * scale).masked_fill(keep.logical_not(), -INFINITY); // (H,B,T,S)
+    auto scores = key_bias.defined() ? rel_shift(position) + key_bias.unsqueeze(2) : rel_shift(position);     // (H,B,T,S)
+    return (scores * scale).masked_fill(keep.logical_not(), -INFINITY);
 }
 
 } // namespace studio

@@ -59,8 +59,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const ContentBiasKern
     for (int e = 0; e < 8; ++e) {
         // A kept key's shifted column j + T-1-i lies in 0 .. S-1 (j <= i + S - T); the rest are never read.
         const int64_t j = c.first + e;
-        values[e] = e < c.count && keep[j] ? (load<T>(args.position, position + j) + load<T>(args.key_bias, key_bias + j)) * args.scale
-                                          : -INFINITY;
+        values[e] = e < c.count && keep[j]
+                        ? (load<T>(args.position, position + j) + (args.key_bias ? load<T>(args.key_bias, key_bias + j) : 0.0f)) * args.scale
+                        : -INFINITY;
     }
     store_chunk<T>(args.bias, c.row * S + c.first, values, c.count, S % 8 == 0);
 }
@@ -127,10 +128,10 @@ const char * launch_content_bias_backward(const ContentBiasKernelArgs & args, vo
     const dim3 columns(unsigned((args.key_len + kColumnKeys - 1) / kColumnKeys), unsigned(args.heads * args.batch));
     if (args.bf16) {
         position_grad_kernel<bf16><<<chunk_blocks(args), kThreads, 0, stream>>>(args);
-        key_bias_grad_kernel<bf16><<<columns, kThreads, 0, stream>>>(args);
+        if (args.grad_key_bias) key_bias_grad_kernel<bf16><<<columns, kThreads, 0, stream>>>(args);
     } else {
         position_grad_kernel<float><<<chunk_blocks(args), kThreads, 0, stream>>>(args);
-        key_bias_grad_kernel<float><<<columns, kThreads, 0, stream>>>(args);
+        if (args.grad_key_bias) key_bias_grad_kernel<float><<<columns, kThreads, 0, stream>>>(args);
     }
     return launch_error();
 }

@@ -8,6 +8,7 @@
 #include <torch/version.h>
 
 #include "apart_attention.h"
+#include "biased_product.h"
 #include "content_bias.h"
 #include "device.h"
 #include "gated_weight.h"
@@ -47,35 +48,10 @@ bool kernel_takes(const torch::Tensor & q, const torch::Tensor & k, const torch:
 
 // STUDIO_OUTPUT_BIAS=ops: the output projection's bias gradient by addmm's own backward (side-by-side timing).
 const bool bias_by_product_wanted = !environment_is("STUDIO_OUTPUT_BIAS", "ops");
-
-/// output_projection with the bias's gradient as a product (rel_attention.h).
-struct OutputProjection : public torch::autograd::Function<OutputProjection> {
-    static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & rows, const torch::Tensor & weight,
-                                 const torch::Tensor & bias) {
-        const auto dtype = cuda_compute_dtype(rows);
-        auto rows_used = rows.to(dtype), weight_used = weight.to(dtype);
-        ctx->save_for_backward({rows_used, weight_used});
-        ctx->saved_data["dtypes"] = std::vector<int64_t>{(int64_t) rows.scalar_type(), (int64_t) weight.scalar_type(), (int64_t) bias.scalar_type()};
-        return torch::addmm(bias.to(dtype), rows_used, weight_used.t());                                 // (M,D)
-    }
-
-    static torch::autograd::variable_list backward(torch::autograd::AutogradContext * ctx, torch::autograd::variable_list grads) {
-        const auto saved = ctx->get_saved_variables();
-        const auto & rows = saved[0], & weight = saved[1];
-        const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
-        auto grad = grads[0].to(rows.scalar_type());                                                    // (M,D)
-        auto grad_bias = torch::ones({1, grad.size(0)}, grad.options()).mm(grad).view({grad.size(1)});  // (D,)
-        return {grad.mm(weight).to((torch::ScalarType) dtypes[0]), grad.t().mm(rows).to((torch::ScalarType) dtypes[1]),
-                grad_bias.to((torch::ScalarType) dtypes[2])};
-    }
-};
+// STUDIO_U_IN_BIAS=1: u . k_j in the content columns' bias even where their kernel could take q + u (side-by-side timing).
+const bool u_in_query_wanted = !environment_is("STUDIO_U_IN_BIAS", "1");
 
 } // namespace
-
-torch::Tensor output_projection(const torch::Tensor & rows, const torch::Tensor & weight, const torch::Tensor & bias, bool bias_by_product) {
-    if (bias_by_product && torch::GradMode::is_enabled()) return OutputProjection::apply(rows, weight, bias);   // (M,D)
-    return torch::addmm(bias, rows, weight.t());                                                                // (M,D)
-}
 
 bool fused_attention_available(const torch::Device & device) {
 #if TORCH_VERSION_MAJOR >= 2
@@ -313,21 +289,28 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     };
 #if TORCH_VERSION_MAJOR >= 2
     if (!heads.defined() && fused_wanted && fused_attention_available(x_n.device())) {
-        // One kernel over content and persistent keys with q as the query: u . k_j joins the position term in the
-        // additive bias of the content columns, so the persistent columns (keys mem_k x sqrt(dh), which the
-        // kernel's scale cancels) need no bias at all: q . mem_k, as the reference computes it.
-        auto u_k = torch::matmul(k, ub.view({H, 1, dh, 1}).to(k.dtype())).view({H, B, S});              // (H,B,S)
-        auto content_bias = studio::content_bias(unshifted_position_scores(), u_k, keep, scale);        // (H,B,T,S)
-        auto bias = content_bias, keys = k, values = val;
         // Apart only where the kernels take the operands as they are: no gradient, no dropout, 16-aligned bias rows
-        // and head dims (else the concatenation below).
+        // and head dims (else the concatenation below). Training takes the same two kernels with their backward and
+        // attention dropout, joined exactly.
         const bool apart = apart_wanted && N > 0 && !torch::GradMode::is_enabled() && !is_training() && S % 16 == 0 && dh % 8 == 0
                            && q.scalar_type() != torch::kDouble;
+        const bool trainable_apart = !apart && apart_wanted && N > 0 && apart_attention_kernels_take(q, k);
+        // Where the content columns have a kernel of their own (apart, or no persistent columns), their query is
+        // q + u and the bias holds the position term alone. Only one kernel over both sets of keys takes q as the
+        // query for all of them: u . k_j then joins the position term in the content columns' bias, so that the
+        // persistent columns (keys mem_k x sqrt(dh), which the kernel's scale cancels) need no bias at all: q . mem_k,
+        // as the reference computes it. (u . k_j in the bias cost a batched product, a pass over the bias's
+        // gradient for its column sums and an add of a broadcast into k's gradient: ~3% of a training step.)
+        const bool u_in_bias = (N > 0 && !apart && !trainable_apart) || !u_in_query_wanted;
+        torch::Tensor u_k;
+        if (u_in_bias) u_k = torch::matmul(k, ub.view({H, 1, dh, 1}).to(k.dtype())).view({H, B, S});  // (H,B,S)
+        auto content_q = u_in_bias ? q : q + ub.view({H, 1, 1, dh}).to(q.dtype());                      // (H,B,T,dh)
+        auto content_bias = studio::content_bias(unshifted_position_scores(), u_k, keep, scale);                  // (H,B,T,S)
+        auto bias = content_bias, keys = k, values = val;
         if (apart) {
-            heads = persistent_apart_attention(q, k, val, content_bias, mem_k, mem_v, scale);
-        } else if (apart_wanted && N > 0 && apart_attention_kernels_take(q, k)) {
-            // Training: the same two kernels with their backward and attention dropout, joined exactly.
-            heads = trainable_apart_attention(q, k, val, content_bias.to(q.dtype()), mem_k.to(q.dtype()),
+            heads = persistent_apart_attention(q, content_q, k, val, content_bias, mem_k, mem_v, scale);
+        } else if (trainable_apart) {
+            heads = trainable_apart_attention(q, content_q, k, val, content_bias.to(q.dtype()), mem_k.to(q.dtype()),
                                               (mem_v * std::sqrt((double) N)).to(q.dtype()), scale,
                                               is_training() ? options.attn_drop() : 0.0);
         } else if (N > 0) {
@@ -339,7 +322,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
             bias = torch::cat({content_bias, torch::zeros({H, B, T, N}, content_bias.options())}, -1);                          // (H,B,T,S+N)
         }
         if (!heads.defined())
-            heads = at::scaled_dot_product_attention(q, keys, values, bias.to(q.dtype()), is_training() ? options.attn_drop() : 0.0,
+            heads = at::scaled_dot_product_attention(content_q, keys, values, bias.to(q.dtype()), is_training() ? options.attn_drop() : 0.0,
                                                      /*is_causal=*/false, scale);
     }
 #endif
@@ -361,8 +344,9 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     auto merged = heads.permute({1, 2, 0, 3}).reshape({B * T, H * dh});     // (B*T,H*dh)
     // addmm on the rows: the bias joins the product's epilogue (a 3-D linear added it in a broadcast pass of its own).
     // On the GPU the bias's gradient as a product (the CPU's column sums are not slow).
-    result.out = output_projection(merged, out_weight, o_bias, merged.is_cuda() && bias_by_product_wanted)
-                     .view({B, T, options.hidden_dim()});                    // (B,T,D)
+    auto projected = merged.is_cuda() && bias_by_product_wanted ? biased_product(merged, out_weight, o_bias, BiasGradient::ones_row)
+                                                                 : torch::addmm(o_bias, merged, out_weight.t());   // (B*T,D)
+    result.out = projected.view({B, T, options.hidden_dim()});              // (B,T,D)
     return result;
 }
 

@@ -98,12 +98,6 @@ bool own_kernels_enabled();
 /// What computes inference attention on this device in this dtype: "explicit", "sdpa" or "studio-kernel".
 std::string inference_attention_name(const torch::Device & device, torch::ScalarType dtype);
 
-/// The output projection bias + rows x weight^T (rows (M,K), weight (D,K), bias (D,)), as addmm computes it in
-/// autocast's dtype. With bias_by_product (the layer asks for it on the GPU; STUDIO_OUTPUT_BIAS=ops turns it off) its
-/// backward forms the bias's gradient as a row of ones times the gradient, where addmm's own backward sums the
-/// gradient's columns with a reduction that took ~140 us a layer at batch 192 on an H200.
-torch::Tensor output_projection(const torch::Tensor & rows, const torch::Tensor & weight, const torch::Tensor & bias, bool bias_by_product);
-
 /// Transformer-XL's relative shift: out[.., i, j] = x[.., i, j + T-1-i] for the valid (unmasked) entries.
 torch::Tensor rel_shift(const torch::Tensor & x);
 

@@ -195,7 +195,8 @@ bool check_apart_training(const torch::Device & device, int64_t H, int64_t B, in
     // The model's layout: q, k, v are (H,B,L,dh) views of projections laid out (B,L,H,dh).
     auto rows = [&](int64_t L) { return model_layout ? torch::randn({B, L, H, dh}, options) : torch::randn({H, B, L, dh}, options); };
     auto as_heads = [&](const torch::Tensor & t) { return model_layout ? t.permute({2, 0, 1, 3}) : t; };
-    const std::vector<torch::Tensor> inputs = {rows(T), rows(S), rows(S), bias, torch::randn({H, N, dh}, options) * scale,
+    // q, the content columns' own query (the model's q + u), k, v, the bias, the persistent keys and values.
+    const std::vector<torch::Tensor> inputs = {rows(T), rows(T), rows(S), rows(S), bias, torch::randn({H, N, dh}, options) * scale,
                                                torch::randn({H, N, dh}, options)};
     auto upstream = torch::randn({H, B, T, dh}, options);
     auto leaves = [&](torch::ScalarType dtype) {
@@ -204,7 +205,8 @@ bool check_apart_training(const torch::Device & device, int64_t H, int64_t B, in
         return result;
     };
     auto apart = [&](const std::vector<torch::Tensor> & x, double dropout, AttentionParts parts) {
-        return trainable_apart_attention(as_heads(x[0]), as_heads(x[1]), as_heads(x[2]), x[3], x[4], x[5], scale, dropout, parts);
+        return trainable_apart_attention(as_heads(x[0]), as_heads(x[1]), as_heads(x[2]), as_heads(x[3]), x[4], x[5], x[6], scale, dropout,
+                                         parts);
     };
     auto run = [&](torch::ScalarType dtype, AttentionParts parts) {
         auto x = leaves(dtype);
@@ -220,12 +222,12 @@ bool check_apart_training(const torch::Device & device, int64_t H, int64_t B, in
     const auto kernels = run(torch::kBFloat16, AttentionParts::kernels);
     const double kernels_bf16 = worst_error(kernels, reference);
     std::string non_finite;
-    const char * names[] = {"out", "dq", "dk", "dv", "dbias", "dkeys", "dvalues"};
+    const char * names[] = {"out", "dq", "dcontent_q", "dk", "dv", "dbias", "dkeys", "dvalues"};
     for (size_t i = 0; i < kernels.values.size(); ++i)
         if (!torch::isfinite(kernels.values[i]).all().item<bool>()) non_finite += std::string(" ") + names[i];
     const bool pass = kernels_bf16 < 2.5e-2 && non_finite.empty();
     std::printf("selftest: training attention (H %ld, B %ld, dh %ld, %s layout), persistent columns apart (kernels, bf16; persistent part "
-                "by %s) vs fp32 math: forward and 6 gradients max rel. error %.2e (< 2.5e-2; the math in bf16: %.2e)%s%s %s\n", (long) H,
+                "by %s) vs fp32 math: forward and 7 gradients max rel. error %.2e (< 2.5e-2; the math in bf16: %.2e)%s%s %s\n", (long) H,
                 (long) B, (long) dh, model_layout ? "the model's" : "contiguous", cudnn && !persistent_cudnn_refused() ? "cuDNN" : "flash",
                 kernels_bf16, math_bf16, non_finite.empty() ? "" : "; not finite:", non_finite.c_str(), pass ? "ok" : "FAIL");
 
@@ -234,8 +236,8 @@ bool check_apart_training(const torch::Device & device, int64_t H, int64_t B, in
     auto out_f = out.detach().to(torch::kFloat);
     (out.to(torch::kFloat) * out_f).sum().backward();
     const double forward_side = (out_f * out_f).sum().item<double>();
-    const double backward_side = (x[2].grad().to(torch::kFloat) * x[2].detach().to(torch::kFloat)).sum().item<double>()
-                                 + (x[5].grad().to(torch::kFloat) * x[5].detach().to(torch::kFloat)).sum().item<double>();
+    const double backward_side = (x[3].grad().to(torch::kFloat) * x[3].detach().to(torch::kFloat)).sum().item<double>()
+                                 + (x[6].grad().to(torch::kFloat) * x[6].detach().to(torch::kFloat)).sum().item<double>();
     const double mismatch = std::abs(forward_side - backward_side) / forward_side;
     double dropped;
     {
@@ -341,6 +343,7 @@ int selftest_command(const std::string & device_name) {
             ok = check_lamb_kernels(device) && ok;
             ok = check_content_bias(device) && ok;
             ok = check_gated_weight(device) && ok;
+            ok = check_biased_product(device) && ok;
             ok = check_attention_merge(device) && ok;
             ok = check_segment_norm_training(device) && ok;
         } else {

@@ -56,6 +56,9 @@ bool check_content_bias(const torch::Device & device);
 /// A gated layer's output weight by our CUDA kernels (gated_weight.h) under bf16 autocast against LibTorch's
 /// operations in float64: the bf16 weight and the gradients of the weight and of the gates.
 bool check_gated_weight(const torch::Device & device);
+/// biased_product (biased_product.h) on the device under bf16 autocast, both ways of forming the bias's gradient,
+/// against addmm in float64: the output and the three gradients, at a tail's shapes (a narrow input, wide output).
+bool check_biased_product(const torch::Device & device);
 /// The join of two attention parts (apart_attention.h) by our CUDA kernel against float64 operations, at the
 /// layouts the memory-efficient and flash kernels write.
 bool check_attention_merge(const torch::Device & device);

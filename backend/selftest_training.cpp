@@ -1,15 +1,17 @@
 // `studio selftest`: the training step's own machinery on the device: layers replayed from CUDA graphs (layer_graph.h)
 // against eager steps; LAMB, the content bias, the gated output weight, the attention parts' merge and the segment norm
-// by our kernels against LibTorch's operations.
+// by our kernels against LibTorch's operations; the products whose bias gradient rides in a matrix product.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <utility>
 
 #include <torch/torch.h>
 
 #include "apart_attention.h"
+#include "biased_product.h"
 #include "content_bias.h"
 #include "device.h"
 #include "gated_weight.h"
@@ -170,9 +172,9 @@ bool check_lamb_kernels(const torch::Device & device) {
 }
 
 bool check_content_bias(const torch::Device & device) {
-    struct Shape { int64_t H, B, T, M; bool same_length; };
+    struct Shape { int64_t H, B, T, M; bool same_length, key_bias; };
     bool ok = true;
-    for (const Shape & shape : {Shape{4, 3, 64, 64, true}, Shape{2, 2, 37, 50, false}}) {
+    for (const Shape & shape : {Shape{4, 3, 64, 64, true, true}, Shape{2, 2, 37, 50, false, true}, Shape{4, 3, 64, 64, true, false}}) {
         const int64_t S = shape.T + shape.M;
         auto keep = attention_keep_mask(shape.T, shape.M, shape.same_length, device);
         auto position_in = torch::randn({shape.H, shape.B, shape.T, S}, torch::TensorOptions().device(device));
@@ -180,28 +182,30 @@ bool check_content_bias(const torch::Device & device) {
         auto upstream = torch::randn({shape.H, shape.B, shape.T, S}, torch::TensorOptions().device(device));
         for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
             const double scale = 0.125;
-            // One computation: the bias over the kept entries, then both gradients of <bias, upstream> over them.
+            // One computation: the bias over the kept entries, then the gradients of <bias, upstream> over them.
             auto run = [&](torch::ScalarType as, bool kernels) {
                 KernelSwitchesGuard restore;
                 set_own_kernels(kernels);
                 auto position = position_in.to(dtype).to(as).clone().requires_grad_(true);
-                auto key_bias = key_bias_in.to(dtype).to(as).clone().requires_grad_(true);
+                auto key_bias = shape.key_bias ? key_bias_in.to(dtype).to(as).clone().requires_grad_(true) : torch::Tensor();
                 const bool fused = content_bias_kernel_takes(position, key_bias, keep);
                 auto bias = content_bias(position, key_bias, keep, scale);
                 auto kept = bias.masked_fill(keep.logical_not(), 0);
                 (kept * upstream.to(as)).sum().backward();
                 const bool masked_right = (bias.masked_select(keep.logical_not()) == -INFINITY).all().item<bool>();
-                return std::make_tuple(Outputs{{kept.to(torch::kDouble), position.grad().to(torch::kDouble), key_bias.grad().to(torch::kDouble)}},
-                                       fused, masked_right);
+                Outputs outputs{{kept.to(torch::kDouble), position.grad().to(torch::kDouble)}};
+                if (shape.key_bias) outputs.values.push_back(key_bias.grad().to(torch::kDouble));
+                return std::make_tuple(outputs, fused, masked_right);
             };
             auto [reference, reference_fused, reference_masked] = run(torch::kDouble, false);
             auto [kernels, kernels_fused, kernels_masked] = run(dtype, true);
             const double error = worst_error(kernels, reference), bound = dtype == torch::kFloat ? 1e-5 : 1e-2;
             const bool pass = kernels_fused && !reference_fused && kernels_masked && reference_masked && error < bound;
-            std::printf("selftest: content bias (H %ld, B %ld, T %ld, M %ld%s), our kernels %s vs float64 operations: bias and 2 gradients "
-                        "max rel. error %.2e (< %.0e), masked entries -inf %s %s\n",
-                        (long) shape.H, (long) shape.B, (long) shape.T, (long) shape.M, shape.same_length ? "" : ", causal",
-                        dtype == torch::kFloat ? "fp32" : "bf16", error, bound, kernels_masked ? "yes" : "no", pass ? "ok" : "FAIL");
+            std::printf("selftest: content bias (H %ld, B %ld, T %ld, M %ld%s), our kernels %s vs float64 operations: bias and %s max rel. "
+                        "error %.2e (< %.0e), masked entries -inf %s %s\n",
+                        (long) shape.H, (long) shape.B, (long) shape.T, (long) shape.M,
+                        shape.same_length ? (shape.key_bias ? "" : ", no key bias") : ", causal", dtype == torch::kFloat ? "fp32" : "bf16",
+                        shape.key_bias ? "2 gradients" : "its gradient", error, bound, kernels_masked ? "yes" : "no", pass ? "ok" : "FAIL");
             ok = pass && ok;
         }
     }
@@ -240,6 +244,38 @@ bool check_gated_weight(const torch::Device & device) {
         std::printf("selftest: gated output weight (D %ld, H %ld, dh %ld), our kernels under bf16 autocast vs float64 operations: weight and 2 "
                     "gradients max rel. error %.2e (< %.0e) %s\n",
                     (long) shape.D, (long) shape.H, (long) shape.dh, error, bound, pass ? "ok" : "FAIL");
+        ok = pass && ok;
+    }
+    return ok;
+}
+
+bool check_biased_product(const torch::Device & device) {
+    const int64_t M = 1000, K = 32, D = 20008;
+    auto options = torch::TensorOptions().device(device);
+    auto rows_in = torch::randn({M, K}, options), weight_in = torch::randn({D, K}, options) * 0.2, bias_in = torch::randn({D}, options);
+    auto upstream = torch::randn({M, D}, options);
+    auto run = [&](std::optional<BiasGradient> how) {
+        const auto dtype = how ? torch::kFloat : torch::kDouble;
+        // Fresh leaves each run (to() of a tensor already in dtype returns the tensor itself, gradients and all).
+        auto rows = rows_in.to(dtype).clone().requires_grad_(true), weight = weight_in.to(dtype).clone().requires_grad_(true);
+        auto bias = bias_in.to(dtype).clone().requires_grad_(true);
+        torch::Tensor out;
+        {
+            AutocastGuard autocast(device, how.has_value());   // the loss's products: bf16 under autocast, fp32 parameters
+            out = how ? biased_product(rows, weight, bias, *how) : torch::addmm(bias, rows, weight.t());
+        }
+        (out.to(torch::kDouble) * upstream.to(torch::kDouble)).sum().backward();
+        return Outputs{{out.to(torch::kDouble), rows.grad().to(torch::kDouble), weight.grad().to(torch::kDouble), bias.grad().to(torch::kDouble)}};
+    };
+    const auto reference = run(std::nullopt);
+    bool ok = true;
+    for (const auto how : {BiasGradient::ones_row, BiasGradient::ones_column}) {
+        // bf16 operands and a bf16 upstream gradient (2^-9 relative each) before sums of 32 and 1000 terms.
+        const double error = worst_error(run(how), reference), bound = 1e-2;
+        const bool pass = error < bound;
+        std::printf("selftest: biased product (M %ld, K %ld, D %ld), bias gradient by a %s of ones, under bf16 autocast vs float64 addmm: "
+                    "output and 3 gradients max rel. error %.2e (< %.0e) %s\n", (long) M, (long) K, (long) D,
+                    how == BiasGradient::ones_row ? "row" : "column", error, bound, pass ? "ok" : "FAIL");
         ok = pass && ok;
     }
     return ok;

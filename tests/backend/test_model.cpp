@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "apart_attention.h"
+#include "biased_product.h"
 #include "content_bias.h"
 #include "device.h"
 #include "language_model.h"
@@ -107,37 +108,49 @@ private Q_SLOTS:
         }
     }
 
-    // The content columns' bias: the position term shifted into place, u . k added, scaled, -inf off the kept band;
-    // its gradients go back through the shift (written here element by element).
+    // The content columns' bias: the position term shifted into place, u . k added (or not: the apart kernels carry u
+    // in the query), scaled, -inf off the kept band; its gradients go back through the shift (written here element by
+    // element).
     void content_bias_shifts_adds_scales_and_masks() {
         const int64_t H = 2, B = 2, T = 5, M = 3, S = T + M;
         const double scale = 0.25;
-        auto position = torch::randn({H, B, T, S}, torch::kDouble).requires_grad_(true);
-        auto key_bias = torch::randn({H, B, S}, torch::kDouble).requires_grad_(true);
-        auto keep = attention_keep_mask(T, M, true, torch::kCPU);
-        auto bias = content_bias(position, key_bias, keep, scale);
-        QCOMPARE(bias.sizes().vec(), (std::vector<int64_t>{H, B, T, S}));
-        auto upstream = torch::randn({H, B, T, S}, torch::kDouble);
-        (bias.masked_fill(keep.logical_not(), 0) * upstream).sum().backward();
-        auto expected_position_grad = torch::zeros({H, B, T, S}, torch::kDouble), expected_key_grad = torch::zeros({H, B, S}, torch::kDouble);
-        for (int64_t h = 0; h < H; ++h)
-            for (int64_t b = 0; b < B; ++b)
-                for (int64_t i = 0; i < T; ++i)
-                    for (int64_t j = 0; j < S; ++j) {
-                        const bool kept = j <= i + M && j >= i;
-                        QCOMPARE(keep[i][j].item<bool>(), kept);
-                        if (!kept) {
-                            QCOMPARE(bias[h][b][i][j].item<double>(), -INFINITY);
-                            continue;
+        for (const bool with_key_bias : {true, false}) {
+            auto position = torch::randn({H, B, T, S}, torch::kDouble).requires_grad_(true);
+            auto key_bias = with_key_bias ? torch::randn({H, B, S}, torch::kDouble).requires_grad_(true) : torch::Tensor();
+            auto keep = attention_keep_mask(T, M, true, torch::kCPU);
+            auto bias = content_bias(position, key_bias, keep, scale);
+            QCOMPARE(bias.sizes().vec(), (std::vector<int64_t>{H, B, T, S}));
+            auto upstream = torch::randn({H, B, T, S}, torch::kDouble);
+            (bias.masked_fill(keep.logical_not(), 0) * upstream).sum().backward();
+            auto expected_position_grad = torch::zeros({H, B, T, S}, torch::kDouble), expected_key_grad = torch::zeros({H, B, S}, torch::kDouble);
+            for (int64_t h = 0; h < H; ++h)
+                for (int64_t b = 0; b < B; ++b)
+                    for (int64_t i = 0; i < T; ++i)
+                        for (int64_t j = 0; j < S; ++j) {
+                            const bool kept = j <= i + M && j >= i;
+                            QCOMPARE(keep[i][j].item<bool>(), kept);
+                            if (!kept) {
+                                QCOMPARE(bias[h][b][i][j].item<double>(), -INFINITY);
+                                continue;
+                            }
+                            const int64_t column = j + T - 1 - i;
+                            const double key_term = with_key_bias ? key_bias[h][b][j].item<double>() : 0.0;
+                            const double value = (position[h][b][i][column].item<double>() + key_term) * scale;
+                            QVERIFY(std::abs(bias[h][b][i][j].item<double>() - value) < 1e-12);
+                            expected_position_grad[h][b][i][column] += upstream[h][b][i][j].item<double>() * scale;
+                            expected_key_grad[h][b][j] += upstream[h][b][i][j].item<double>() * scale;
                         }
-                        const int64_t column = j + T - 1 - i;
-                        const double value = (position[h][b][i][column].item<double>() + key_bias[h][b][j].item<double>()) * scale;
-                        QVERIFY(std::abs(bias[h][b][i][j].item<double>() - value) < 1e-12);
-                        expected_position_grad[h][b][i][column] += upstream[h][b][i][j].item<double>() * scale;
-                        expected_key_grad[h][b][j] += upstream[h][b][i][j].item<double>() * scale;
-                    }
-        QVERIFY2(torch::allclose(position.grad(), expected_position_grad, 1e-12, 1e-12), "position gradient");
-        QVERIFY2(torch::allclose(key_bias.grad(), expected_key_grad, 1e-12, 1e-12), "key bias gradient");
+            QVERIFY2(torch::allclose(position.grad(), expected_position_grad, 1e-12, 1e-12), "position gradient");
+            if (with_key_bias) QVERIFY2(torch::allclose(key_bias.grad(), expected_key_grad, 1e-12, 1e-12), "key bias gradient");
+        }
+        // A key bias of the wrong shape is named in the error.
+        auto keep = attention_keep_mask(T, M, true, torch::kCPU);
+        try {
+            content_bias(torch::zeros({H, B, T, S}), torch::zeros({H, B, S + 1}), keep, scale);
+            QFAIL("a key bias of S + 1 keys was taken");
+        } catch (const c10::Error & error) {
+            QVERIFY(std::string(error.what_without_backtrace()).find("content_bias: position (H,B,T,S), key_bias (H,B,S) or none") == 0);
+        }
     }
 
     // The GPU inference path attends to the content and the persistent keys in two kernels and joins them by their
@@ -168,64 +181,81 @@ private Q_SLOTS:
     // Training attends to the content and the persistent keys apart too, and each part's backward is handed the
     // joined output and log-sum-exp. Forward and every gradient must be those of one softmax over all keys, written
     // here as exactly that (autograd through a concatenation), masked content keys included.
+    // The content columns have a query of their own (the model's q + u); the persistent ones take q.
     void apart_attention_gradients_equal_one_softmax() {
         const int64_t H = 2, B = 3, T = 4, S = 6, N = 5, dh = 3;
         const double scale = 0.7;
         auto leaf = [](std::vector<int64_t> shape) { return torch::randn(shape, torch::kDouble).requires_grad_(true); };
-        auto q = leaf({H, B, T, dh}), k = leaf({H, B, S, dh}), v = leaf({H, B, S, dh}), keys = leaf({H, N, dh}), values = leaf({H, N, dh});
+        auto q = leaf({H, B, T, dh}), content_q = leaf({H, B, T, dh}), k = leaf({H, B, S, dh}), v = leaf({H, B, S, dh}),
+             keys = leaf({H, N, dh}), values = leaf({H, N, dh});
         auto bias_value = torch::randn({H, B, T, S}, torch::kDouble);
         for (int64_t i = 0; i < T; ++i)
             for (int64_t j = i + S - T + 1; j < S; ++j) bias_value.select(2, i).select(2, j).fill_(-INFINITY);   // future keys
         auto bias = bias_value.requires_grad_(true);
         auto upstream = torch::randn({H, B, T, dh}, torch::kDouble);
 
-        auto apart = trainable_apart_attention(q, k, v, bias, keys, values, scale, 0.0, AttentionParts::math);
+        auto apart = trainable_apart_attention(q, content_q, k, v, bias, keys, values, scale, 0.0, AttentionParts::math);
         (apart * upstream).sum().backward();
         std::vector<torch::Tensor> apart_grads;
-        for (auto * t : {&q, &k, &v, &bias, &keys, &values}) {
+        for (auto * t : {&q, &content_q, &k, &v, &bias, &keys, &values}) {
             apart_grads.push_back(t->grad().clone());
             t->mutable_grad().zero_();
         }
 
-        auto content_scores = torch::matmul(q, k.transpose(-1, -2)) * scale + bias;                              // (H,B,T,S)
+        auto content_scores = torch::matmul(content_q, k.transpose(-1, -2)) * scale + bias;                      // (H,B,T,S)
         auto persistent_scores = torch::einsum("hbtd,hnd->hbtn", {q, keys});                                      // (H,B,T,N)
         auto probs = torch::softmax(torch::cat({content_scores, persistent_scores}, -1), -1);
         auto joined = torch::matmul(probs.narrow(-1, 0, S), v) + torch::einsum("hbtn,hnd->hbtd", {probs.narrow(-1, S, N), values});
         (joined * upstream).sum().backward();
 
         QVERIFY2(torch::allclose(apart, joined, 1e-10, 1e-10), "apart forward differs from one softmax");
-        const char * names[] = {"q", "k", "v", "bias", "persistent keys", "persistent values"};
+        const char * names[] = {"q", "content q", "k", "v", "bias", "persistent keys", "persistent values"};
         size_t i = 0;
-        for (auto * t : {&q, &k, &v, &bias, &keys, &values}) {
+        for (auto * t : {&q, &content_q, &k, &v, &bias, &keys, &values}) {
             QVERIFY2(torch::allclose(apart_grads[i], t->grad(), 1e-9, 1e-10), (std::string("gradient of ") + names[i]).c_str());
             ++i;
         }
-        QVERIFY(apart_grads[3].select(2, 0).select(2, S - 1).abs().max().item<double>() == 0);   // a masked key has none
+        QVERIFY(apart_grads[4].select(2, 0).select(2, S - 1).abs().max().item<double>() == 0);   // a masked key has none
     }
 
-    // The output projection with the bias's gradient as a product (what the GPU layer takes) must be addmm: the same
-    // output and the same three gradients, here against addmm's own autograd in float64.
-    void output_projection_bias_by_product_equals_addmm() {
+    // The products whose bias gradient comes from a matrix product (what the GPU's output projection and logits take)
+    // must be addmm: the same output and the same three gradients, against addmm's own autograd in float64, with a
+    // row of ones and with a column of ones riding in the weight's gradient. 13 columns: not a multiple of the 8 the
+    // column of ones is padded to.
+    void biased_product_equals_addmm() {
         torch::manual_seed(5);
-        const int64_t M = 37, K = 12, D = 9;
+        const int64_t M = 37, K = 13, D = 9;
         auto leaf = [](std::vector<int64_t> shape) { return torch::randn(shape, torch::kDouble).requires_grad_(true); };
         auto rows = leaf({M, K}), weight = leaf({D, K}), bias = leaf({D});
         auto upstream = torch::randn({M, D}, torch::kDouble);
-        std::vector<torch::Tensor> grads[2];
-        torch::Tensor outs[2];
-        for (int by_product = 0; by_product < 2; ++by_product) {
-            outs[by_product] = output_projection(rows, weight, bias, by_product == 1);
-            (outs[by_product] * upstream).sum().backward();
+        auto gradients_of = [&](const torch::Tensor & out) {
+            (out * upstream).sum().backward();
+            std::vector<torch::Tensor> grads;
             for (auto * t : {&rows, &weight, &bias}) {
-                grads[by_product].push_back(t->grad().clone());
+                grads.push_back(t->grad().clone());
                 t->mutable_grad().zero_();
             }
+            return grads;
+        };
+        auto expected_out = torch::addmm(bias, rows, weight.t());
+        const auto expected = gradients_of(expected_out);
+        QVERIFY2(torch::allclose(expected[2], upstream.sum(0), 1e-12, 1e-12), "addmm's bias gradient is not the column sums");
+        for (const auto how : {BiasGradient::ones_row, BiasGradient::ones_column}) {
+            auto out = biased_product(rows, weight, bias, how);
+            QVERIFY(torch::allclose(out, expected_out, 1e-12, 1e-12));
+            const auto grads = gradients_of(out);
+            const char * names[] = {"rows", "weight", "bias"};
+            for (size_t i = 0; i < 3; ++i) {
+                QCOMPARE(grads[i].sizes(), expected[i].sizes());
+                QVERIFY2(torch::allclose(grads[i], expected[i], 1e-12, 1e-12), names[i]);
+            }
         }
-        QVERIFY(torch::allclose(outs[1], torch::addmm(bias, rows, weight.t()), 1e-12, 1e-12));
-        QVERIFY(torch::allclose(outs[1], outs[0], 1e-12, 1e-12));
-        QVERIFY2(torch::allclose(grads[1][2], upstream.sum(0), 1e-12, 1e-12), "bias gradient is not the column sums");
-        const char * names[] = {"rows", "weight", "bias"};
-        for (size_t i = 0; i < 3; ++i) QVERIFY2(torch::allclose(grads[1][i], grads[0][i], 1e-12, 1e-12), names[i]);
+        try {
+            biased_product(rows, weight, torch::zeros({D + 1}, torch::kDouble), BiasGradient::ones_column);
+            QFAIL("a bias of D + 1 columns was taken");
+        } catch (const c10::Error & error) {
+            QVERIFY(std::string(error.what_without_backtrace()).find("biased_product: rows (M,K), weight (D,K) and bias (D,), got") == 0);
+        }
     }
 
     // With attention dropout each part drops its own probabilities; the backward must replay the very masks of the
@@ -238,13 +268,13 @@ private Q_SLOTS:
         auto q = leaf({H, B, T, dh}), k = leaf({H, B, S, dh}), v = leaf({H, B, S, dh}), keys = leaf({H, N, dh}), values = leaf({H, N, dh});
         auto bias = torch::zeros({H, B, T, S}, torch::kDouble);
         auto upstream = torch::randn({H, B, T, dh}, torch::kDouble);
-        auto out = trainable_apart_attention(q, k, v, bias, keys, values, 0.5, 0.4, AttentionParts::math);
+        auto out = trainable_apart_attention(q, q, k, v, bias, keys, values, 0.5, 0.4, AttentionParts::math);
         (out * upstream).sum().backward();
         const double forward_side = (out * upstream).sum().item<double>();
         const double backward_side = (v.grad() * v).sum().item<double>() + (values.grad() * values).sum().item<double>();
         QVERIFY2(std::abs(forward_side - backward_side) < 1e-9 * (1 + std::abs(forward_side)), "backward used other dropout masks");
         torch::NoGradGuard no_grad;
-        auto undropped = trainable_apart_attention(q, k, v, bias, keys, values, 0.5, 0.0, AttentionParts::math);
+        auto undropped = trainable_apart_attention(q, q, k, v, bias, keys, values, 0.5, 0.0, AttentionParts::math);
         QVERIFY((out - undropped).abs().max().item<double>() > 1e-3);                          // dropout did act
     }
 
