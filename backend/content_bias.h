@@ -7,9 +7,10 @@
 
 namespace studio {
 
-/// position (H,B,T,S): (q_i + v) . r before the shift, row i holding distances S-1 .. 0 as rel_shift expects;
-/// key_bias (H,B,S): u . k_j, or undefined where the kernel's query already holds u (q + u); keep (T,S) bool.
-/// Returns (H,B,T,S) in position's dtype:
+/// position (H,B,T,S): (q_i + v) . r before the shift, row i holding distances S-1 .. 0 as rel_shift expects, or only
+/// its last P < S columns (H,B,T,P) where no kept entry reads the others (kept entries of row i read columns j + T-1-i;
+/// with same_length, T-1 and up); key_bias (H,B,S): u . k_j, or undefined where the kernel's query already holds u
+/// (q + u); keep (T,S) bool. Returns (H,B,T,S) in position's dtype:
 ///   (rel_shift(position)[..., i, j] + key_bias[..., j]) x scale where keep[i][j], else -inf;
 /// differentiable w.r.t. position and key_bias.
 torch::Tensor content_bias(const torch::Tensor & position, const torch::Tensor & key_bias, const torch::Tensor & keep, double scale);

@@ -28,18 +28,19 @@ template <typename T> __device__ inline void store_chunk(void * base, int64_t at
     for (int e = 0; e < count; ++e) store(out + e, values[e]);
 }
 
-/// Thread t of the grid takes keys 8c .. 8c+7 of one query row (h, b, i); rows of S keys hold ceil(S/8) such chunks.
+/// Thread t of the grid takes columns 8c .. 8c+7 of one query row (h, b, i); rows of `columns` (the bias's S keys, or
+/// the position gradient's P columns) hold ceil(columns/8) such chunks.
 struct Chunk {
     int64_t row, i, b, h, first;
     int count;
 };
-__device__ inline bool chunk_of(const ContentBiasKernelArgs & args, Chunk & chunk) {
-    const int64_t per_row = (args.key_len + 7) / 8;
+__device__ inline bool chunk_of(const ContentBiasKernelArgs & args, int64_t columns, Chunk & chunk) {
+    const int64_t per_row = (columns + 7) / 8;
     const int64_t idx = int64_t(blockIdx.x) * kThreads + threadIdx.x;
     if (idx >= args.heads * args.batch * args.tgt_len * per_row) return false;
     chunk.row = idx / per_row;
     chunk.first = idx % per_row * 8;
-    chunk.count = int(min(int64_t(8), args.key_len - chunk.first));
+    chunk.count = int(min(int64_t(8), columns - chunk.first));
     chunk.i = chunk.row % args.tgt_len;
     chunk.b = chunk.row / args.tgt_len % args.batch;
     chunk.h = chunk.row / args.tgt_len / args.batch;
@@ -49,19 +50,24 @@ __device__ inline bool chunk_of(const ContentBiasKernelArgs & args, Chunk & chun
 template <typename T>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const ContentBiasKernelArgs args) {
     Chunk c;
-    if (!chunk_of(args, c)) return;
+    if (!chunk_of(args, args.key_len, c)) return;
     const int64_t T_ = args.tgt_len, S = args.key_len;
-    const int64_t position = c.h * args.position_stride[0] + c.b * args.position_stride[1] + c.i * args.position_stride[2] + (T_ - 1 - c.i);
+    // Key j reads shifted column j + T-1-i of the S the shift spans, held at j + shift of the P given.
+    const int64_t shift = (T_ - 1 - c.i) - (S - args.position_len);
+    const int64_t position = c.h * args.position_stride[0] + c.b * args.position_stride[1] + c.i * args.position_stride[2] + shift;
     const int64_t key_bias = c.h * args.key_bias_stride[0] + c.b * args.key_bias_stride[1];
     const bool * keep = args.keep + c.i * args.keep_stride;
     float values[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-        // A kept key's shifted column j + T-1-i lies in 0 .. S-1 (j <= i + S - T); the rest are never read.
+        // A kept key's shifted column j + T-1-i lies in 0 .. S-1 (j <= i + S - T); the rest are never read. A kept key
+        // whose column was left out (the caller's contract broken) reads NaN, so that the error shows.
         const int64_t j = c.first + e;
-        values[e] = e < c.count && keep[j]
-                        ? (load<T>(args.position, position + j) + (args.key_bias ? load<T>(args.key_bias, key_bias + j) : 0.0f)) * args.scale
-                        : -INFINITY;
+        values[e] = -INFINITY;
+        if (e < c.count && keep[j]) {
+            const float position_term = j + shift >= 0 ? load<T>(args.position, position + j) : NAN;
+            values[e] = (position_term + (args.key_bias ? load<T>(args.key_bias, key_bias + j) : 0.0f)) * args.scale;
+        }
     }
     store_chunk<T>(args.bias, c.row * S + c.first, values, c.count, S % 8 == 0);
 }
@@ -69,17 +75,18 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const ContentBiasKern
 template <typename T>
 __global__ void __launch_bounds__(kThreads) position_grad_kernel(const ContentBiasKernelArgs args) {
     Chunk c;
-    if (!chunk_of(args, c)) return;
+    const int64_t P = args.position_len;
+    if (!chunk_of(args, P, c)) return;
     const int64_t T_ = args.tgt_len, S = args.key_len;
     const int64_t grad = c.h * args.grad_bias_stride[0] + c.b * args.grad_bias_stride[1] + c.i * args.grad_bias_stride[2];
     const bool * keep = args.keep + c.i * args.keep_stride;
     float values[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-        const int64_t j = c.first + e - (T_ - 1 - c.i);   // the key whose shifted score column c.first + e is
+        const int64_t j = c.first + e + (S - P) - (T_ - 1 - c.i);   // the key whose shifted score column c.first + e is
         values[e] = e < c.count && j >= 0 && j < S && keep[j] ? load<T>(args.grad_bias, grad + j) * args.scale : 0.0f;
     }
-    store_chunk<T>(args.grad_position, c.row * S + c.first, values, c.count, S % 8 == 0);
+    store_chunk<T>(args.grad_position, c.row * P + c.first, values, c.count, P % 8 == 0);
 }
 
 /// A block sums 32 keys' columns over the queries, its 8 rows of threads taking every 8th query, then adds the rows.
@@ -107,9 +114,9 @@ __global__ void __launch_bounds__(kThreads) key_bias_grad_kernel(const ContentBi
 } // namespace
 
 namespace {
-/// Blocks of the element-wise kernels: one thread per 8 keys of a query row.
-unsigned chunk_blocks(const ContentBiasKernelArgs & args) {
-    const int64_t chunks = args.heads * args.batch * args.tgt_len * ((args.key_len + 7) / 8);
+/// Blocks of the element-wise kernels: one thread per 8 columns of a query row.
+unsigned chunk_blocks(const ContentBiasKernelArgs & args, int64_t columns) {
+    const int64_t chunks = args.heads * args.batch * args.tgt_len * ((columns + 7) / 8);
     return unsigned((chunks + kThreads - 1) / kThreads);
 }
 } // namespace
@@ -117,8 +124,8 @@ unsigned chunk_blocks(const ContentBiasKernelArgs & args) {
 const char * launch_content_bias_forward(const ContentBiasKernelArgs & args, void * stream_handle) {
     if (args.heads * args.batch * args.tgt_len == 0 || args.key_len == 0) return nullptr;
     auto stream = static_cast<cudaStream_t>(stream_handle);
-    if (args.bf16) forward_kernel<bf16><<<chunk_blocks(args), kThreads, 0, stream>>>(args);
-    else forward_kernel<float><<<chunk_blocks(args), kThreads, 0, stream>>>(args);
+    if (args.bf16) forward_kernel<bf16><<<chunk_blocks(args, args.key_len), kThreads, 0, stream>>>(args);
+    else forward_kernel<float><<<chunk_blocks(args, args.key_len), kThreads, 0, stream>>>(args);
     return launch_error();
 }
 
@@ -127,10 +134,10 @@ const char * launch_content_bias_backward(const ContentBiasKernelArgs & args, vo
     auto stream = static_cast<cudaStream_t>(stream_handle);
     const dim3 columns(unsigned((args.key_len + kColumnKeys - 1) / kColumnKeys), unsigned(args.heads * args.batch));
     if (args.bf16) {
-        position_grad_kernel<bf16><<<chunk_blocks(args), kThreads, 0, stream>>>(args);
+        position_grad_kernel<bf16><<<chunk_blocks(args, args.position_len), kThreads, 0, stream>>>(args);
         if (args.grad_key_bias) key_bias_grad_kernel<bf16><<<columns, kThreads, 0, stream>>>(args);
     } else {
-        position_grad_kernel<float><<<chunk_blocks(args), kThreads, 0, stream>>>(args);
+        position_grad_kernel<float><<<chunk_blocks(args, args.position_len), kThreads, 0, stream>>>(args);
         if (args.grad_key_bias) key_bias_grad_kernel<float><<<columns, kThreads, 0, stream>>>(args);
     }
     return launch_error();

@@ -13,16 +13,19 @@ struct ContentBiasKernelArgs {
     bool bf16 = false;
     int64_t heads = 0, batch = 0, tgt_len = 0, key_len = 0;   ///< H, B, T, S
     float scale = 1.0f;
-    /// (H,B,T,S) position scores before the relative shift: row i holds (q_i + v) . r for the rows of r
+    /// (H,B,T,P) position scores before the relative shift: row i holds (q_i + v) . r for the last P <= S rows of r
+    /// (the first S - P columns of the shift's (H,B,T,S), which no kept entry reads, left out)
     const void * position = nullptr;
+    int64_t position_len = 0;                    ///< P
     int64_t position_stride[3] = {0, 0, 0};      ///< head, batch, query
     const void * key_bias = nullptr;             ///< (H,B,S): u . k_j; nullptr: no such term (u rides in the query)
     int64_t key_bias_stride[2] = {0, 0};         ///< head, batch
     const bool * keep = nullptr;                 ///< (T,S): query i sees key j
     int64_t keep_stride = 0;                     ///< query
-    /// forward: bias (H,B,T,S) contiguous, = (position[i][j + T-1-i] + key_bias[j]) x scale where keep[i][j], else -inf
+    /// forward: bias (H,B,T,S) contiguous, = (position[i][j + T-1-i - (S-P)] + key_bias[j]) x scale where keep[i][j],
+    /// else -inf
     void * bias = nullptr;
-    /// backward: the gradients of position (H,B,T,S) and key_bias (H,B,S; not formed where key_bias is nullptr), both
+    /// backward: the gradients of position (H,B,T,P) and key_bias (H,B,S; not formed where key_bias is nullptr), both
     /// contiguous, from grad_bias
     const void * grad_bias = nullptr;
     int64_t grad_bias_stride[3] = {0, 0, 0};     ///< head, batch, query

@@ -50,6 +50,8 @@ bool kernel_takes(const torch::Tensor & q, const torch::Tensor & k, const torch:
 const bool bias_by_product_wanted = !environment_is("STUDIO_OUTPUT_BIAS", "ops");
 // STUDIO_U_IN_BIAS=1: u . k_j in the content columns' bias even where their kernel could take q + u (side-by-side timing).
 const bool u_in_query_wanted = !environment_is("STUDIO_U_IN_BIAS", "1");
+// STUDIO_POSITION_COLUMNS=all: the position scores over all S columns even where the kept ones start at T-1 (timing).
+const bool position_columns_trimmed = !environment_is("STUDIO_POSITION_COLUMNS", "all");
 
 } // namespace
 
@@ -283,9 +285,12 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     if (persistent_done) persistent_done->block(c10::cuda::getCurrentCUDAStream(q.device().index())); // joined, whichever path follows
     if (own && kernel_takes(q, k, val, r)) heads = kernel_attention(q, k, val, r, ub, vb, scale, persistent_out, persistent_lse);
 #endif
-    auto unshifted_position_scores = [&] {
+    // first_column: the position scores from distance S-1-first_column down; content_bias takes them without the
+    // columns before (the explicit path's rel_shift wants all S).
+    auto unshifted_position_scores = [&](int64_t first_column) {
         auto q_rows = (q + vb.view({H, 1, 1, dh}).to(q.dtype())).reshape({H, B * T, dh});                // (H,B*T,dh)
-        return torch::matmul(q_rows, r.transpose(-1, -2)).view({H, B, T, S});                            // (H,B,T,S)
+        auto rows_of_r = r.narrow(1, first_column, S - first_column);                                     // (H,P,dh)
+        return torch::matmul(q_rows, rows_of_r.transpose(-1, -2)).view({H, B, T, S - first_column});      // (H,B,T,P)
     };
 #if TORCH_VERSION_MAJOR >= 2
     if (!heads.defined() && fused_wanted && fused_attention_available(x_n.device())) {
@@ -305,7 +310,10 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         torch::Tensor u_k;
         if (u_in_bias) u_k = torch::matmul(k, ub.view({H, 1, dh, 1}).to(k.dtype())).view({H, B, S});  // (H,B,S)
         auto content_q = u_in_bias ? q : q + ub.view({H, 1, 1, dh}).to(q.dtype());                      // (H,B,T,dh)
-        auto content_bias = studio::content_bias(unshifted_position_scores(), u_k, keep, scale);                  // (H,B,T,S)
+        // With same_length, row i keeps keys i .. i+M, which read shifted columns T-1 .. S-1 only: the position
+        // scores are formed from column T-1 on (rounded down to a multiple of 8 for aligned rows), about half of them.
+        const int64_t first_column = options.same_length() && position_columns_trimmed ? (T - 1) / 8 * 8 : 0;
+        auto content_bias = studio::content_bias(unshifted_position_scores(first_column), u_k, keep, scale);      // (H,B,T,S)
         auto bias = content_bias, keys = k, values = val;
         if (apart) {
             heads = persistent_apart_attention(q, content_q, k, val, content_bias, mem_k, mem_v, scale);
@@ -327,7 +335,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     }
 #endif
     if (!heads.defined())
-        heads = explicit_attention(q, q + ub.view({H, 1, 1, dh}).to(q.dtype()), k, val, rel_shift(unshifted_position_scores()), keep, scale);
+        heads = explicit_attention(q, q + ub.view({H, 1, 1, dh}).to(q.dtype()), k, val, rel_shift(unshifted_position_scores(0)), keep, scale);
     // The gates scale the output projection's columns head by head rather than the heads' outputs: the same product,
     // at a cost that does not grow with the batch (a pass over the (H,B,T,dh) outputs and two in the backward were
     // ~1 ms of a training step at batch 24).

@@ -51,7 +51,8 @@ bool check_layer_graph(const torch::Device & device);
 /// LAMB's update by our CUDA kernels against LibTorch's operations (CUDA builds with our kernels).
 bool check_lamb_kernels(const torch::Device & device);
 /// The content columns' attention bias by our CUDA kernels (content_bias.h) against LibTorch's operations in float64:
-/// the bias, -inf off the kept band, and both gradients; fp32 and bf16, with and without same_length.
+/// the bias, -inf off the kept band, and the gradients; fp32 and bf16, with and without same_length, without a key
+/// bias, and from position scores without the columns no kept entry reads.
 bool check_content_bias(const torch::Device & device);
 /// A gated layer's output weight by our CUDA kernels (gated_weight.h) under bf16 autocast against LibTorch's
 /// operations in float64: the bf16 weight and the gradients of the weight and of the gates.

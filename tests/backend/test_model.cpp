@@ -110,19 +110,20 @@ private Q_SLOTS:
 
     // The content columns' bias: the position term shifted into place, u . k added (or not: the apart kernels carry u
     // in the query), scaled, -inf off the kept band; its gradients go back through the shift (written here element by
-    // element).
+    // element). With same_length the position scores may come without their first T-1 columns, which nothing reads.
     void content_bias_shifts_adds_scales_and_masks() {
         const int64_t H = 2, B = 2, T = 5, M = 3, S = T + M;
         const double scale = 0.25;
-        for (const bool with_key_bias : {true, false}) {
-            auto position = torch::randn({H, B, T, S}, torch::kDouble).requires_grad_(true);
+        for (const auto & [with_key_bias, first] : std::vector<std::pair<bool, int64_t>>{{true, 0}, {false, 0}, {true, T - 1}}) {
+            auto position = torch::randn({H, B, T, S - first}, torch::kDouble).requires_grad_(true);
             auto key_bias = with_key_bias ? torch::randn({H, B, S}, torch::kDouble).requires_grad_(true) : torch::Tensor();
             auto keep = attention_keep_mask(T, M, true, torch::kCPU);
             auto bias = content_bias(position, key_bias, keep, scale);
             QCOMPARE(bias.sizes().vec(), (std::vector<int64_t>{H, B, T, S}));
             auto upstream = torch::randn({H, B, T, S}, torch::kDouble);
             (bias.masked_fill(keep.logical_not(), 0) * upstream).sum().backward();
-            auto expected_position_grad = torch::zeros({H, B, T, S}, torch::kDouble), expected_key_grad = torch::zeros({H, B, S}, torch::kDouble);
+            auto expected_position_grad = torch::zeros({H, B, T, S - first}, torch::kDouble);
+            auto expected_key_grad = torch::zeros({H, B, S}, torch::kDouble);
             for (int64_t h = 0; h < H; ++h)
                 for (int64_t b = 0; b < B; ++b)
                     for (int64_t i = 0; i < T; ++i)
@@ -133,7 +134,8 @@ private Q_SLOTS:
                                 QCOMPARE(bias[h][b][i][j].item<double>(), -INFINITY);
                                 continue;
                             }
-                            const int64_t column = j + T - 1 - i;
+                            const int64_t column = j + T - 1 - i - first;
+                            QVERIFY(column >= 0);
                             const double key_term = with_key_bias ? key_bias[h][b][j].item<double>() : 0.0;
                             const double value = (position[h][b][i][column].item<double>() + key_term) * scale;
                             QVERIFY(std::abs(bias[h][b][i][j].item<double>() - value) < 1e-12);
@@ -149,7 +151,7 @@ private Q_SLOTS:
             content_bias(torch::zeros({H, B, T, S}), torch::zeros({H, B, S + 1}), keep, scale);
             QFAIL("a key bias of S + 1 keys was taken");
         } catch (const c10::Error & error) {
-            QVERIFY(std::string(error.what_without_backtrace()).find("content_bias: position (H,B,T,S), key_bias (H,B,S) or none") == 0);
+            QVERIFY(std::string(error.what_without_backtrace()).find("content_bias: position (H,B,T,P <= S), key_bias (H,B,S) or none") == 0);
         }
     }
 
