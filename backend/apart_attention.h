@@ -55,7 +55,9 @@ bool apart_attention_kernels_take(const torch::Tensor & q, const torch::Tensor &
 
 /// Attention with gradients and attention dropout (training). q (H,B,T,dh) the persistent columns' query, content_q
 /// (H,B,T,dh) the content columns' (the model passes q + u, so that u . k_j needs no place in the bias; q itself
-/// where the bias holds it), k/val (H,B,S,dh), content_bias (H,B,T,S) scaled and masked (may require a gradient),
+/// where the bias holds it), k/val (H,B,S,dh), content_bias (H,B,T,S) scaled and masked (may require a gradient;
+/// it must mask every key past the bottom-right diagonal, j > i + S - T, whose tiles the kernels skip, and its
+/// gradient is defined on the kept entries only),
 /// persistent_keys/values (H,N,dh) in q's dtype, already in the form the scores use (q . key unscaled; values x
 /// sqrt(N)). Returns (H,B,T,dh). Each part drops its own probabilities with probability dropout (independent masks,
 /// as one dropout over the joined probabilities would).
