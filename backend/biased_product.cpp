@@ -2,7 +2,7 @@
 
 #include <torch/torch.h>
 
-#include "device.h"   // cuda_compute_dtype
+#include "device.h"   // cuda_compute_dtype, environment_is
 
 namespace studio {
 
@@ -41,7 +41,37 @@ struct BiasedProduct : public torch::autograd::Function<BiasedProduct> {
     }
 };
 
+struct PlusHeadBias : public torch::autograd::Function<PlusHeadBias> {
+    static torch::Tensor forward(torch::autograd::AutogradContext *, const torch::Tensor & x, const torch::Tensor & bias) {
+        return x + bias;                                                                                // (H,B,T,dh)
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext *, torch::autograd::variable_list grads) {
+        const auto & grad = grads[0];                                                                   // (H,B,T,dh)
+        const int64_t H = grad.size(0), rows = grad.size(1) * grad.size(2), dh = grad.size(3);
+        auto batch_major = grad.permute({1, 2, 0, 3});                                                 // (B,T,H,dh)
+        torch::Tensor grad_bias;
+        if (batch_major.is_contiguous())
+            grad_bias = torch::ones({1, rows}, grad.options()).mm(batch_major.reshape({rows, H * dh}));             // (1,H*dh)
+        else if (grad.is_contiguous())
+            grad_bias = torch::bmm(torch::ones({H, 1, rows}, grad.options()), grad.reshape({H, rows, dh}));       // (H,1,dh)
+        else
+            grad_bias = grad.sum({1, 2});
+        return {grad, grad_bias.view({H, 1, 1, dh})};
+    }
+};
+
 } // namespace
+
+torch::Tensor plus_head_bias(const torch::Tensor & x, const torch::Tensor & bias) {
+    TORCH_CHECK(x.dim() == 4 && bias.dim() == 4 && bias.size(0) == x.size(0) && bias.size(1) == 1 && bias.size(2) == 1
+                    && bias.size(3) == x.size(3),
+                "plus_head_bias: x (H,B,T,dh) and bias (H,1,1,dh), got ", x.sizes(), " and ", bias.sizes());
+    // STUDIO_HEAD_BIAS=ops: LibTorch's add and its backward's sum (side-by-side timing).
+    static const bool by_product_wanted = !environment_is("STUDIO_HEAD_BIAS", "ops");
+    if (!torch::GradMode::is_enabled() || !by_product_wanted) return x + bias;                          // (H,B,T,dh)
+    return PlusHeadBias::apply(x, bias);                                                                // (H,B,T,dh)
+}
 
 torch::Tensor biased_product(const torch::Tensor & rows, const torch::Tensor & weight, const torch::Tensor & bias, BiasGradient how) {
     TORCH_CHECK(rows.dim() == 2 && weight.dim() == 2 && bias.dim() == 1 && weight.size(1) == rows.size(1) && bias.size(0) == weight.size(0),

@@ -288,7 +288,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     // first_column: the position scores from distance S-1-first_column down; content_bias takes them without the
     // columns before (the explicit path's rel_shift wants all S).
     auto unshifted_position_scores = [&](int64_t first_column) {
-        auto q_rows = (q + vb.view({H, 1, 1, dh}).to(q.dtype())).reshape({H, B * T, dh});                // (H,B*T,dh)
+        auto q_rows = plus_head_bias(q, vb.view({H, 1, 1, dh}).to(q.dtype())).reshape({H, B * T, dh});    // (H,B*T,dh)
         auto rows_of_r = r.narrow(1, first_column, S - first_column);                                     // (H,P,dh)
         return torch::matmul(q_rows, rows_of_r.transpose(-1, -2)).view({H, B, T, S - first_column});      // (H,B,T,P)
     };
@@ -309,7 +309,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         const bool u_in_bias = (N > 0 && !apart && !trainable_apart) || !u_in_query_wanted;
         torch::Tensor u_k;
         if (u_in_bias) u_k = torch::matmul(k, ub.view({H, 1, dh, 1}).to(k.dtype())).view({H, B, S});  // (H,B,S)
-        auto content_q = u_in_bias ? q : q + ub.view({H, 1, 1, dh}).to(q.dtype());                      // (H,B,T,dh)
+        auto content_q = u_in_bias ? q : plus_head_bias(q, ub.view({H, 1, 1, dh}).to(q.dtype()));       // (H,B,T,dh)
         // With same_length, row i keeps keys i .. i+M, which read shifted columns T-1 .. S-1 only: the position
         // scores are formed from column T-1 on (rounded down to a multiple of 8 for aligned rows), about half of them.
         const int64_t first_column = options.same_length() && position_columns_trimmed ? (T - 1) / 8 * 8 : 0;

@@ -260,6 +260,33 @@ private Q_SLOTS:
         }
     }
 
+    // q + u and q + v: the bias's gradient as a product must be the sum over the batch and the queries, for x laid out
+    // as the model's projections lay it out (B,T,H,dh), head-major (H,B,T,dh), and neither (a sliced view); x's own
+    // gradient passes through.
+    void plus_head_bias_equals_broadcast_add() {
+        torch::manual_seed(9);
+        const int64_t H = 3, B = 2, T = 5, dh = 4;
+        auto upstreams = std::vector<torch::Tensor>{torch::randn({B, T, H, dh}, torch::kDouble).permute({2, 0, 1, 3}),
+                                                    torch::randn({H, B, T, dh}, torch::kDouble),
+                                                    torch::randn({H, B, T + 2, dh}, torch::kDouble).narrow(2, 1, T)};
+        for (const auto & upstream : upstreams) {
+            auto x = torch::randn({B, T, H, dh}, torch::kDouble).permute({2, 0, 1, 3}).requires_grad_(true);
+            auto bias = torch::randn({H, 1, 1, dh}, torch::kDouble).requires_grad_(true);
+            auto out = plus_head_bias(x, bias);
+            QVERIFY(torch::allclose(out, x + bias, 0, 0));
+            // The upstream gradient in a chosen layout reaches the Function as it is (a multiply by 1 keeps strides).
+            out.backward(upstream);
+            QVERIFY2(torch::allclose(bias.grad(), upstream.sum({1, 2}, true), 1e-12, 1e-12), "bias gradient is not the sum over B and T");
+            QVERIFY2(torch::allclose(x.grad(), upstream, 0, 0), "x's gradient");
+        }
+        try {
+            plus_head_bias(torch::zeros({3, 2, 5, 4}), torch::zeros({3, 1, 1, 5}));
+            QFAIL("a bias of 5 columns for 4 was taken");
+        } catch (const c10::Error & error) {
+            QVERIFY(std::string(error.what_without_backtrace()).find("plus_head_bias: x (H,B,T,dh) and bias (H,1,1,dh), got") == 0);
+        }
+    }
+
     // With attention dropout each part drops its own probabilities; the backward must replay the very masks of the
     // forward. The output is linear in the values for fixed masks, so <out, G> = <dV, V> summed over both parts
     // exactly when it does (a fresh mask would break the identity by O(dropout)).
