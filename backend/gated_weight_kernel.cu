@@ -49,17 +49,8 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(const GatedW
         }
         store8(args.grad_weight + at, grad);
     }
-    constexpr int kWarps = kBackwardThreads / 32;
-    __shared__ float warp_sums[kWarps];
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) warp_sums[warp] = sum;
-    __syncthreads();
-    if (warp == 0) {
-        sum = lane < kWarps ? warp_sums[lane] : 0.0f;
-        for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-        if (lane == 0) args.grad_gate[head] = sum;
-    }
+    sum = block_sum<kBackwardThreads>(sum);
+    if (threadIdx.x == 0) args.grad_gate[head] = sum;
 }
 
 } // namespace

@@ -1,6 +1,6 @@
 // Device helpers that several of our kernels use (nvcc only: each .cu includes this; the plain C++ launch headers
 // do not): element conversion between bf16 and fp32, 16-byte vector loads and stores (and 8 elements at a time), the
-// join of two running log-sum-exps, and the launchers' error text.
+// join of two running log-sum-exps, a block's sum, and the launchers' error text.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -65,6 +65,25 @@ __device__ inline void join(float & m, float & s, float m2, float s2) {
     if (top == -INFINITY) return;
     s = s * __expf(m - top) + s2 * __expf(m2 - top);
     m = top;
+}
+
+/// The sum of every thread's x over a block of kThreads (a multiple of 32, at most 1024), in a fixed order; thread
+/// 0 holds it. Every thread of the block must call it.
+template <int kThreads> __device__ inline float block_sum(float x) {
+    static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps, at most 32 of them");
+    constexpr int kWarps = kThreads / 32;
+    __shared__ float warp_sums[kWarps];
+    for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) warp_sums[warp] = x;
+    __syncthreads();
+    x = 0.0f;
+    if (warp == 0) {
+        x = lane < kWarps ? warp_sums[lane] : 0.0f;
+        for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    }
+    __syncthreads();   // warp_sums may be reused by a following call
+    return x;
 }
 
 /// What a launcher returns: nullptr on success, else CUDA's error text.

@@ -51,6 +51,56 @@ __global__ void __launch_bounds__(kThreads) moments_vector_kernel(const LambMome
     if (j < a.n) a.update[j] = update_of(a.grad[j], s, a.param[j], a.exp_avg[j], a.exp_avg_sq[j], a);
 }
 
+/// One block a chunk (LambMomentsKernelArgs::chunk_bounds): the moments and the update as above, and the chunk's sums
+/// of p^2 and update^2 in a fixed order.
+__global__ void __launch_bounds__(kThreads) moments_chunk_kernel(const LambMomentsKernelArgs a) {
+    const float s = a.grad_scale ? *a.grad_scale : 1.0f;
+    if (!isfinite(s)) return;   // a non-finite gradient norm: the step is skipped (and so is the apply)
+    const int64_t begin = a.chunk_bounds[blockIdx.x], end = a.chunk_bounds[blockIdx.x + 1];
+    const int64_t vector_end = begin + (end - begin) / 4 * 4;
+    float param_squares = 0.0f, update_squares = 0.0f;
+    for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < vector_end; i += 4 * kThreads) {
+        const float4 g = *reinterpret_cast<const float4 *>(a.grad + i), p = *reinterpret_cast<const float4 *>(a.param + i);
+        float4 m = *reinterpret_cast<float4 *>(a.exp_avg + i), v = *reinterpret_cast<float4 *>(a.exp_avg_sq + i), u;
+        u.x = update_of(g.x, s, p.x, m.x, v.x, a);
+        u.y = update_of(g.y, s, p.y, m.y, v.y, a);
+        u.z = update_of(g.z, s, p.z, m.z, v.z, a);
+        u.w = update_of(g.w, s, p.w, m.w, v.w, a);
+        *reinterpret_cast<float4 *>(a.exp_avg + i) = m;
+        *reinterpret_cast<float4 *>(a.exp_avg_sq + i) = v;
+        *reinterpret_cast<float4 *>(a.update + i) = u;
+        param_squares += p.x * p.x + p.y * p.y + p.z * p.z + p.w * p.w;
+        update_squares += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w;
+    }
+    // The group's last n % 4 elements, one thread each.
+    const int64_t j = vector_end + threadIdx.x;
+    if (j < end) {
+        const float p = a.param[j], u = update_of(a.grad[j], s, p, a.exp_avg[j], a.exp_avg_sq[j], a);
+        a.update[j] = u;
+        param_squares += p * p;
+        update_squares += u * u;
+    }
+    param_squares = kernels::block_sum<kThreads>(param_squares);
+    update_squares = kernels::block_sum<kThreads>(update_squares);
+    if (threadIdx.x == 0) {
+        a.partial_squares[2 * blockIdx.x] = param_squares;
+        a.partial_squares[2 * blockIdx.x + 1] = update_squares;
+    }
+}
+
+__global__ void __launch_bounds__(kThreads) trust_kernel(const LambTrustKernelArgs a) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= a.tensors) return;
+    float param_squares = 0.0f, update_squares = 0.0f;
+    for (int c = a.first_chunk[t]; c < a.first_chunk[t + 1]; ++c) {
+        param_squares += a.partial_squares[2 * c];
+        update_squares += a.partial_squares[2 * c + 1];
+    }
+    const float weight_norm = fminf(sqrtf(param_squares), 10.0f), update_norm = sqrtf(update_squares);
+    const float ratio = weight_norm > 0.0f && update_norm > 0.0f ? weight_norm / (update_norm + a.eps) : 1.0f;
+    a.step[t] = ratio * *a.lr * a.lr_scale;
+}
+
 __global__ void __launch_bounds__(kThreads) moments_scalar_kernel(const LambMomentsKernelArgs a) {
     const int64_t stride = (int64_t) gridDim.x * blockDim.x;
     const float s = a.grad_scale ? *a.grad_scale : 1.0f;
@@ -113,7 +163,11 @@ __global__ void __launch_bounds__(kThreads) apply_scalar_kernel(const LambApplyK
 const char * launch_lamb_moments(const LambMomentsKernelArgs & args, void * stream_handle) {
     if (args.n == 0) return nullptr;
     auto stream = static_cast<cudaStream_t>(stream_handle);
-    if (aligned(args.grad) && aligned(args.param) && aligned(args.exp_avg) && aligned(args.exp_avg_sq) && aligned(args.update))
+    const bool all_aligned = aligned(args.grad) && aligned(args.param) && aligned(args.exp_avg) && aligned(args.exp_avg_sq) && aligned(args.update);
+    if (args.chunk_bounds) {
+        if (!all_aligned || args.chunks < 1 || args.chunks > INT_MAX || !args.partial_squares) return "LAMB moments: chunks need aligned buffers";
+        moments_chunk_kernel<<<(unsigned) args.chunks, kThreads, 0, stream>>>(args);
+    } else if (all_aligned)
         moments_vector_kernel<<<blocks_for(args.n / 4 > 0 ? args.n / 4 : 1), kThreads, 0, stream>>>(args);
     else
         moments_scalar_kernel<<<blocks_for(args.n), kThreads, 0, stream>>>(args);
@@ -128,6 +182,12 @@ const char * launch_lamb_apply(const LambApplyKernelArgs & args, void * stream_h
         apply_vector_kernel<<<blocks_for(args.n / 4 > 0 ? args.n / 4 : 1), kThreads, 0, stream>>>(args);
     else
         apply_scalar_kernel<<<blocks_for(args.n), kThreads, 0, stream>>>(args);
+    return kernels::launch_error();
+}
+
+const char * launch_lamb_trust(const LambTrustKernelArgs & args, void * stream_handle) {
+    if (args.tensors == 0) return nullptr;
+    trust_kernel<<<(unsigned) ((args.tensors + kThreads - 1) / kThreads), kThreads, 0, static_cast<cudaStream_t>(stream_handle)>>>(args);
     return kernels::launch_error();
 }
 

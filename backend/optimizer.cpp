@@ -187,6 +187,30 @@ bool Optimizer::lamb_kernels_take(const FlatGroup & f) const {
 #endif
 }
 
+namespace {
+// STUDIO_LAMB_NORMS=ops: the trust ratios' norms by LibTorch's multi-tensor norms, a pass of their own (timing).
+const bool norms_in_moments_wanted = !environment_is("STUDIO_LAMB_NORMS", "ops");
+constexpr int64_t kLambChunk = 8192;   // elements a block of the moments kernel: a multiple of 4
+} // namespace
+
+void Optimizer::make_chunks(FlatGroup & f) {
+    if (f.chunk_bounds.defined()) return;
+    std::vector<int64_t> bounds;
+    std::vector<int32_t> first;
+    const int64_t n = f.param.numel();
+    for (size_t t = 0; t < f.offsets.size(); ++t) {
+        first.push_back((int32_t) bounds.size());
+        const int64_t end = t + 1 < f.offsets.size() ? f.offsets[t + 1] : n;
+        for (int64_t b = f.offsets[t]; b < end; b += kLambChunk) bounds.push_back(b);
+    }
+    first.push_back((int32_t) bounds.size());
+    bounds.push_back(n);
+    const auto device = f.param.device();
+    f.chunk_bounds = torch::tensor(bounds, torch::kLong).to(device);
+    f.first_chunk = torch::tensor(first, torch::kInt).to(device);
+    f.partial_squares = torch::empty({2 * (int64_t) (bounds.size() - 1)}, f.param.options());
+}
+
 void Optimizer::lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, double lr_scale, double weight_decay,
                                      const torch::Tensor & grad_scale) {
 #ifdef STUDIO_CUDA_KERNELS
@@ -205,8 +229,28 @@ void Optimizer::lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, do
     moments.one_minus_beta2 = (float) (1 - config_.beta2);
     moments.eps = (float) config_.eps;
     moments.weight_decay = (float) weight_decay;
-    check_kernel_launch(launch_lamb_moments(moments, stream), "LAMB moments");
-    auto step_sizes = trust_ratios(f).mul_(lr).mul_(lr_scale);                          // (tensors,)
+    torch::Tensor step_sizes;                                                            // (tensors,)
+    if (norms_in_moments_wanted) {
+        // The chunks' sums of squares come with the moments; a small kernel turns them into the step sizes.
+        make_chunks(f);
+        moments.chunk_bounds = f.chunk_bounds.data_ptr<int64_t>();
+        moments.chunks = f.chunk_bounds.numel() - 1;
+        moments.partial_squares = f.partial_squares.data_ptr<float>();
+        check_kernel_launch(launch_lamb_moments(moments, stream), "LAMB moments");
+        step_sizes = torch::empty({(int64_t) f.offsets.size()}, f.param.options());
+        LambTrustKernelArgs trust;
+        trust.partial_squares = f.partial_squares.data_ptr<float>();
+        trust.first_chunk = f.first_chunk.data_ptr<int32_t>();
+        trust.tensors = (int) f.offsets.size();
+        trust.lr = lr.data_ptr<float>();
+        trust.lr_scale = (float) lr_scale;
+        trust.eps = (float) config_.eps;
+        trust.step = step_sizes.data_ptr<float>();
+        check_kernel_launch(launch_lamb_trust(trust, stream), "LAMB trust ratios");
+    } else {
+        check_kernel_launch(launch_lamb_moments(moments, stream), "LAMB moments");
+        step_sizes = trust_ratios(f).mul_(lr).mul_(lr_scale);
+    }
     LambApplyKernelArgs apply;
     apply.param = f.param.data_ptr<float>();
     apply.update = f.update.data_ptr<float>();

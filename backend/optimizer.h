@@ -71,6 +71,9 @@ private:
         std::vector<int64_t> offsets, numels;
         std::vector<int64_t> spans;                      // elements from one tensor's start to the next's (padding included)
         std::vector<const void *> param_ptrs, grad_ptrs;   // where each parameter and its gradient live in the buffers
+        // Our LAMB kernels' chunks (lamb_kernel.h), made when first used: bounds (chunks + 1) int64, each tensor's
+        // first chunk (tensors + 1) int32, and two sums of squares a chunk.
+        torch::Tensor chunk_bounds, first_chunk, partial_squares;
     };
     struct Graphs;
     torch::Tensor clip_eagerly(double max_norm);
@@ -83,6 +86,8 @@ private:
     static std::vector<torch::Tensor> slices_of(const FlatGroup & f, const torch::Tensor & flat);
     /// Each element's tensor (padding counts as the tensor before it), made on first use.
     static const torch::Tensor & element_tensors(FlatGroup & f);
+    /// Cuts the group into our kernels' chunks on first use (lamb_kernel.h): none crosses a tensor's start.
+    static void make_chunks(FlatGroup & f);
     /// LAMB's per-tensor lr multipliers ||p||.clamp(0,10) / (||update|| + eps), 1 where either norm is 0: (tensors,).
     torch::Tensor trust_ratios(const FlatGroup & f) const;
     /// Whether our CUDA kernels (lamb_kernel.h) update this group: two passes over its buffers instead of a dozen.
