@@ -1,5 +1,5 @@
 // The additive bias of the content columns in relative attention: the position term shifted into place (Transformer-
-// XL's relative shift), plus u . k_j, scaled and masked. Training feeds it to the memory-efficient kernel with its
+// XL's relative shift), plus u . k_j where the kernel's query is q rather than q + u, scaled and masked. Training feeds it to the memory-efficient kernel with its
 // gradient; on the GPU our kernels (content_bias_kernel.h) form it and its gradients in one pass each.
 #pragma once
 

@@ -1,7 +1,7 @@
 // CUDA kernels for the content columns' additive attention bias in training: the relative shift of the position
-// scores, the u . k term, the 1/sqrt(dh) scale and the mask in one pass forward and two backward, where LibTorch's
-// operations make five passes over the (H,B,T,S) scores forward (pad, shift copy, add, scale, fill) and about as
-// many backward. Plain C++ on purpose, as rel_attention_kernel.h.
+// scores, the u . k term (where given), the 1/sqrt(dh) scale and the mask in one pass forward and one or two
+// backward, where LibTorch's operations make five passes over the (H,B,T,S) scores forward (pad, shift copy, add,
+// scale, fill) and about as many backward. Plain C++ on purpose, as rel_attention_kernel.h.
 #pragma once
 
 #include <cstdint>

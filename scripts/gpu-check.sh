@@ -157,8 +157,9 @@ layerbench() { inference_rows_and_profiles 0 layers 7 25 "without the loss"; }
 # kernels (the default), ungated, at ${BIAS_BATCHES:-24,64}, same build and machine.
 biasbench() { SWITCH=STUDIO_CONTENT_BIAS switchbench; }
 # Side by side on one machine, alternating for ${ROUNDS:-1} rounds: ${SWITCH}=${SWITCH_OFF:-ops} (STUDIO_CONTENT_BIAS,
-# STUDIO_GATED_WEIGHT, STUDIO_SEGMENT_NORM =ops: LibTorch's operations; STUDIO_PERSISTENT_ATTENTION=flash) against
-# the switch unset, ungated training steps.
+# STUDIO_GATED_WEIGHT, STUDIO_SEGMENT_NORM, STUDIO_OUTPUT_BIAS, STUDIO_LOSS_BIAS, STUDIO_HEAD_BIAS, STUDIO_LAMB_NORMS
+# =ops: LibTorch's operations; STUDIO_PERSISTENT_ATTENTION=flash; STUDIO_U_IN_BIAS=1; STUDIO_POSITION_COLUMNS=all;
+# STUDIO_CONTENT_CAUSAL=0) against the switch unset, ungated training steps.
 switchbench() {
   local switch=${SWITCH:?SWITCH=STUDIO_...} round mode
   for round in $(seq "${ROUNDS:-1}"); do
