@@ -31,21 +31,29 @@ __device__ inline float update_of(float grad, float grad_scale, float p, float &
     return m / (sqrtf(v) + a.eps) + a.weight_decay * p;
 }
 
+/// Vector i of 4 elements (the buffers 16-byte aligned): the moments and the update, 16 bytes at a time. Returns the
+/// parameters read and the update written.
+struct Moments4 {
+    float4 param, update;
+};
+__device__ inline Moments4 moments4(int64_t i, float s, const LambMomentsKernelArgs & a) {
+    const float4 g = reinterpret_cast<const float4 *>(a.grad)[i], p = reinterpret_cast<const float4 *>(a.param)[i];
+    float4 m = reinterpret_cast<float4 *>(a.exp_avg)[i], v = reinterpret_cast<float4 *>(a.exp_avg_sq)[i], u;
+    u.x = update_of(g.x, s, p.x, m.x, v.x, a);
+    u.y = update_of(g.y, s, p.y, m.y, v.y, a);
+    u.z = update_of(g.z, s, p.z, m.z, v.z, a);
+    u.w = update_of(g.w, s, p.w, m.w, v.w, a);
+    reinterpret_cast<float4 *>(a.exp_avg)[i] = m;
+    reinterpret_cast<float4 *>(a.exp_avg_sq)[i] = v;
+    reinterpret_cast<float4 *>(a.update)[i] = u;
+    return {p, u};
+}
+
 __global__ void __launch_bounds__(kThreads) moments_vector_kernel(const LambMomentsKernelArgs a) {
     const int64_t vectors = a.n / 4, stride = (int64_t) gridDim.x * blockDim.x;
     const float s = a.grad_scale ? *a.grad_scale : 1.0f;
     if (!isfinite(s)) return;   // a non-finite gradient norm: the step is skipped
-    for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
-        const float4 g = reinterpret_cast<const float4 *>(a.grad)[i], p = reinterpret_cast<const float4 *>(a.param)[i];
-        float4 m = reinterpret_cast<float4 *>(a.exp_avg)[i], v = reinterpret_cast<float4 *>(a.exp_avg_sq)[i], u;
-        u.x = update_of(g.x, s, p.x, m.x, v.x, a);
-        u.y = update_of(g.y, s, p.y, m.y, v.y, a);
-        u.z = update_of(g.z, s, p.z, m.z, v.z, a);
-        u.w = update_of(g.w, s, p.w, m.w, v.w, a);
-        reinterpret_cast<float4 *>(a.exp_avg)[i] = m;
-        reinterpret_cast<float4 *>(a.exp_avg_sq)[i] = v;
-        reinterpret_cast<float4 *>(a.update)[i] = u;
-    }
+    for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) moments4(i, s, a);
     // The last n % 4 elements, one thread each.
     const int64_t j = vectors * 4 + (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
     if (j < a.n) a.update[j] = update_of(a.grad[j], s, a.param[j], a.exp_avg[j], a.exp_avg_sq[j], a);
@@ -59,16 +67,8 @@ __global__ void __launch_bounds__(kThreads) moments_chunk_kernel(const LambMomen
     const int64_t begin = a.chunk_bounds[blockIdx.x], end = a.chunk_bounds[blockIdx.x + 1];
     const int64_t vector_end = begin + (end - begin) / 4 * 4;
     float param_squares = 0.0f, update_squares = 0.0f;
-    for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < vector_end; i += 4 * kThreads) {
-        const float4 g = *reinterpret_cast<const float4 *>(a.grad + i), p = *reinterpret_cast<const float4 *>(a.param + i);
-        float4 m = *reinterpret_cast<float4 *>(a.exp_avg + i), v = *reinterpret_cast<float4 *>(a.exp_avg_sq + i), u;
-        u.x = update_of(g.x, s, p.x, m.x, v.x, a);
-        u.y = update_of(g.y, s, p.y, m.y, v.y, a);
-        u.z = update_of(g.z, s, p.z, m.z, v.z, a);
-        u.w = update_of(g.w, s, p.w, m.w, v.w, a);
-        *reinterpret_cast<float4 *>(a.exp_avg + i) = m;
-        *reinterpret_cast<float4 *>(a.exp_avg_sq + i) = v;
-        *reinterpret_cast<float4 *>(a.update + i) = u;
+    for (int64_t i = begin / 4 + threadIdx.x; i < vector_end / 4; i += kThreads) {   // chunks start at multiples of 4
+        const auto [p, u] = moments4(i, s, a);
         param_squares += p.x * p.x + p.y * p.y + p.z * p.z + p.w * p.w;
         update_squares += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w;
     }

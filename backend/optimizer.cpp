@@ -229,14 +229,16 @@ void Optimizer::lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, do
     moments.one_minus_beta2 = (float) (1 - config_.beta2);
     moments.eps = (float) config_.eps;
     moments.weight_decay = (float) weight_decay;
-    torch::Tensor step_sizes;                                                            // (tensors,)
     if (norms_in_moments_wanted) {
         // The chunks' sums of squares come with the moments; a small kernel turns them into the step sizes.
         make_chunks(f);
         moments.chunk_bounds = f.chunk_bounds.data_ptr<int64_t>();
         moments.chunks = f.chunk_bounds.numel() - 1;
         moments.partial_squares = f.partial_squares.data_ptr<float>();
-        check_kernel_launch(launch_lamb_moments(moments, stream), "LAMB moments");
+    }
+    check_kernel_launch(launch_lamb_moments(moments, stream), "LAMB moments");
+    torch::Tensor step_sizes;                                                            // (tensors,)
+    if (norms_in_moments_wanted) {
         step_sizes = torch::empty({(int64_t) f.offsets.size()}, f.param.options());
         LambTrustKernelArgs trust;
         trust.partial_squares = f.partial_squares.data_ptr<float>();
@@ -248,7 +250,6 @@ void Optimizer::lamb_step_by_kernels(FlatGroup & f, const torch::Tensor & lr, do
         trust.step = step_sizes.data_ptr<float>();
         check_kernel_launch(launch_lamb_trust(trust, stream), "LAMB trust ratios");
     } else {
-        check_kernel_launch(launch_lamb_moments(moments, stream), "LAMB moments");
         step_sizes = trust_ratios(f).mul_(lr).mul_(lr_scale);
     }
     LambApplyKernelArgs apply;
