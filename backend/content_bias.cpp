@@ -25,7 +25,8 @@ bool content_bias_kernel_takes(const torch::Tensor & position, const torch::Tens
     const bool key_bias_taken = !key_bias.defined()
                                 || (key_bias.scalar_type() == position.scalar_type() && key_bias.device() == position.device() && key_bias.stride(2) == 1);
     return kernels_wanted && position.is_cuda() && own_kernels_enabled() && is_bf16_or_fp32(position.scalar_type()) && key_bias_taken
-           && keep.device() == position.device() && keep.scalar_type() == torch::kBool && position.stride(3) == 1 && keep.stride(1) == 1;
+           && keep.device() == position.device() && keep.scalar_type() == torch::kBool && position.stride(3) == 1 && keep.stride(1) == 1
+           && content_bias_kernel_supports(position.size(3), keep.size(1), position.scalar_type() == torch::kBFloat16);
 #else
     (void) position;
     (void) key_bias;

@@ -33,6 +33,10 @@ struct ContentBiasKernelArgs {
     void * grad_key_bias = nullptr;
 };
 
+/// Whether the kernels take P position columns of S keys: the forward stages a block's position rows in 48 KB of
+/// shared memory at most (P <= 24,576 bf16 or 12,288 fp32 columns), and P <= S.
+bool content_bias_kernel_supports(int64_t position_len, int64_t key_len, bool bf16);
+
 /// Launch on the given cudaStream_t. Return nullptr on success, else CUDA's error text.
 const char * launch_content_bias_forward(const ContentBiasKernelArgs & args, void * stream);
 const char * launch_content_bias_backward(const ContentBiasKernelArgs & args, void * stream);
