@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|switchbench|trainprofile|gate|repro|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|switchbench|inferswitch|trainprofile|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -119,7 +119,7 @@ trainprofile() {
     log "profile: training step, batch $b, bf16, $variant, eager, by operator"
     STUDIO_PROFILE=/tmp/train-eager.json $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda --dtypes bf16 \
       --batch-sizes $b --train-variants $variant --cuda-graphs 0 --steps 3 --warmup 3 -r 1 --out /tmp/pte > /dev/null 2>&1
-    python3 scripts/trace_summary.py /tmp/train-eager.json --top 45 --by-op | tee -a "$OUT/summary.txt"
+    python3 scripts/trace_summary.py /tmp/train-eager.json --top ${PROFILE_EAGER_TOP:-45} --by-op --depth ${PROFILE_DEPTH:-2} | tee -a "$OUT/summary.txt"
   done
 }
 
@@ -168,6 +168,20 @@ switchbench() {
       env $([ $mode = ops ] && echo "$switch=${SWITCH_OFF:-ops}") $STUDIO bench --train configs/wt103_all_16l_train.json --devices cuda \
         --dtypes bf16 --batch-sizes "${SWITCH_BATCHES:-${BIAS_BATCHES:-24,64}}" --train-variants ungated --steps 10 --warmup 3 -r 5 \
         --out "$OUT/train-$switch-$mode-$round" 2>>"$OUT/train-bench.log" | tee -a "$OUT/summary.txt"
+    done
+  done
+}
+# The inference rows of [bench] 4 side by side, alternating for ${ROUNDS:-1} rounds: ${SWITCH}=${SWITCH_OFF} (e.g.
+# STUDIO_REL_ATTENTION_WARPS=4: our kernel always in blocks of 4 warps) against the switch unset; loss-free graphed
+# segments at batch ${INFER_BATCHES:-4,32}, dense vs the 106/87/59-head models.
+inferswitch() {
+  local switch=${SWITCH:?SWITCH=STUDIO_...} off=${SWITCH_OFF:?SWITCH_OFF=value} round mode
+  for round in $(seq "${ROUNDS:-1}"); do
+    for mode in off on; do
+      log "inference bench round $round, $switch=$([ $mode = off ] && echo "$off" || echo unset)"
+      env $([ $mode = off ] && echo "$switch=$off") $STUDIO bench configs/wt103_all_16l_train.json --devices cuda \
+        --batch-sizes "${INFER_BATCHES:-4,32}" --dtypes bf16 --with-loss 0 --variants dense,pruned --steps 20 --warmup 5 -r 7 \
+        --out "$OUT/infer-$switch-$mode-$round" 2>>"$OUT/bench.log" | tee -a "$OUT/summary.txt"
     done
   done
 }
@@ -296,7 +310,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
-    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|switchbench|trainprofile|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
+    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|switchbench|inferswitch|trainprofile|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
