@@ -1,12 +1,51 @@
 #include "biased_product.h"
 
+#include <cstdint>
+
 #include <torch/torch.h>
 
-#include "device.h"   // cuda_compute_dtype, environment_is
+#include "device.h"          // cuda_compute_dtype, environment_is, rows_16_byte_aligned, current_cuda_stream, check_kernel_launch
+#include "rel_attention.h"   // own_kernels_enabled
+
+#ifdef STUDIO_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+
+#include "head_bias_kernel.h"
+#endif
 
 namespace studio {
 
 namespace {
+
+/// x + bias, by our kernel where x (H,B,T,dh) is laid out batch-major with (B*T, H*dh) rows (the projections' own
+/// layout), else by LibTorch's add. The sum keeps x's layout either way.
+torch::Tensor add_head_bias(const torch::Tensor & x, const torch::Tensor & bias) {
+#ifdef STUDIO_CUDA_KERNELS
+    const int64_t H = x.size(0), B = x.size(1), T = x.size(2), dh = x.size(3);
+    const int64_t element = x.element_size();
+    // Rows of H*dh: a head's dh columns after the previous head's, a batch row's T rows one after another.
+    const bool batch_major = x.stride(3) == 1 && x.stride(0) == dh && x.stride(2) >= H * dh && x.stride(1) == T * x.stride(2);
+    const bool aligned = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && (x.stride(2) * element) % 16 == 0
+                         && reinterpret_cast<uintptr_t>(bias.data_ptr()) % 16 == 0;
+    if (x.is_cuda() && own_kernels_enabled() && batch_major && aligned && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat)
+        && bias.scalar_type() == x.scalar_type() && bias.device() == x.device() && bias.is_contiguous() && (H * dh) % 8 == 0) {
+        c10::cuda::CUDAGuard device_guard(x.device());
+        auto out = torch::empty({B, T, H, dh}, x.options());                                               // (B,T,H,dh)
+        HeadBiasKernelArgs args;
+        args.x = x.data_ptr();
+        args.bias = bias.data_ptr();
+        args.out = out.data_ptr();
+        args.bf16 = x.scalar_type() == torch::kBFloat16;
+        args.rows = B * T;
+        args.width = H * dh;
+        args.x_row_stride = x.stride(2);
+        args.out_row_stride = H * dh;
+        check_kernel_launch(launch_plus_head_bias(args, current_cuda_stream(x.device())), "plus_head_bias");
+        return out.permute({2, 0, 1, 3});                                                                // (H,B,T,dh)
+    }
+#endif
+    return x + bias;                                                                                    // (H,B,T,dh)
+}
 
 struct BiasedProduct : public torch::autograd::Function<BiasedProduct> {
     static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & rows, const torch::Tensor & weight,
@@ -43,7 +82,7 @@ struct BiasedProduct : public torch::autograd::Function<BiasedProduct> {
 
 struct PlusHeadBias : public torch::autograd::Function<PlusHeadBias> {
     static torch::Tensor forward(torch::autograd::AutogradContext *, const torch::Tensor & x, const torch::Tensor & bias) {
-        return x + bias;                                                                                // (H,B,T,dh)
+        return add_head_bias(x, bias);                                                                  // (H,B,T,dh)
     }
 
     static torch::autograd::variable_list backward(torch::autograd::AutogradContext *, torch::autograd::variable_list grads) {
@@ -69,7 +108,8 @@ torch::Tensor plus_head_bias(const torch::Tensor & x, const torch::Tensor & bias
                 "plus_head_bias: x (H,B,T,dh) and bias (H,1,1,dh), got ", x.sizes(), " and ", bias.sizes());
     // STUDIO_HEAD_BIAS=ops: LibTorch's add and its backward's sum (side-by-side timing).
     static const bool by_product_wanted = !environment_is("STUDIO_HEAD_BIAS", "ops");
-    if (!torch::GradMode::is_enabled() || !by_product_wanted) return x + bias;                          // (H,B,T,dh)
+    if (!by_product_wanted) return x + bias;                                                            // (H,B,T,dh)
+    if (!torch::GradMode::is_enabled()) return add_head_bias(x, bias);                                  // (H,B,T,dh)
     return PlusHeadBias::apply(x, bias);                                                                // (H,B,T,dh)
 }
 

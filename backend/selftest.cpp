@@ -346,6 +346,7 @@ int selftest_command(const std::string & device_name) {
             ok = check_content_bias(device) && ok;
             ok = check_gated_weight(device) && ok;
             ok = check_biased_product(device) && ok;
+            ok = check_plus_head_bias(device) && ok;
             ok = check_attention_merge(device) && ok;
             ok = check_segment_norm_training(device) && ok;
         } else {

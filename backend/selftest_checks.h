@@ -62,6 +62,9 @@ bool check_gated_weight(const torch::Device & device);
 bool check_biased_product(const torch::Device & device);
 /// The join of two attention parts (apart_attention.h) by our CUDA kernel against float64 operations, at the
 /// layouts the memory-efficient and flash kernels write.
+/// plus_head_bias (q + u) in the layouts the model gives it (batch-major, with padded rows, head-major), fp32 and
+/// bf16, forward and gradients against float64 operations.
+bool check_plus_head_bias(const torch::Device & device);
 bool check_attention_merge(const torch::Device & device);
 /// The segment norm with gradients (transformer_layer.h) by our CUDA kernels under bf16 autocast against float64
 /// operations: both outputs, and the gradients of the segment and of the norm's parameters; strided memory, no memory,

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -280,6 +281,45 @@ bool check_biased_product(const torch::Device & device) {
                     "output and 3 gradients max rel. error %.2e (< %.0e) %s\n", (long) M, (long) K, (long) D,
                     how == BiasGradient::ones_row ? "row" : "column", error, bound, pass ? "ok" : "FAIL");
         ok = pass && ok;
+    }
+    return ok;
+}
+
+bool check_plus_head_bias(const torch::Device & device) {
+    const int64_t H = 4, B = 3, T = 37, dh = 24;
+    auto options = torch::TensorOptions().device(device);
+    auto values = torch::randn({H, B, T, dh}, options), bias_in = torch::randn({H, 1, 1, dh}, options);
+    auto upstream = torch::randn({H, B, T, dh}, options).to(torch::kDouble);
+    struct Layout { const char * name; std::function<torch::Tensor(const torch::Tensor &)> lay_out; };
+    const Layout layouts[] = {
+        {"batch-major", [&](const torch::Tensor & t) { return t.permute({1, 2, 0, 3}).contiguous().permute({2, 0, 1, 3}); }},
+        {"batch-major, rows padded", [&](const torch::Tensor & t) {
+             auto padded = torch::zeros({B, T, H * dh + 8}, t.options());
+             padded.narrow(2, 0, H * dh).copy_(t.permute({1, 2, 0, 3}).reshape({B, T, H * dh}));
+             return padded.narrow(2, 0, H * dh).view({B, T, H, dh}).permute({2, 0, 1, 3});
+         }},
+        {"head-major", [&](const torch::Tensor & t) { return t.contiguous(); }}};
+    auto run = [&](const Layout & layout, torch::ScalarType dtype) {
+        auto x = layout.lay_out(values.to(dtype)).detach().requires_grad_(true);
+        auto bias = bias_in.to(dtype).detach().requires_grad_(true);
+        auto out = dtype == torch::kDouble ? x + bias : plus_head_bias(x, bias);
+        (out.to(torch::kDouble) * upstream).sum().backward();
+        return Outputs{{out.to(torch::kDouble), x.grad().to(torch::kDouble), bias.grad().to(torch::kDouble)}};
+    };
+    const auto reference = run(layouts[2], torch::kDouble);
+    KernelSwitchesGuard restore;
+    set_own_kernels(true);
+    bool ok = true;
+    for (const auto & layout : layouts) {
+        for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+            // The sum rounded once to the dtype; the bias's gradient a sum of B*T = 111 upstream terms.
+            const double error = worst_error(run(layout, dtype), reference), bound = dtype == torch::kFloat ? 1e-5 : 1e-2;
+            const bool pass = error < bound;
+            std::printf("selftest: plus_head_bias (H %ld, B %ld, T %ld, dh %ld, %s) %s vs float64 operations: output and 2 gradients max rel. "
+                        "error %.2e (< %.0e) %s\n", (long) H, (long) B, (long) T, (long) dh, layout.name,
+                        dtype == torch::kFloat ? "fp32" : "bf16", error, bound, pass ? "ok" : "FAIL");
+            ok = pass && ok;
+        }
     }
     return ok;
 }

@@ -1,0 +1,45 @@
+#include "head_bias_kernel.h"
+
+#include "kernel_common.cuh"
+
+namespace studio {
+
+namespace {
+
+using namespace kernels;
+
+constexpr int kThreads = 256;
+constexpr int kChunk = 8;   // columns a thread takes: 16 bytes of bf16, 32 of fp32 (load8/store8)
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) plus_head_bias_kernel(const HeadBiasKernelArgs args) {
+    const int64_t chunks = args.width / kChunk;
+    const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+    if (i >= args.rows * chunks) return;
+    const int64_t row = i / chunks, column = (i - row * chunks) * kChunk;
+    float x[kChunk], bias[kChunk];
+    load8(static_cast<const T *>(args.x) + row * args.x_row_stride + column, x);
+    load8(static_cast<const T *>(args.bias) + column, bias);
+#pragma unroll
+    for (int k = 0; k < kChunk; ++k) x[k] += bias[k];
+    store8(static_cast<T *>(args.out) + row * args.out_row_stride + column, x);
+}
+
+bool aligned(const void * p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+} // namespace
+
+const char * launch_plus_head_bias(const HeadBiasKernelArgs & args, void * stream) {
+    const int64_t element = args.bf16 ? 2 : 4;
+    if (args.width % kChunk != 0 || !aligned(args.x) || !aligned(args.bias) || !aligned(args.out) || (args.x_row_stride * element) % 16 != 0
+        || (args.out_row_stride * element) % 16 != 0)
+        return "plus_head_bias kernel: rows must be 16-byte aligned and a multiple of 8 wide";
+    const int64_t threads = args.rows * (args.width / kChunk);
+    if (threads == 0) return nullptr;
+    const unsigned blocks = unsigned((threads + kThreads - 1) / kThreads);
+    if (args.bf16) plus_head_bias_kernel<bf16><<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(args);
+    else plus_head_bias_kernel<float><<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(args);
+    return launch_error();
+}
+
+} // namespace studio
