@@ -61,6 +61,7 @@ void train_step(LanguageModelImpl & model, Optimizer & optimizer, const torch::T
     loss.backward();
     mark(1);
     optimizer.clip_gradients(0.5);
+    optimizer.skip_step_unless_finite(loss.detach());   // as the trainer does
     optimizer.step(1e-3);
     mark(2);
 }

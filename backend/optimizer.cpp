@@ -177,6 +177,17 @@ torch::Tensor Optimizer::clip_eagerly(double max_norm) {
     return total;
 }
 
+void Optimizer::skip_step_unless_finite(const torch::Tensor & value) {
+    torch::NoGradGuard no_grad;
+    if (!pending_clip_ || !clip_coefficient_.defined()) {
+        clip_coefficient_ = torch::ones({1}, value.options().dtype(torch::kFloat));
+        pending_clip_ = 0.0;
+    }
+    // coefficient + 0 x value: NaN exactly where value is not (0 x inf is NaN), in one kernel a step.
+    const auto one = value.numel() == 1 ? value.reshape({1}) : value.sum().reshape({1});
+    clip_coefficient_.add_(one.to(clip_coefficient_.device(), clip_coefficient_.scalar_type()), /*alpha=*/0.0);
+}
+
 bool Optimizer::lamb_kernels_take(const FlatGroup & f) const {
 #ifdef STUDIO_CUDA_KERNELS
     return config_.name == "lamb" && f.param.is_cuda() && f.param.scalar_type() == torch::kFloat

@@ -56,6 +56,10 @@ public:
     /// until then; zero_grad() drops it. Where the norm is not finite, that step() changes nothing (no moment, no
     /// parameter, no step count on LibTorch's path): our kernels skip on the device, so the host need not look first.
     torch::Tensor clip_gradients(double max_norm);
+    /// Makes the next step() change nothing, as a non-finite gradient norm does, where `value` (a tensor on the device,
+    /// such as the step's loss) holds a non-finite element: on the device, so that no step waits for the host. After
+    /// clip_gradients (else as if clipped with no maximum).
+    void skip_step_unless_finite(const torch::Tensor & value);
 
     TensorMap state() const;
     /// Restores state(); `source` names the checkpoint in errors.

@@ -243,8 +243,10 @@ StageOutcome run_training_stage(RunContext & ctx, const std::string & stage, Lan
             ctx.comm->sum(ce_mean);
             ce_mean = ce_mean / (double) ctx.world_size();
         }
-        // A non-finite gradient norm makes this step change nothing (optimizer.h), so the host need not look before
-        // it: the loss and the norm reach it a step late and the GPU keeps a step queued.
+        // A non-finite gradient norm or loss makes this step change nothing (optimizer.h), so the host need not look
+        // before it: the loss and the norm reach it a step late and the GPU keeps a step queued. (The loss counts on
+        // its own: a target on a -inf logit makes it infinite with finite gradients.)
+        optimizer.skip_step_unless_finite(ce_mean);
         optimizer.step(lr);
         settle();
         pending_step = state.step;

@@ -99,8 +99,9 @@ private Q_SLOTS:
 
     // The clip's coefficient reaches the gradients in the step, not before: clipping at 1 then stepping must equal
     // stepping gradients scaled by hand. A step whose gradient norm is not finite changes nothing (parameters,
-    // moments, step count), so the trainer can learn of it a step later; the next finite step proceeds.
-    void clip_applies_in_the_step_and_a_non_finite_norm_skips_it() {
+    // moments, step count), so the trainer can learn of it a step later, and so does a step whose loss is not finite
+    // (skip_step_unless_finite); the next finite step proceeds.
+    void clip_applies_in_the_step_and_a_non_finite_norm_or_loss_skips_it() {
         for (const char * name : {"lamb", "adam"}) {
             OptimizerConfig config;
             config.name = name;
@@ -126,8 +127,17 @@ private Q_SLOTS:
             QVERIFY2(torch::equal(w.detach(), before), name);
             for (const auto & [key, value] : clipped.state()) QVERIFY2(torch::equal(value, state_before.at(key)), key.c_str());
 
+            // Finite gradients of a non-finite loss: skipped just the same, when the loss is handed over.
+            w.mutable_grad().copy_(torch::randn({7}));
+            QVERIFY(std::isfinite(clipped.clip_gradients(1.0).item<double>()));
+            clipped.skip_step_unless_finite(torch::tensor({INFINITY}));
+            clipped.step(0.01);
+            QVERIFY2(torch::equal(w.detach(), before), name);
+            for (const auto & [key, value] : clipped.state()) QVERIFY2(torch::equal(value, state_before.at(key)), key.c_str());
+
             w.mutable_grad().copy_(torch::randn({7}));
             clipped.clip_gradients(1.0);
+            clipped.skip_step_unless_finite(torch::tensor({2.5}));
             clipped.step(0.01);
             QVERIFY2(!torch::equal(w.detach(), before) && torch::isfinite(w.detach()).all().item<bool>(), name);
         }
