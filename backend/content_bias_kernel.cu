@@ -1,7 +1,7 @@
 // The content columns' attention bias and its gradients (content_bias_kernel.h). Forward and the position gradient
 // take a thread per 8 keys of a query row (h, b, i): the shift is an offset into the row, so neighbouring threads
-// read neighbouring elements, and each writes its 8 in one store; the forward reads its rows from shared memory. The key-bias gradient sums each key's column over
-// the queries.
+// read neighbouring elements (the forward from the position rows staged in shared memory), and each writes its 8 in
+// one store. The key-bias gradient sums each key's column over the queries.
 #include "content_bias_kernel.h"
 
 #include <algorithm>
