@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -180,13 +179,6 @@ int rows_per_block(int64_t columns) {
 
 unsigned blocks_for(const ContentBiasKernelArgs & args, int rows) {
     return unsigned((args.heads * args.batch * args.tgt_len + rows - 1) / rows);
-}
-
-bool aligned_16(const void * base, std::initializer_list<int64_t> byte_strides) {
-    if (reinterpret_cast<uintptr_t>(base) % 16 != 0) return false;
-    for (const int64_t stride : byte_strides)
-        if (stride % 16 != 0) return false;
-    return true;
 }
 } // namespace
 

@@ -25,14 +25,12 @@ __global__ void __launch_bounds__(kThreads) plus_head_bias_kernel(const HeadBias
     store8(static_cast<T *>(args.out) + row * args.out_row_stride + column, x);
 }
 
-bool aligned(const void * p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 } // namespace
 
 const char * launch_plus_head_bias(const HeadBiasKernelArgs & args, void * stream) {
     const int64_t element = args.bf16 ? 2 : 4;
-    if (args.width % kChunk != 0 || !aligned(args.x) || !aligned(args.bias) || !aligned(args.out) || (args.x_row_stride * element) % 16 != 0
-        || (args.out_row_stride * element) % 16 != 0)
+    if (args.width % kChunk != 0 || !aligned_16(args.x, {args.x_row_stride * element}) || !aligned_16(args.bias)
+        || !aligned_16(args.out, {args.out_row_stride * element}))
         return "plus_head_bias kernel: rows must be 16-byte aligned and a multiple of 8 wide";
     const int64_t threads = args.rows * (args.width / kChunk);
     if (threads == 0) return nullptr;

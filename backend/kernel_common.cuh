@@ -1,7 +1,11 @@
 // Device helpers that several of our kernels use (nvcc only: each .cu includes this; the plain C++ launch headers
 // do not): element conversion between bf16 and fp32, 16-byte vector loads and stores (and 8 elements at a time), the
-// join of two running log-sum-exps, a block's sum, and the launchers' error text.
+// join of two running log-sum-exps, a block's sum; for the launchers, their error text and the alignment test for
+// 16-byte accesses.
 #pragma once
+
+#include <cstdint>
+#include <initializer_list>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -84,6 +88,15 @@ template <int kThreads> __device__ inline float block_sum(float x) {
     }
     __syncthreads();   // warp_sums may be reused by a following call
     return x;
+}
+
+/// Whether p is 16-byte aligned and each of byte_strides a multiple of 16: every row of a strided layout from p then
+/// starts 16-byte aligned, so a launcher may choose 16-byte accesses.
+inline bool aligned_16(const void * p, std::initializer_list<int64_t> byte_strides = {}) {
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+    for (const int64_t stride : byte_strides)
+        if (stride % 16 != 0) return false;
+    return true;
 }
 
 /// What a launcher returns: nullptr on success, else CUDA's error text.

@@ -16,8 +16,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 132 * 16;   // a few waves of an H200's 132 SMs; the loops stride over the rest
 
-bool aligned(const void * p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 unsigned blocks_for(int64_t items) {
     const int64_t blocks = (items + kThreads - 1) / kThreads;
     return (unsigned) (blocks < 1 ? 1 : blocks > kMaxBlocks ? kMaxBlocks : blocks);
@@ -163,7 +161,9 @@ __global__ void __launch_bounds__(kThreads) apply_scalar_kernel(const LambApplyK
 const char * launch_lamb_moments(const LambMomentsKernelArgs & args, void * stream_handle) {
     if (args.n == 0) return nullptr;
     auto stream = static_cast<cudaStream_t>(stream_handle);
-    const bool all_aligned = aligned(args.grad) && aligned(args.param) && aligned(args.exp_avg) && aligned(args.exp_avg_sq) && aligned(args.update);
+    using kernels::aligned_16;
+    const bool all_aligned = aligned_16(args.grad) && aligned_16(args.param) && aligned_16(args.exp_avg) && aligned_16(args.exp_avg_sq)
+                             && aligned_16(args.update);
     if (args.chunk_bounds) {
         if (!all_aligned || args.chunks < 1 || args.chunks > INT_MAX || !args.partial_squares) return "LAMB moments: chunks need aligned buffers";
         moments_chunk_kernel<<<(unsigned) args.chunks, kThreads, 0, stream>>>(args);
@@ -178,7 +178,7 @@ const char * launch_lamb_apply(const LambApplyKernelArgs & args, void * stream_h
     if (args.n == 0) return nullptr;
     auto stream = static_cast<cudaStream_t>(stream_handle);
     if (args.tensors < 1) return "LAMB apply: no tensors";
-    if (aligned(args.param) && aligned(args.update))
+    if (kernels::aligned_16(args.param) && kernels::aligned_16(args.update))
         apply_vector_kernel<<<blocks_for(args.n / 4 > 0 ? args.n / 4 : 1), kThreads, 0, stream>>>(args);
     else
         apply_scalar_kernel<<<blocks_for(args.n), kThreads, 0, stream>>>(args);

@@ -130,11 +130,6 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const LogSoftmaxAtKe
     for (int64_t j = scalar_from + threadIdx.x; j < args.cols; j += kThreads) store(grad + j, gradient(to_float(row[j]), j));
 }
 
-/// Whether every row of a (rows, stride) layout of elements of `bytes` starts 16-byte aligned.
-bool rows_aligned(const void * base, int64_t stride, int64_t bytes) {
-    return reinterpret_cast<uintptr_t>(base) % 16 == 0 && (stride * bytes) % 16 == 0;
-}
-
 const char * checked(const LogSoftmaxAtKernelArgs & args) {
     if (args.cols < 1) return "log_softmax_at kernel: cols must be positive";
     if (args.rows > kMaxRows) return "log_softmax_at kernel: more rows than one grid holds (2^31 - 1)";
@@ -144,14 +139,14 @@ const char * checked(const LogSoftmaxAtKernelArgs & args) {
 template <typename T>
 void forward(const LogSoftmaxAtKernelArgs & args, cudaStream_t stream) {
     const unsigned grid = unsigned(args.rows);
-    if (rows_aligned(args.logits, args.logits_stride, sizeof(T))) forward_kernel<T, true><<<grid, kThreads, 0, stream>>>(args);
+    if (aligned_16(args.logits, {args.logits_stride * int64_t(sizeof(T))})) forward_kernel<T, true><<<grid, kThreads, 0, stream>>>(args);
     else forward_kernel<T, false><<<grid, kThreads, 0, stream>>>(args);
 }
 
 template <typename T>
 void backward(const LogSoftmaxAtKernelArgs & args, cudaStream_t stream) {
     const unsigned grid = unsigned(args.rows);
-    if (rows_aligned(args.logits, args.logits_stride, sizeof(T)) && rows_aligned(args.grad_logits, args.grad_stride, sizeof(T)))
+    if (aligned_16(args.logits, {args.logits_stride * int64_t(sizeof(T))}) && aligned_16(args.grad_logits, {args.grad_stride * int64_t(sizeof(T))}))
         backward_kernel<T, true><<<grid, kThreads, 0, stream>>>(args);
     else
         backward_kernel<T, false><<<grid, kThreads, 0, stream>>>(args);
