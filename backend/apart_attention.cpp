@@ -1,6 +1,7 @@
 #include "apart_attention.h"
 
 #include <array>
+#include <optional>
 #include <cmath>
 #include <cstdio>
 #include <stdexcept>
@@ -146,6 +147,11 @@ PartGradients math_backward(const torch::Tensor & grad, const torch::Tensor & q,
 const bool cudnn_wanted = !environment_is("STUDIO_PERSISTENT_ATTENTION", "flash");
 bool cudnn_failed = false;
 int64_t cudnn_min_rows = 12288;
+// At inference (no dropout, no backward) cuDNN's forward from 6,144 query rows x heads on, flash's below, unless
+// STUDIO_PERSISTENT_INFERENCE=flash. Alone on an H200 (scripts/gpu-probe-persistent-kernels.py; 2048 columns of 64),
+// cuDNN's takes 0.60-0.70 of flash's time from there on and no less than ~22 us, which below it is 1.2-2.1x flash's.
+const bool inference_cudnn_wanted = !environment_is("STUDIO_PERSISTENT_INFERENCE", "flash");
+int64_t inference_cudnn_from_head_rows = 6144;
 
 // The content part's kernel told that no query sees a key past its bottom-right diagonal (j > i + S - T; the model's
 // keep mask never keeps one), so that it skips those key tiles: at 192 tokens and 192 of memory, 5 of 6 tiles of
@@ -183,11 +189,9 @@ Part persistent_kernel_forward(const torch::Tensor & rows, const torch::Tensor &
     return {std::get<0>(result), std::get<1>(result), std::get<6>(result), std::get<7>(result), {}};
 }
 
-/// The persistent part in training: cuDNN's kernels for many rows where they run (alone, at batch 192, 2.08 ms a
-/// layer forward and backward with dropout against flash's 2.44), else flash's. Both backwards take the joined output
-/// and log-sum-exp (scripts/gpu-probe-cudnn-attention.py checks that cuDNN's does).
-Part persistent_training_forward(const torch::Tensor & rows, const torch::Tensor & keys, const torch::Tensor & values, double dropout) {
-    if (cudnn_wanted && !cudnn_failed && rows.size(2) >= cudnn_min_rows && rows.size(-1) <= 128 && torch::cuda::cudnn_is_available()) {
+/// The persistent part by cuDNN's kernels where they are wanted and run (nothing where they are not).
+std::optional<Part> persistent_cudnn_forward(const torch::Tensor & rows, const torch::Tensor & keys, const torch::Tensor & values, double dropout) {
+    if (cudnn_wanted && !cudnn_failed && rows.size(-1) <= 128 && torch::cuda::cudnn_is_available()) {
         try {
             auto result = at::_scaled_dot_product_cudnn_attention(rows, keys, values, c10::optional<at::Tensor>(), /*compute_log_sumexp=*/true,
                                                                   dropout, /*is_causal=*/false, /*return_debug_mask=*/false, 1.0);
@@ -201,6 +205,16 @@ Part persistent_training_forward(const torch::Tensor & rows, const torch::Tensor
             std::fprintf(stderr, "studio: cuDNN's attention refused the persistent part (%s); flash attention from now on\n",
                          error.what_without_backtrace());
         }
+    }
+    return std::nullopt;
+}
+
+/// The persistent part in training: cuDNN's kernels for many rows where they run (alone, at batch 192, 2.08 ms a
+/// layer forward and backward with dropout against flash's 2.44), else flash's. Both backwards take the joined output
+/// and log-sum-exp (scripts/gpu-probe-cudnn-attention.py checks that cuDNN's does).
+Part persistent_training_forward(const torch::Tensor & rows, const torch::Tensor & keys, const torch::Tensor & values, double dropout) {
+    if (rows.size(2) >= cudnn_min_rows) {
+        if (auto part = persistent_cudnn_forward(rows, keys, values, dropout)) return *part;
     }
     return persistent_kernel_forward(rows, keys, values, dropout);
 }
@@ -290,12 +304,17 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
 void set_persistent_cudnn_min_rows(int64_t rows) { cudnn_min_rows = rows; }
 int64_t persistent_cudnn_min_rows() { return cudnn_min_rows; }
 bool persistent_cudnn_refused() { return cudnn_failed; }
+void set_persistent_inference_cudnn_from(int64_t head_rows) { inference_cudnn_from_head_rows = head_rows; }
+int64_t persistent_inference_cudnn_from() { return inference_cudnn_from_head_rows; }
 
 #if TORCH_VERSION_MAJOR >= 2
-std::pair<torch::Tensor, torch::Tensor> persistent_flash_attention(const torch::Tensor & q, const torch::Tensor & keys,
-                                                                   const torch::Tensor & values) {
-    auto part = persistent_kernel_forward(as_rows(q), keys.unsqueeze(0), values.unsqueeze(0), 0.0);
-    return {part.out, part.lse};                                             // (1,H,B*T,dh), (1,H,B*T)
+std::pair<torch::Tensor, torch::Tensor> persistent_inference_attention(const torch::Tensor & q, const torch::Tensor & keys,
+                                                                       const torch::Tensor & values) {
+    auto rows = as_rows(q);                                                  // (1,H,B*T,dh)
+    const bool cudnn = inference_cudnn_wanted && rows.size(1) * rows.size(2) >= inference_cudnn_from_head_rows;
+    auto part = cudnn ? persistent_cudnn_forward(rows, keys.unsqueeze(0), values.unsqueeze(0), 0.0) : std::nullopt;
+    if (!part) part = persistent_kernel_forward(rows, keys.unsqueeze(0), values.unsqueeze(0), 0.0);
+    return {part->out, part->lse};                                           // (1,H,B*T,dh), (1,H,B*T)
 }
 #endif
 

@@ -30,11 +30,17 @@ torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::T
                                          const torch::Tensor & val, const torch::Tensor & content_bias, const torch::Tensor & mem_k,
                                          const torch::Tensor & mem_v, double scale);
 
-/// The persistent part alone, for every batch row in one flash call (LibTorch 2, CUDA, bf16/fp16, no gradient or
-/// dropout): q (H,B,T,dh) read in place as H heads of B*T query rows; keys/values (H,N,dh) in q's dtype. Returns the
-/// output (1,H,B*T,dh) and its natural log-sum-exp (1,H,B*T); the scores are q . key unscaled.
-std::pair<torch::Tensor, torch::Tensor> persistent_flash_attention(const torch::Tensor & q, const torch::Tensor & keys,
-                                                                   const torch::Tensor & values);
+/// The persistent part alone, for every batch row in one call of cuDNN's attention (from 6,144 query rows x heads on),
+/// or flash's (below, where cuDNN's is not available, or STUDIO_PERSISTENT_INFERENCE=flash); LibTorch 2, CUDA,
+/// bf16/fp16, no gradient or dropout. q (H,B,T,dh) read in place as H heads of B*T query rows; keys/values (H,N,dh)
+/// in q's dtype. Returns the output (1,H,B*T,dh) and its natural log-sum-exp (1,H,B*T); the scores are q . key
+/// unscaled.
+std::pair<torch::Tensor, torch::Tensor> persistent_inference_attention(const torch::Tensor & q, const torch::Tensor & keys,
+                                                                       const torch::Tensor & values);
+/// From how many query rows x heads on that call takes cuDNN's kernels (6,144 unless set; the selftest sets 0 and the
+/// largest value to cover both kernels at its small shapes).
+void set_persistent_inference_cudnn_from(int64_t head_rows);
+int64_t persistent_inference_cudnn_from();
 
 /// Training's persistent part takes cuDNN's kernels (LibTorch 2) from this many query rows (B*T) on (12,288 unless
 /// set; where cuDNN refuses a call, flash's from then on, and persistent_cudnn_refused() says so), else flash's. The

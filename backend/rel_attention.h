@@ -69,8 +69,8 @@ public:
 
 private:
     /// Inference through our CUDA kernel (built where a CUDA compiler was found): q (H,B,T,dh), k/val (H,B,S,dh),
-    /// r (H,S,dh), u/v (H*dh,). The persistent columns, if any, come attended already by a flash kernel of their own:
-    /// persistent_out (1,H,B*T,dh) and persistent_lse (1,H,B*T) seed the kernel's online softmax.
+    /// r (H,S,dh), u/v (H*dh,). The persistent columns, if any, come attended already by a kernel of their own
+    /// (cuDNN's or flash's): persistent_out (1,H,B*T,dh) and persistent_lse (1,H,B*T) seed the kernel's online softmax.
     torch::Tensor kernel_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val, const torch::Tensor & r,
                                    const torch::Tensor & u, const torch::Tensor & v, double scale, const torch::Tensor & persistent_out,
                                    const torch::Tensor & persistent_lse);

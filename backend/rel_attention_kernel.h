@@ -1,7 +1,7 @@
 // A CUDA kernel for Transformer-XL relative attention at inference: the content term (q+u).k and the position term
 // (q+v).r of each query tile are formed on chip, tile by tile, so the (H,B,T,S) position scores, their relative shift
 // and the additive bias never reach device memory. The persistent columns of All-attention, which carry no position
-// term, are attended apart (a flash kernel) and enter as the online softmax's starting state.
+// term, are attended apart (cuDNN's or flash's attention) and enter as the online softmax's starting state.
 // Plain C++ on purpose: neither LibTorch nor CUDA headers, so this header costs nothing to include and the kernel's
 // source compiles with nvcc alone. Built only where CMake finds a CUDA compiler (STUDIO_ATTENTION_KERNEL).
 #pragma once

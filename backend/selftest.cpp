@@ -32,12 +32,14 @@ double worst_error(const Outputs & a, const Outputs & reference) {
 }
 
 KernelSwitchesGuard::KernelSwitchesGuard()
-    : fused_(fused_attention_enabled()), own_(own_kernels_enabled()), cudnn_min_rows_(persistent_cudnn_min_rows()) {}
+    : fused_(fused_attention_enabled()), own_(own_kernels_enabled()), cudnn_min_rows_(persistent_cudnn_min_rows()),
+      inference_cudnn_from_(persistent_inference_cudnn_from()) {}
 
 KernelSwitchesGuard::~KernelSwitchesGuard() {
     set_fused_attention(fused_);
     set_own_kernels(own_);
     set_persistent_cudnn_min_rows(cudnn_min_rows_);
+    set_persistent_inference_cudnn_from(inference_cudnn_from_);
 }
 
 namespace {
@@ -121,11 +123,15 @@ bool check_inference(const torch::Device & device) {
         const std::string what = std::string("inference attention (") + shape.name + ", " + std::to_string(shape.N) + " persistent apart)";
         ok = judge(what, fp32_error, explicit_bf16, fused_bf16) && ok;
         set_own_kernels(own_kernel);
-        if (own_kernel) {
+        // With persistent columns, our kernel seeded by each of their kernels: cuDNN's and flash's.
+        for (const bool cudnn : {true, false}) {
+            if (!own_kernel || (!cudnn && shape.N == 0)) continue;
+            set_persistent_inference_cudnn_from(cudnn ? 0 : std::numeric_limits<int64_t>::max());
             const double kernel_bf16 = relative_error(infer(true, true), reference);
             const bool pass = kernel_bf16 <= 2 * explicit_bf16 + 1e-3;
-            std::printf("selftest: inference attention (%s), our kernel bf16 vs explicit fp32: max rel. error %.2e vs explicit bf16 %.2e %s\n",
-                        shape.name, kernel_bf16, explicit_bf16, pass ? "ok" : "FAIL");
+            std::printf("selftest: inference attention (%s), our kernel bf16%s vs explicit fp32: max rel. error %.2e vs explicit bf16 %.2e %s\n",
+                        shape.name, shape.N == 0 ? "" : cudnn && !persistent_cudnn_refused() ? ", persistent part by cuDNN" : ", persistent part by flash", kernel_bf16,
+                        explicit_bf16, pass ? "ok" : "FAIL");
             ok = pass && ok;
         }
     }

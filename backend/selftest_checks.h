@@ -27,7 +27,7 @@ public:
 
 private:
     bool fused_, own_;
-    int64_t cudnn_min_rows_;
+    int64_t cudnn_min_rows_, inference_cudnn_from_;
 };
 
 /// Largest error of a tensor relative to the reference's largest magnitude.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|switchbench|inferswitch|trainprofile|gate|repro|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|kernelprobe|biasbench|switchbench|inferswitch|trainprofile|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -190,6 +190,11 @@ splitprobe() {
   log "probe: persistent flash call, keys split s ways"
   python3 scripts/gpu-probe-persistent-splits.py 2>&1 | tee -a "$OUT/summary.txt"
 }
+# The persistent columns' inference call by flash's kernel and by cuDNN's, 1..8 heads, a few row counts (see the script).
+kernelprobe() {
+  log "probe: persistent inference call, flash against cuDNN"
+  python3 scripts/gpu-probe-persistent-kernels.py 2>&1 | tee -a "$OUT/summary.txt"
+}
 # Training's attention layouts side by side on one machine: the persistent columns in the content columns' kernel
 # call (STUDIO_ATTENTION=concat) against apart (the default), ungated steps at ${LAYOUT_BATCHES:-24,48,64}.
 trainlayouts() {
@@ -310,7 +315,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
-    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|biasbench|switchbench|inferswitch|trainprofile|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
+    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|kernelprobe|biasbench|switchbench|inferswitch|trainprofile|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
