@@ -1,14 +1,15 @@
 // Relative attention at inference, one thread block per (query tile of 64, batch row, head); see
 // rel_attention_kernel.h. Four warps each own 16 query rows. For every tile of 64 keys a warp forms, on the tensor
-// cores, its content scores (q+u).k (16x64) and the position scores of the 80 distances its rows and keys span
-// ((q+v).r, 16x80); the relative shift is then an index into that band, row by row. An online softmax (log2 domain)
-// carries the running maximum, sum and output; it starts from the persistent columns' softmax when there are any,
-// which is exactly the log-sum-exp merge of the two parts.
+// cores (mma.sync m16n8k16, operands by ldmatrix), the position scores of the 80 distances its rows and keys span
+// ((q+v).r, 16x80), which go to shared memory, and its content scores (q+u).k (16x64), which stay in registers; the
+// relative shift is then an index into the band, row by row. An online softmax (log2 domain) carries the running
+// maximum, sum and output in registers, and the probabilities become the next product's operand without leaving
+// them (the accumulator's layout is the operand's). It starts from the persistent columns' softmax when there are
+// any, which is exactly the log-sum-exp merge of the two parts.
 #include "rel_attention_kernel.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include "kernel_common.cuh"
 
@@ -17,7 +18,6 @@ namespace studio {
 namespace {
 
 using bf16 = __nv_bfloat16;
-namespace wmma = nvcuda::wmma;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
@@ -27,23 +27,18 @@ constexpr int kBand = kQueryRows + kKeys;        // position rows a block's tile
 constexpr int kWarpBand = 16 + kKeys;            // position rows a warp's tile spans (79, rounded to 80)
 constexpr float kLog2e = 1.4426950408889634f;
 
-/// Shared-memory plan. Row pitches are padded off a multiple of 32 banks; every region is a multiple of 32 bytes so
-/// that each tile a warp hands the tensor cores starts 256-bit aligned.
+/// Shared-memory plan. bf16 rows are padded by 16 bytes, so that the 8 rows an ldmatrix reads fall in distinct banks
+/// and stay 16-byte aligned.
 template <int DH> struct Plan {
     static constexpr int ld = DH + 8;                                  // bf16 tiles: q+u, q+v, k, v, r band
-    static constexpr int ld_scores = (DH > kKeys ? DH : kKeys) + 4;    // fp32: content scores, then P.V
     static constexpr int ld_pos = kWarpBand + 4;                       // fp32: a warp's position band
-    static constexpr int ld_p = kKeys + 8;                             // bf16: probabilities
     static constexpr size_t q_bytes = size_t(kQueryRows) * ld * 2;
     static constexpr size_t kv_bytes = size_t(kKeys) * ld * 2;
     static constexpr size_t band_bytes = size_t(kBand) * ld * 2;
-    static constexpr size_t scores_bytes = size_t(16) * ld_scores * 4;
     static constexpr size_t pos_bytes = size_t(16) * ld_pos * 4;
-    static constexpr size_t p_bytes = size_t(16) * ld_p * 2;
-    static constexpr size_t warp_bytes = scores_bytes + pos_bytes + p_bytes;
-    static constexpr size_t total = 2 * q_bytes + 2 * kv_bytes + band_bytes + kWarps * warp_bytes;
-    static_assert(q_bytes % 32 == 0 && kv_bytes % 32 == 0 && band_bytes % 32 == 0, "tiles must stay 32-byte aligned");
-    static_assert(scores_bytes % 32 == 0 && pos_bytes % 32 == 0 && p_bytes % 32 == 0, "warp regions must stay 32-byte aligned");
+    static constexpr size_t total = 2 * q_bytes + 2 * kv_bytes + band_bytes + kWarps * pos_bytes;
+    static_assert(q_bytes % 16 == 0 && kv_bytes % 16 == 0 && band_bytes % 16 == 0 && pos_bytes % 16 == 0,
+                  "regions must stay 16-byte aligned");
 };
 
 /// Rows first_row .. first_row+rows-1 of a strided bf16 matrix into shared memory (pitch ld), 16 bytes a thread
@@ -66,6 +61,44 @@ __device__ inline void load_bias(const void * bias, bool bf16_bias, int offset, 
         out[e] = bf16_bias ? __bfloat162float(static_cast<const bf16 *>(bias)[offset + e]) : static_cast<const float *>(bias)[offset + e];
 }
 
+// The tensor-core operands of one warp, in mma.sync m16n8k16's layouts. Lane = 4 g + c holds, of a 16x8 fp32
+// accumulator, rows g and g+8 at columns 2c and 2c+1; of a 16x16 bf16 A operand, the same rows at columns 2c, 2c+1
+// and 2c+8, 2c+9; of a 16x8 B operand (k x n), column g at rows 2c, 2c+1 and 2c+8, 2c+9.
+__device__ inline uint32_t shared_address(const void * p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+/// A (16x16) from a row-major bf16 tile: rows 0..15 and columns 0..15 from `tile` (pitch ld).
+__device__ inline void load_a(uint32_t (&a)[4], const bf16 * tile, int ld, int lane) {
+    const bf16 * p = tile + (lane % 8 + 8 * ((lane / 8) % 2)) * ld + 8 * (lane / 16);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(shared_address(p)));
+}
+
+/// B (16x8) whose n columns are rows 0..7 of a row-major tile and whose k rows are its columns 0..15: keys or
+/// position rows against the query's dimensions.
+__device__ inline void load_b(uint32_t (&b)[2], const bf16 * tile, int ld, int lane) {
+    const bf16 * p = tile + (lane % 8) * ld + 8 * ((lane / 8) % 2);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(b[0]), "=r"(b[1]) : "r"(shared_address(p)));
+}
+
+/// B (16x8) whose k rows are rows 0..15 of a row-major tile and whose n columns are its columns 0..7: values.
+__device__ inline void load_b_transposed(uint32_t (&b)[2], const bf16 * tile, int ld, int lane) {
+    const bf16 * p = tile + (lane % 8 + 8 * ((lane / 8) % 2)) * ld;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(b[0]), "=r"(b[1]) : "r"(shared_address(p)));
+}
+
+/// d += a . b, fp32 accumulation.
+__device__ inline void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/// Two floats as a bf16 pair, the first in the low half (the lower column).
+__device__ inline uint32_t pack_bf16(float low, float high) {
+    const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
+    return *reinterpret_cast<const uint32_t *>(&pair);
+}
+
 template <int DH>
 __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const RelativeAttentionKernelArgs args) {
     using P = Plan<DH>;
@@ -76,10 +109,7 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
     bf16 * values = reinterpret_cast<bf16 *>(smem + 2 * P::q_bytes + P::kv_bytes);
     bf16 * band = reinterpret_cast<bf16 *>(smem + 2 * P::q_bytes + 2 * P::kv_bytes); // (128, DH) position rows
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    unsigned char * mine = smem + 2 * P::q_bytes + 2 * P::kv_bytes + P::band_bytes + warp * P::warp_bytes;
-    float * scores = reinterpret_cast<float *>(mine);                             // (16, 64) then (16, DH)
-    float * pos_scores = reinterpret_cast<float *>(mine + P::scores_bytes);       // (16, 80)
-    bf16 * probs = reinterpret_cast<bf16 *>(mine + P::scores_bytes + P::pos_bytes); // (16, 64)
+    float * pos_scores = reinterpret_cast<float *>(smem + 2 * P::q_bytes + 2 * P::kv_bytes + P::band_bytes + warp * P::pos_bytes); // (16, 80)
 
     const int T = int(args.tgt_len), M = int(args.mem_len), S = T + M;
     const int first_query = blockIdx.x * kQueryRows, b = blockIdx.y, h = blockIdx.z;
@@ -115,27 +145,40 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
         }
     }
 
-    // Each lane owns half of one query row: row `mine_row`, columns 2t + half (interleaved to spread the banks).
-    const int mine_row = lane / 2, half = lane % 2;
-    const int query = first_query + warp * 16 + mine_row;
-    const bool query_valid = query < T;
-    float running_max = -INFINITY, running_sum = 0.0f;   // log2 domain
-    float acc[DH / 2];
+    // The lane's rows: g and g+8 of the warp's 16 (queries[0], queries[1]); its columns: 2c and 2c+1 of every 8.
+    const int g = lane / 4, c = lane % 4;
+    const int queries[2] = {first_query + warp * 16 + g, first_query + warp * 16 + g + 8};
+    float running_max[2] = {-INFINITY, -INFINITY};   // log2 domain, the whole row's
+    float running_sum[2] = {0.0f, 0.0f};             // this lane's share of the row's sum
+    float out[DH / 8][4];
 #pragma unroll
-    for (int t = 0; t < DH / 2; ++t) acc[t] = 0.0f;
-    if (args.persistent_out && query_valid) {
-        const int64_t row = int64_t(b) * T + query;
-        running_max = args.persistent_lse[h * args.persistent_lse_stride[0] + row * args.persistent_lse_stride[1]] * kLog2e;
-        running_sum = 1.0f;
-        const bf16 * o = static_cast<const bf16 *>(args.persistent_out) + h * args.persistent_out_stride[0] + row * args.persistent_out_stride[1];
+    for (int n = 0; n < DH / 8; ++n)
 #pragma unroll
-        for (int t = 0; t < DH / 2; ++t) acc[t] = __bfloat162float(o[2 * t + half]) * args.persistent_value_scale;
+        for (int e = 0; e < 4; ++e) out[n][e] = 0.0f;
+    if (args.persistent_out) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            if (queries[half] >= T) continue;
+            const int64_t row = int64_t(b) * T + queries[half];
+            running_max[half] = args.persistent_lse[h * args.persistent_lse_stride[0] + row * args.persistent_lse_stride[1]] * kLog2e;
+            running_sum[half] = c == 0 ? 1.0f : 0.0f;   // the row's sum is its four lanes' shares added
+            const bf16 * o = static_cast<const bf16 *>(args.persistent_out) + h * args.persistent_out_stride[0] + row * args.persistent_out_stride[1];
+#pragma unroll
+            for (int n = 0; n < DH / 8; ++n) {
+                const float2 pair = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(o + n * 8 + 2 * c));
+                out[n][2 * half] = pair.x * args.persistent_value_scale;
+                out[n][2 * half + 1] = pair.y * args.persistent_value_scale;
+            }
+        }
     }
 
     const float scale = args.scale * kLog2e;
     const int last_query = first_query + rows - 1;
     const int first_key = args.same_length ? first_query : 0;
     const int last_key = min(S - 1, last_query + M);
+    const bf16 * warp_q_u = q_u + warp * 16 * P::ld;
+    const bf16 * warp_q_v = q_v + warp * 16 * P::ld;
+    const bf16 * warp_band = band + (kQueryRows - 16 - 16 * warp) * P::ld;   // warp w's rows span band rows 48-16w .. 127-16w
     for (int key0 = first_key; key0 <= last_key; key0 += kKeys) {
         __syncthreads();   // every warp is done with the previous tile
         load_rows<DH>(keys, k, args.k_stride[2], key0, kKeys, S);
@@ -145,103 +188,115 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
         load_rows<DH>(band, r, args.r_stride[1], band_start, kBand, S);
         __syncthreads();
 
-        // Content scores (16 x 64) and this warp's position band (16 x 80) on the tensor cores.
+        // This warp's position band (16 x 80) into shared memory, for the shift's per-row reads.
         {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> content[kKeys / 16], position[kWarpBand / 16];
+            float position[kWarpBand / 8][4];
 #pragma unroll
-            for (int n = 0; n < kKeys / 16; ++n) wmma::fill_fragment(content[n], 0.0f);
+            for (int n = 0; n < kWarpBand / 8; ++n)
 #pragma unroll
-            for (int n = 0; n < kWarpBand / 16; ++n) wmma::fill_fragment(position[n], 0.0f);
-            // Warp w's rows span band rows 48-16w .. 127-16w.
-            const bf16 * warp_band = band + (kQueryRows - 16 - 16 * warp) * P::ld;
+                for (int e = 0; e < 4; ++e) position[n][e] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < DH / 16; ++kk) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a_u, a_v;
-                wmma::load_matrix_sync(a_u, q_u + warp * 16 * P::ld + kk * 16, P::ld);
-                wmma::load_matrix_sync(a_v, q_v + warp * 16 * P::ld + kk * 16, P::ld);
+                uint32_t a[4];
+                load_a(a, warp_q_v + kk * 16, P::ld, lane);
 #pragma unroll
-                for (int n = 0; n < kKeys / 16; ++n) {
-                    wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> key_frag;
-                    wmma::load_matrix_sync(key_frag, keys + n * 16 * P::ld + kk * 16, P::ld);
-                    wmma::mma_sync(content[n], a_u, key_frag, content[n]);
-                }
-#pragma unroll
-                for (int n = 0; n < kWarpBand / 16; ++n) {
-                    wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> pos_frag;
-                    wmma::load_matrix_sync(pos_frag, warp_band + n * 16 * P::ld + kk * 16, P::ld);
-                    wmma::mma_sync(position[n], a_v, pos_frag, position[n]);
+                for (int n = 0; n < kWarpBand / 8; ++n) {
+                    uint32_t bb[2];
+                    load_b(bb, warp_band + n * 8 * P::ld + kk * 16, P::ld, lane);
+                    mma(position[n], a, bb);
                 }
             }
 #pragma unroll
-            for (int n = 0; n < kKeys / 16; ++n) wmma::store_matrix_sync(scores + n * 16, content[n], P::ld_scores, wmma::mem_row_major);
-#pragma unroll
-            for (int n = 0; n < kWarpBand / 16; ++n)
-                wmma::store_matrix_sync(pos_scores + n * 16, position[n], P::ld_pos, wmma::mem_row_major);
+            for (int n = 0; n < kWarpBand / 8; ++n) {
+                *reinterpret_cast<float2 *>(pos_scores + g * P::ld_pos + n * 8 + 2 * c) = make_float2(position[n][0], position[n][1]);
+                *reinterpret_cast<float2 *>(pos_scores + (g + 8) * P::ld_pos + n * 8 + 2 * c) = make_float2(position[n][2], position[n][3]);
+            }
         }
         __syncwarp();
 
-        // Relative shift, mask and online softmax. Row mine_row's key c sits at distance column c - mine_row + 15
-        // of the warp's band.
-        {
-            float s[kKeys / 2];
+        // Content scores (16 x 64), in registers.
+        float scores[kKeys / 8][4];
+#pragma unroll
+        for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) scores[n][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < DH / 16; ++kk) {
+            uint32_t a[4];
+            load_a(a, warp_q_u + kk * 16, P::ld, lane);
+#pragma unroll
+            for (int n = 0; n < kKeys / 8; ++n) {
+                uint32_t bb[2];
+                load_b(bb, keys + n * 8 * P::ld + kk * 16, P::ld, lane);
+                mma(scores[n], a, bb);
+            }
+        }
+
+        // Relative shift, mask and online softmax: row i's key column j sits at band column j - i + 15.
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int i = g + 8 * half, query = queries[half];
             float tile_max = -INFINITY;
 #pragma unroll
-            for (int t = 0; t < kKeys / 2; ++t) {
-                const int c = 2 * t + half, key = key0 + c;
-                const bool visible = query_valid && key < S && key <= query + M && (!args.same_length || key >= query);
-                s[t] = visible ? (scores[mine_row * P::ld_scores + c] + pos_scores[mine_row * P::ld_pos + c - mine_row + 15]) * scale
-                               : -INFINITY;
-                tile_max = fmaxf(tile_max, s[t]);
-            }
+            for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int column = n * 8 + 2 * c + e, key = key0 + column;
+                    const bool visible = query < T && key < S && key <= query + M && (!args.same_length || key >= query);
+                    const float value = visible ? (scores[n][2 * half + e] + pos_scores[i * P::ld_pos + column - i + 15]) * scale : -INFINITY;
+                    scores[n][2 * half + e] = value;
+                    tile_max = fmaxf(tile_max, value);
+                }
             tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-            const float new_max = fmaxf(running_max, tile_max);
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+            const float new_max = fmaxf(running_max[half], tile_max);
             const bool empty = new_max == -INFINITY;   // nothing visible yet (padding rows)
-            const float rescale = empty ? 1.0f : exp2f(running_max - new_max);
+            const float rescale = empty ? 1.0f : exp2f(running_max[half] - new_max);
             float tile_sum = 0.0f;
 #pragma unroll
-            for (int t = 0; t < kKeys / 2; ++t) {
-                const float p = empty ? 0.0f : exp2f(s[t] - new_max);
-                tile_sum += p;
-                probs[mine_row * P::ld_p + 2 * t + half] = __float2bfloat16(p);
-            }
-            tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, 1);
-            running_sum = running_sum * rescale + tile_sum;
-            running_max = new_max;
+            for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
-            for (int t = 0; t < DH / 2; ++t) acc[t] *= rescale;
-        }
-        __syncwarp();
-
-        // probabilities (16 x 64) . values (64 x DH), through shared memory into the lanes' accumulators.
-        {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> out[DH / 16];
-#pragma unroll
-            for (int n = 0; n < DH / 16; ++n) wmma::fill_fragment(out[n], 0.0f);
-#pragma unroll
-            for (int kk = 0; kk < kKeys / 16; ++kk) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> p_frag;
-                wmma::load_matrix_sync(p_frag, probs + kk * 16, P::ld_p);
-#pragma unroll
-                for (int n = 0; n < DH / 16; ++n) {
-                    wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> v_frag;
-                    wmma::load_matrix_sync(v_frag, values + kk * 16 * P::ld + n * 16, P::ld);
-                    wmma::mma_sync(out[n], p_frag, v_frag, out[n]);
+                for (int e = 0; e < 2; ++e) {
+                    const float p = empty ? 0.0f : exp2f(scores[n][2 * half + e] - new_max);
+                    scores[n][2 * half + e] = p;
+                    tile_sum += p;
                 }
+            running_sum[half] = running_sum[half] * rescale + tile_sum;
+            running_max[half] = new_max;
+#pragma unroll
+            for (int n = 0; n < DH / 8; ++n) {
+                out[n][2 * half] *= rescale;
+                out[n][2 * half + 1] *= rescale;
             }
-#pragma unroll
-            for (int n = 0; n < DH / 16; ++n) wmma::store_matrix_sync(scores + n * 16, out[n], P::ld_scores, wmma::mem_row_major);
         }
-        __syncwarp();
+
+        // probabilities (16 x 64) . values (64 x DH): the probabilities of key columns 16j..16j+15 are the A operand.
 #pragma unroll
-        for (int t = 0; t < DH / 2; ++t) acc[t] += scores[mine_row * P::ld_scores + 2 * t + half];
-        __syncwarp();
+        for (int j = 0; j < kKeys / 16; ++j) {
+            const uint32_t a[4] = {pack_bf16(scores[2 * j][0], scores[2 * j][1]), pack_bf16(scores[2 * j][2], scores[2 * j][3]),
+                                   pack_bf16(scores[2 * j + 1][0], scores[2 * j + 1][1]), pack_bf16(scores[2 * j + 1][2], scores[2 * j + 1][3])};
+#pragma unroll
+            for (int n = 0; n < DH / 8; ++n) {
+                uint32_t bb[2];
+                load_b_transposed(bb, values + j * 16 * P::ld + n * 8, P::ld, lane);
+                mma(out[n], a, bb);
+            }
+        }
+        __syncwarp();   // the band's reads are done before the next tile's writes
     }
 
-    if (!query_valid) return;
-    const float inverse = 1.0f / running_sum;
-    bf16 * o = static_cast<bf16 *>(args.out) + h * args.out_stride[0] + b * args.out_stride[1] + int64_t(query) * args.out_stride[2];
 #pragma unroll
-    for (int t = 0; t < DH / 2; ++t) o[2 * t + half] = __float2bfloat16(acc[t] * inverse);
+    for (int half = 0; half < 2; ++half) {
+        float sum = running_sum[half];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        if (queries[half] >= T) continue;
+        const float inverse = 1.0f / sum;
+        bf16 * o = static_cast<bf16 *>(args.out) + h * args.out_stride[0] + b * args.out_stride[1] + int64_t(queries[half]) * args.out_stride[2];
+#pragma unroll
+        for (int n = 0; n < DH / 8; ++n)
+            *reinterpret_cast<uint32_t *>(o + n * 8 + 2 * c) = pack_bf16(out[n][2 * half] * inverse, out[n][2 * half + 1] * inverse);
+    }
 }
 
 template <int DH>
