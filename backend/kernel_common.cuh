@@ -1,7 +1,7 @@
 // Device helpers that several of our kernels use (nvcc only: each .cu includes this; the plain C++ launch headers
 // do not): element conversion between bf16 and fp32, 16-byte vector loads and stores (and 8 elements at a time), the
-// join of two running log-sum-exps, a block's sum; for the launchers, their error text and the alignment test for
-// 16-byte accesses.
+// join of two running log-sum-exps, a block's sum, one warp's tensor-core operands and product (mma.sync, compute
+// capability 8.0 on); for the launchers, their error text and the alignment test for 16-byte accesses.
 #pragma once
 
 #include <cstdint>
@@ -88,6 +88,44 @@ template <int kThreads> __device__ inline float block_sum(float x) {
     }
     __syncthreads();   // warp_sums may be reused by a following call
     return x;
+}
+
+// The tensor-core operands of one warp, in mma.sync m16n8k16's layouts. Lane = 4 g + c holds, of a 16x8 fp32
+// accumulator, rows g and g+8 at columns 2c and 2c+1; of a 16x16 bf16 A operand, the same rows at columns 2c, 2c+1
+// and 2c+8, 2c+9; of a 16x8 B operand (k x n), column g at rows 2c, 2c+1 and 2c+8, 2c+9.
+__device__ inline uint32_t shared_address(const void * p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+/// A (16x16) from a row-major bf16 tile: rows 0..15 and columns 0..15 from `tile` (pitch ld).
+__device__ inline void load_a(uint32_t (&a)[4], const bf16 * tile, int ld, int lane) {
+    const bf16 * p = tile + (lane % 8 + 8 * ((lane / 8) % 2)) * ld + 8 * (lane / 16);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(shared_address(p)));
+}
+
+/// B (16x8) whose n columns are rows 0..7 of a row-major tile and whose k rows are its columns 0..15: keys or
+/// position rows against the query's dimensions.
+__device__ inline void load_b(uint32_t (&b)[2], const bf16 * tile, int ld, int lane) {
+    const bf16 * p = tile + (lane % 8) * ld + 8 * ((lane / 8) % 2);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(b[0]), "=r"(b[1]) : "r"(shared_address(p)));
+}
+
+/// B (16x8) whose k rows are rows 0..15 of a row-major tile and whose n columns are its columns 0..7: values.
+__device__ inline void load_b_transposed(uint32_t (&b)[2], const bf16 * tile, int ld, int lane) {
+    const bf16 * p = tile + (lane % 8 + 8 * ((lane / 8) % 2)) * ld;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(b[0]), "=r"(b[1]) : "r"(shared_address(p)));
+}
+
+/// d += a . b, fp32 accumulation.
+__device__ inline void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/// Two floats as a bf16 pair, the first in the low half (the lower column).
+__device__ inline uint32_t pack_bf16(float low, float high) {
+    const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
+    return *reinterpret_cast<const uint32_t *>(&pair);
 }
 
 /// Whether p is 16-byte aligned and each of byte_strides a multiple of 16: every row of a strided layout from p then

@@ -8,7 +8,6 @@
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include "kernel_common.cuh"
 
@@ -131,21 +130,20 @@ __global__ void __launch_bounds__(kThreads) partial_kernel(const TailLogProbKern
 }
 
 // bf16 hidden rows and weights: the logits on the tensor cores (fp32 accumulation, as cuBLAS forms them from the
-// same bf16 operands). 4 warps, 16 rows each, 64 columns a tile; the inner dimension padded with zeros to a
-// multiple of 16 in shared memory. Each lane then owns half of one row of the warp's 16 x 64 tile (columns 2t+half).
+// same bf16 operands; mma.sync m16n8k16). 4 warps, 16 rows each, 64 columns a tile; the inner dimension padded with
+// zeros to a multiple of 16 in shared memory. The logits stay in the accumulators: lane 4g + c holds rows g and g+8
+// of the warp's 16 at columns 2c and 2c+1 of every 8, keeps a running max and sum for each of its two rows, and the
+// four lanes of a row join theirs at the end.
 constexpr int kTensorRows = 64, kTensorCols = 64, kTensorThreads = 128;
 
 __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(const TailLogProbKernelArgs args, int64_t splits,
                                                                              int inner_padded, bool vector_loads) {
-    namespace wmma = nvcuda::wmma;
     extern __shared__ __align__(128) unsigned char smem[];
     const int pitch = inner_padded + 8;                                           // bf16 elements, 16-byte multiple
     bf16 * hidden_tile = reinterpret_cast<bf16 *>(smem);                          // (64, inner_padded)
     bf16 * weight_tile = hidden_tile + kTensorRows * pitch;                       // (64, inner_padded)
-    float * scores = reinterpret_cast<float *>(weight_tile + kTensorCols * pitch); // 4 x (16, 68)
-    float * bias_tile = scores + (kTensorThreads / 32) * 16 * (kTensorCols + 4);    // (64,) the tile's biases
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, mine_row = lane / 2, half = lane % 2;
-    float * warp_scores = scores + warp * 16 * (kTensorCols + 4);
+    float * bias_tile = reinterpret_cast<float *>(weight_tile + kTensorCols * pitch); // (64,) the tile's biases
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const int64_t first_row = int64_t(blockIdx.x) * kTensorRows;
     const int64_t split = blockIdx.y, col_tiles = (args.words + kTensorCols - 1) / kTensorCols;
     const int64_t per_split = (col_tiles + splits - 1) / splits * kTensorCols;
@@ -161,73 +159,87 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
     // gather: whether tile row r is logical row first + r of this call (else row first + r of src itself).
     auto load_tile = [&](bf16 * tile, const bf16 * src, int64_t stride, int64_t first, int64_t limit, bool gather) {
         for (int idx = threadIdx.x; idx < 64 * chunks; idx += kTensorThreads) {
-            const int r = idx / chunks, c = (idx % chunks) * 8;
+            const int r = idx / chunks, k = (idx % chunks) * 8;
             const int64_t row = first + r;
             uint4 value = make_uint4(0, 0, 0, 0);
             bf16 * e = reinterpret_cast<bf16 *>(&value);
             if (row < limit) {
                 const bf16 * line = src + (gather ? rows.physical(row) : row) * stride;
-                if (vector_loads && c + 8 <= args.dim) value = *reinterpret_cast<const uint4 *>(line + c);
-                else for (int i = 0; i < 8; ++i) e[i] = c + i < args.dim ? line[c + i] : __float2bfloat16(0.0f);
+                if (vector_loads && k + 8 <= args.dim) value = *reinterpret_cast<const uint4 *>(line + k);
+                else for (int i = 0; i < 8; ++i) e[i] = k + i < args.dim ? line[k + i] : __float2bfloat16(0.0f);
             }
-            *reinterpret_cast<uint4 *>(tile + r * pitch + c) = value;
+            *reinterpret_cast<uint4 *>(tile + r * pitch + k) = value;
         }
     };
     load_tile(hidden_tile, hidden, args.hidden_stride, first_row, rows.count, true);
 
-    const int64_t row = first_row + warp * 16 + mine_row;
-    const int64_t my_target = row < rows.count ? args.target[rows.physical(row)] : -1;
-    float run_max = -INFINITY, run_sum = 0.0f;
+    int64_t row[2], my_target[2];
+    float run_max[2] = {-INFINITY, -INFINITY}, run_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        row[half] = first_row + warp * 16 + g + 8 * half;
+        my_target[half] = row[half] < rows.count ? args.target[rows.physical(row[half])] : -1;
+    }
+    const bf16 * warp_hidden = hidden_tile + warp * 16 * pitch;
     for (int64_t col0 = first_col; col0 < end_col; col0 += kTensorCols) {
         __syncthreads();
         load_tile(weight_tile, weight, args.dim, col0, end_col, false);
         if (threadIdx.x < kTensorCols) bias_tile[threadIdx.x] = col0 + threadIdx.x < end_col ? __bfloat162float(bias[col0 + threadIdx.x]) : 0.0f;
         __syncthreads();
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> logits[kTensorCols / 16];
+        float logits[kTensorCols / 8][4];
 #pragma unroll
-        for (int n = 0; n < kTensorCols / 16; ++n) wmma::fill_fragment(logits[n], 0.0f);
+        for (int n = 0; n < kTensorCols / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) logits[n][e] = 0.0f;
         for (int kk = 0; kk < inner_padded; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
-            wmma::load_matrix_sync(a, hidden_tile + warp * 16 * pitch + kk, pitch);
+            uint32_t a[4];
+            load_a(a, warp_hidden + kk, pitch, lane);
 #pragma unroll
-            for (int n = 0; n < kTensorCols / 16; ++n) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
-                wmma::load_matrix_sync(b, weight_tile + n * 16 * pitch + kk, pitch);
-                wmma::mma_sync(logits[n], a, b, logits[n]);
+            for (int n = 0; n < kTensorCols / 8; ++n) {
+                uint32_t b[2];
+                load_b(b, weight_tile + n * 8 * pitch + kk, pitch, lane);
+                mma(logits[n], a, b);
             }
         }
+        // Each of the lane's two rows: its 16 logits of this tile, their max first, then one rescale of the running
+        // sum (no branch a logit); and the target's logit, if this lane holds it.
 #pragma unroll
-        for (int n = 0; n < kTensorCols / 16; ++n) wmma::store_matrix_sync(warp_scores + n * 16, logits[n], kTensorCols + 4, wmma::mem_row_major);
-        __syncwarp();
-        // The lane's 32 logits of this tile: their max first, then one rescale of the running sum (no branch a logit).
-        float z[kTensorCols / 2];
-        float tile_max = -INFINITY;
+        for (int half = 0; half < 2; ++half) {
+            float tile_max = -INFINITY;
 #pragma unroll
-        for (int t = 0; t < kTensorCols / 2; ++t) {
-            const int c = 2 * t + half;
-            const int64_t col = col0 + c;
-            z[t] = col < end_col ? warp_scores[mine_row * (kTensorCols + 4) + c] + bias_tile[c] : -INFINITY;
-            tile_max = fmaxf(tile_max, z[t]);
+            for (int n = 0; n < kTensorCols / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int column = n * 8 + 2 * c + e;
+                    const float z = col0 + column < end_col ? logits[n][2 * half + e] + bias_tile[column] : -INFINITY;
+                    logits[n][2 * half + e] = z;
+                    tile_max = fmaxf(tile_max, z);
+                    if (col0 + column == my_target[half]) args.workspace[2 * args.rows * splits + row[half]] = z;
+                }
+            const float new_max = fmaxf(run_max[half], tile_max);
+            if (new_max != -INFINITY) {   // else this lane has seen no column yet
+                float tile_sum = 0.0f;
+#pragma unroll
+                for (int n = 0; n < kTensorCols / 8; ++n)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) tile_sum += __expf(logits[n][2 * half + e] - new_max);
+                run_sum[half] = (run_max[half] == -INFINITY ? 0.0f : run_sum[half] * __expf(run_max[half] - new_max)) + tile_sum;
+                run_max[half] = new_max;
+            }
         }
-        const float new_max = fmaxf(run_max, tile_max);
-        if (new_max != -INFINITY) {   // else this lane has seen no column yet
-            float tile_sum = 0.0f;
-#pragma unroll
-            for (int t = 0; t < kTensorCols / 2; ++t) tile_sum += __expf(z[t] - new_max);
-            run_sum = (run_max == -INFINITY ? 0.0f : run_sum * __expf(run_max - new_max)) + tile_sum;
-            run_max = new_max;
-        }
-        const int64_t target_in_tile = my_target - col0;   // the target's logit, if this lane holds it
-        if (target_in_tile >= 0 && target_in_tile < kTensorCols && (target_in_tile & 1) == half && col0 + target_in_tile < end_col)
-            args.workspace[2 * args.rows * splits + row] = warp_scores[mine_row * (kTensorCols + 4) + target_in_tile]
-                                                           + bias_tile[target_in_tile];
-        __syncwarp();
     }
-    const float other_max = __shfl_xor_sync(0xffffffffu, run_max, 1), other_sum = __shfl_xor_sync(0xffffffffu, run_sum, 1);
-    join(run_max, run_sum, other_max, other_sum);
-    if (half == 0 && row < rows.count) {
-        args.workspace[row * splits + split] = run_max;
-        args.workspace[args.rows * splits + row * splits + split] = run_sum;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int offset = 1; offset < 4; offset *= 2) {
+            const float other_max = __shfl_xor_sync(0xffffffffu, run_max[half], offset);
+            const float other_sum = __shfl_xor_sync(0xffffffffu, run_sum[half], offset);
+            join(run_max[half], run_sum[half], other_max, other_sum);
+        }
+        if (c == 0 && row[half] < rows.count) {
+            args.workspace[row[half] * splits + split] = run_max[half];
+            args.workspace[args.rows * splits + row[half] * splits + split] = run_sum[half];
+        }
     }
 }
 
@@ -243,7 +255,7 @@ __global__ void combine_kernel(const TailLogProbKernelArgs args, int64_t splits)
 cudaError_t launch_tensor_cores(const TailLogProbKernelArgs & args, cudaStream_t stream) {
     const int64_t splits = splits_for(args.rows, args.words, kTensorRows, kTensorCols);
     const int inner_padded = int((args.dim + 15) / 16 * 16);
-    const size_t smem = size_t(kTensorRows + kTensorCols) * (inner_padded + 8) * sizeof(bf16) + (size_t(kTensorThreads / 32) * 16 * (kTensorCols + 4) + kTensorCols) * sizeof(float);
+    const size_t smem = size_t(kTensorRows + kTensorCols) * (inner_padded + 8) * sizeof(bf16) + size_t(kTensorCols) * sizeof(float);
     cudaError_t status = cudaFuncSetAttribute(tensor_core_partial_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (status != cudaSuccess) return status;
     const dim3 grid(unsigned((args.rows + kTensorRows - 1) / kTensorRows), unsigned(splits));
