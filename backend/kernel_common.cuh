@@ -122,6 +122,27 @@ __device__ inline void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+/// acc (16 x 8N) = A . B^T over k columns (a multiple of 16): A is rows 0..15 of a_tile, B's n columns are rows
+/// 0..8N-1 of b_tile, both row-major bf16 in shared memory with pitch ld.
+template <int N>
+__device__ inline void warp_product(float (&acc)[N][4], const bf16 * a_tile, const bf16 * b_tile, int ld, int k, int lane) {
+#pragma unroll
+    for (int n = 0; n < N; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < k; kk += 16) {
+        uint32_t a[4];
+        load_a(a, a_tile + kk, ld, lane);
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            uint32_t b[2];
+            load_b(b, b_tile + n * 8 * ld + kk, ld, lane);
+            mma(acc[n], a, b);
+        }
+    }
+}
+
 /// Two floats as a bf16 pair, the first in the low half (the lower column).
 __device__ inline uint32_t pack_bf16(float low, float high) {
     const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);

@@ -18,11 +18,10 @@ namespace studio {
 namespace {
 
 using bf16 = __nv_bfloat16;
-using kernels::load_a;
-using kernels::load_b;
 using kernels::load_b_transposed;
 using kernels::mma;
 using kernels::pack_bf16;
+using kernels::warp_product;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
@@ -158,21 +157,7 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
         // This warp's position band (16 x 80) into shared memory, for the shift's per-row reads.
         {
             float position[kWarpBand / 8][4];
-#pragma unroll
-            for (int n = 0; n < kWarpBand / 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) position[n][e] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < DH / 16; ++kk) {
-                uint32_t a[4];
-                load_a(a, warp_q_v + kk * 16, P::ld, lane);
-#pragma unroll
-                for (int n = 0; n < kWarpBand / 8; ++n) {
-                    uint32_t bb[2];
-                    load_b(bb, warp_band + n * 8 * P::ld + kk * 16, P::ld, lane);
-                    mma(position[n], a, bb);
-                }
-            }
+            warp_product(position, warp_q_v, warp_band, P::ld, DH, lane);
 #pragma unroll
             for (int n = 0; n < kWarpBand / 8; ++n) {
                 *reinterpret_cast<float2 *>(pos_scores + g * P::ld_pos + n * 8 + 2 * c) = make_float2(position[n][0], position[n][1]);
@@ -183,21 +168,7 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
 
         // Content scores (16 x 64), in registers.
         float scores[kKeys / 8][4];
-#pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) scores[n][e] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < DH / 16; ++kk) {
-            uint32_t a[4];
-            load_a(a, warp_q_u + kk * 16, P::ld, lane);
-#pragma unroll
-            for (int n = 0; n < kKeys / 8; ++n) {
-                uint32_t bb[2];
-                load_b(bb, keys + n * 8 * P::ld + kk * 16, P::ld, lane);
-                mma(scores[n], a, bb);
-            }
-        }
+        warp_product(scores, warp_q_u, keys, P::ld, DH, lane);
 
         // Relative shift, mask and online softmax: row i's key column j sits at band column j - i + 15.
 #pragma unroll

@@ -187,20 +187,7 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
         if (threadIdx.x < kTensorCols) bias_tile[threadIdx.x] = col0 + threadIdx.x < end_col ? __bfloat162float(bias[col0 + threadIdx.x]) : 0.0f;
         __syncthreads();
         float logits[kTensorCols / 8][4];
-#pragma unroll
-        for (int n = 0; n < kTensorCols / 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) logits[n][e] = 0.0f;
-        for (int kk = 0; kk < inner_padded; kk += 16) {
-            uint32_t a[4];
-            load_a(a, warp_hidden + kk, pitch, lane);
-#pragma unroll
-            for (int n = 0; n < kTensorCols / 8; ++n) {
-                uint32_t b[2];
-                load_b(b, weight_tile + n * 8 * pitch + kk, pitch, lane);
-                mma(logits[n], a, b);
-            }
-        }
+        warp_product(logits, warp_hidden, weight_tile, pitch, inner_padded, lane);
         // Each of the lane's two rows: its 16 logits of this tile, their max first, then one rescale of the running
         // sum (no branch a logit); and the target's logit, if this lane holds it.
 #pragma unroll

@@ -5,8 +5,11 @@ model picks cuDNN's or flash's per layer from this table's shape (backend/apart_
   python3 scripts/gpu-probe-persistent-kernels.py [--rows 768 6144 24576] [--persistent 2048] [--head-dim 64]
 Prints one markdown row per (rows, heads): median microseconds of CUDA-graph replays of each, their ratio, and the
 largest difference of the two outputs and log-sum-exps."""
-import argparse, statistics
+import argparse
+
 import torch
+
+from gpu_probe_timing import timed
 
 p = argparse.ArgumentParser()
 p.add_argument("--rows", type=int, nargs="+", default=[768, 3072, 6144, 24576])   # B*T at batch 4, 16, 32 and 128
@@ -26,24 +29,6 @@ def flash(q, k, v):
 def cudnn(q, k, v):
     out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False, scale=1.0)[:2]
     return out, lse.reshape(out.shape[:3])
-
-
-def timed(fn, reps=7, inner=50):
-    g = torch.cuda.CUDAGraph()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn(); fn()
-    torch.cuda.current_stream().wait_stream(s)
-    with torch.cuda.graph(g):
-        for _ in range(inner): fn()
-    for _ in range(3): g.replay()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); g.replay(); b.record(); b.synchronize()
-        times.append(a.elapsed_time(b) * 1000 / inner)
-    return statistics.median(times)
 
 
 print("| rows | heads | flash us | cuDNN us | cuDNN / flash | max diff out, lse |")

@@ -7,8 +7,11 @@ Prints one markdown row per (heads, splits): median microseconds of CUDA-graph r
 parts merged by their log-sum-exps equal the unsplit call. Alone the call gains up to 1.4x; inside the model, beside
 the projections that run concurrently with it, the split gained nothing and was taken out again (docs/benchmarks.md,
 session 9). The script stays as the record of that measurement."""
-import argparse, statistics
+import argparse
+
 import torch
+
+from gpu_probe_timing import timed
 
 p = argparse.ArgumentParser()
 p.add_argument("--rows", type=int, nargs="+", default=[768, 6144])   # B*T at batch 4 and 32
@@ -30,24 +33,6 @@ def call(q, k, v, s):
     vs = v.view(H, s, N // s, dh).transpose(0, 1)
     out, lse = flash(qs, ks, vs, 0.0, False, False, scale=1.0)[:2]     # (s,H,L,dh), (s,H,L)
     return out, lse
-
-
-def timed(fn, reps=7, inner=50):
-    g = torch.cuda.CUDAGraph()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn(); fn()
-    torch.cuda.current_stream().wait_stream(s)
-    with torch.cuda.graph(g):
-        for _ in range(inner): fn()
-    for _ in range(3): g.replay()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); g.replay(); b.record(); b.synchronize()
-        times.append(a.elapsed_time(b) * 1000 / inner)
-    return statistics.median(times)
 
 
 print("| rows | heads | splits | us | us/head | merged vs unsplit max err |")
