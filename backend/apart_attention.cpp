@@ -1,9 +1,9 @@
 #include "apart_attention.h"
 
 #include <array>
-#include <optional>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <stdexcept>
 
 #include <torch/cuda.h>

@@ -257,9 +257,10 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     const auto & vb = options.own_r_bias() ? v_bias : v;
     auto q = F::linear(x_n, q_weight).view({B, T, H, dh}).permute({2, 0, 1, 3});     // (H,B,T,dh)
 #ifdef STUDIO_CUDA_KERNELS
-    // Inference only (no gradient to carry, no dropout). The persistent columns need only q: their attention call runs on
-    // a side stream while this one computes the keys, values and positions, and the two join before our kernel (a
-    // fork and join that a CUDA graph captures as two branches: a layer of few heads fills the GPU with neither).
+    // Inference only (no gradient to carry, no dropout). The persistent columns need only q: their attention call
+    // (cuDNN's or flash's) runs on a side stream while this one computes the keys, values and positions, and the two
+    // join before our kernel (a fork and join that a CUDA graph captures as two branches: a layer of few heads fills
+    // the GPU with neither).
     const bool own = own_kernel_applies(x_n) && ub.numel() == H * dh;
     torch::Tensor persistent_out, persistent_lse;
     std::optional<at::cuda::CUDAEvent> persistent_done;
