@@ -189,7 +189,8 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
         float logits[kTensorCols / 8][4];
         warp_product(logits, warp_hidden, weight_tile, pitch, inner_padded, lane);
         // Each of the lane's two rows: its 16 logits of this tile, their max first, then one rescale of the running
-        // sum (no branch a logit); and the target's logit, if this lane holds it.
+        // sum (no branch a logit); and the target's logit, if this lane holds it. A column past end_col is never the
+        // target: a split's tiles end at the next split's first column (per_split is whole tiles) or past the words.
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             float tile_max = -INFINITY;
