@@ -187,10 +187,13 @@ LayerStackOutput LanguageModelImpl::run_layers(const torch::Tensor & h_in, const
     int64_t noise_offset = 0;
     for (int64_t l = 0; l < config.num_layers; ++l) {
         // The memory of layer l is its own input, carried to the next segment: its last M positions, which lie in
-        // this segment's input alone when M <= T (the reference shapes: 192 and 192), with no copy.
-        if (M == 0) out.memory.push_back(memory[l]);
-        else if (M <= T) out.memory.push_back(h.narrow(1, T - M, M).detach());                  // (B,M,D)
-        else out.memory.push_back(torch::cat({memory[l], h}, 1).narrow(1, T, M).detach());     // (B,M,D)
+        // this segment's input alone when M <= T (the reference shapes: 192 and 192), with no copy. At inference
+        // with the key/value cache, the layer's keys and values of those positions take its place (below).
+        torch::Tensor next_memory;
+        if (M == 0) next_memory = memory[l];
+        else if (memory[l].dim() == 4) next_memory = torch::Tensor();                                 // the layer's own
+        else if (M <= T) next_memory = h.narrow(1, T - M, M).detach();                                // (B,M,D)
+        else next_memory = torch::cat({memory[l], h}, 1).narrow(1, T, M).detach();                    // (B,M,D)
         auto & layer = layer_list[(size_t) l];
         GateControl control;
         control.enabled = gates.enabled;
@@ -201,9 +204,10 @@ LayerStackOutput LanguageModelImpl::run_layers(const torch::Tensor & h_in, const
             control.noise = noise.narrow(0, noise_offset, layer->attention->options.num_heads());
             noise_offset += layer->attention->options.num_heads();
         }
-        torch::Tensor closed;
-        h = layer->forward(h, memory[l], pos, keep, u_bias, v_bias, control, &closed);
+        torch::Tensor closed, key_values;
+        h = layer->forward(h, memory[l], pos, keep, u_bias, v_bias, control, &closed, &key_values);
         if (closed.defined()) out.closed = out.closed.defined() ? out.closed + closed : closed;
+        out.memory.push_back(key_values.defined() ? key_values : next_memory);                       // (B,M,2,H*dh) | (B,M,D)
     }
     out.hidden = h;
     return out;

@@ -40,7 +40,9 @@ struct GateSettings {
 
 struct LMOutput {
     torch::Tensor target_log_prob;      ///< (B,T) float32 log p(target)
-    std::vector<torch::Tensor> memory;  ///< per layer (B,M,D), detached: the next segment's memory
+    /// Per layer, detached: the next segment's memory. (B,M,D) hidden states, or at inference with the key/value
+    /// cache (rel_attention.h) the layer's keys and values of those positions, (B,M,2,H*dh), for a layer with heads.
+    std::vector<torch::Tensor> memory;
     torch::Tensor closed;               ///< scalar: closed gates in this forward (undefined when gates are off)
     torch::Tensor l0;                   ///< the L0 term (l0()) of a gated training forward, else undefined
     torch::Tensor hidden;               ///< (B,T,D) final hidden state, set only when no target was given
@@ -49,7 +51,7 @@ struct LMOutput {
 /// What the layer stack of one forward produces.
 struct LayerStackOutput {
     torch::Tensor hidden;               ///< (B,T,D) the last layer's output
-    std::vector<torch::Tensor> memory;  ///< per layer (B,M,D), detached
+    std::vector<torch::Tensor> memory;  ///< per layer (B,M,D) or cached keys and values (B,M,2,H*dh), detached (LMOutput)
     torch::Tensor closed;               ///< closed gates sampled inside the layers (undefined when none were)
     torch::Tensor l0;                   ///< l0() when the layers sampled gates for training
 };

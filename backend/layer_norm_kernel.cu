@@ -72,7 +72,8 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) segment_norm_kernel(const 
         args.inverse_std_out[row] = inverse_std;
     }
     bf16 * keys = static_cast<bf16 *>(args.keys_out) + row * args.dim;
-    bf16 * queries = from_memory ? nullptr : static_cast<bf16 *>(args.queries_out) + (b * args.tgt_len + s - args.mem_len) * args.dim;
+    bf16 * queries = from_memory || !args.queries_out ? nullptr
+                     : static_cast<bf16 *>(args.queries_out) + (b * args.tgt_len + s - args.mem_len) * args.dim;
     const Param * weight = static_cast<const Param *>(args.weight);
     const Param * bias = static_cast<const Param *>(args.bias);
 #pragma unroll

@@ -14,7 +14,7 @@ struct SegmentNormKernelArgs {
     const void * weight = nullptr;        ///< (D,): the gain is 1 + weight (OffsetLayerNorm)
     const void * bias = nullptr;          ///< (D,)
     void * keys_out = nullptr;            ///< (B,M+T,D) contiguous bf16: normed memory, then normed segment
-    void * queries_out = nullptr;         ///< (B,T,D) contiguous bf16: the normed segment again
+    void * queries_out = nullptr;         ///< (B,T,D) contiguous bf16: the normed segment again; null = not written
     bool input_bf16 = true;               ///< memory and segment: bf16, else fp32
     bool params_bf16 = true;              ///< weight and bias: bf16, else fp32
     int64_t batch = 0, mem_len = 0, tgt_len = 0, dim = 0;

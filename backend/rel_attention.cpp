@@ -52,6 +52,14 @@ const bool bias_by_product_wanted = !environment_is("STUDIO_OUTPUT_BIAS", "ops")
 const bool u_in_query_wanted = !environment_is("STUDIO_U_IN_BIAS", "1");
 // STUDIO_POSITION_COLUMNS=all: the position scores over all S columns even where the kept ones start at T-1 (timing).
 const bool position_columns_trimmed = !environment_is("STUDIO_POSITION_COLUMNS", "all");
+// STUDIO_KEY_VALUE_CACHE=0: inference carries hidden states and projects the memory's again (side-by-side timing).
+bool key_value_cache_wanted = !environment_is("STUDIO_KEY_VALUE_CACHE", "0");
+
+/// (B,L,2,H*dh) keys and values side by side -> the keys (which 0) or values (1) as (H,B,L,dh) views.
+torch::Tensor heads_of(const torch::Tensor & key_values, int64_t which, int64_t H) {
+    const int64_t B = key_values.size(0), L = key_values.size(1), dh = key_values.size(3) / H;
+    return key_values.select(2, which).view({B, L, H, dh}).permute({2, 0, 1, 3});                   // (H,B,L,dh)
+}
 
 } // namespace
 
@@ -78,6 +86,8 @@ std::string inference_attention_name(const torch::Device & device, torch::Scalar
     return dtype == torch::kBFloat16 && own_kernels_enabled() ? "studio-kernel" : "sdpa";
 }
 bool fused_attention_enabled() { return fused_wanted; }
+void set_key_value_cache(bool enabled) { key_value_cache_wanted = enabled; }
+bool key_value_cache_enabled() { return key_value_cache_wanted; }
 
 torch::Tensor rel_shift(const torch::Tensor & x) {
     auto sizes = x.sizes().vec();                                            // (..., T, S)
@@ -178,8 +188,10 @@ torch::Tensor RelativeAttentionImpl::attention_of_heads(const torch::Tensor & q,
 #ifdef STUDIO_CUDA_KERNELS
 torch::Tensor RelativeAttentionImpl::kernel_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val,
                                                      const torch::Tensor & r, const torch::Tensor & u, const torch::Tensor & v, double scale,
-                                                     const torch::Tensor & persistent_out, const torch::Tensor & persistent_lse) {
-    const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), S = k.size(2), N = options.persistent();
+                                                     const torch::Tensor & persistent_out, const torch::Tensor & persistent_lse,
+                                                     const torch::Tensor & k_memory, const torch::Tensor & v_memory) {
+    const int64_t H = q.size(0), B = q.size(1), T = q.size(2), dh = q.size(3), N = options.persistent();
+    const int64_t S = k.size(2) + (k_memory.defined() ? k_memory.size(2) : 0);
     c10::cuda::CUDAGuard device_guard(q.device());
     RelativeAttentionKernelArgs args;
     if (N > 0) {
@@ -217,6 +229,14 @@ torch::Tensor RelativeAttentionImpl::kernel_attention(const torch::Tensor & q, c
         args.k_stride[d] = k.stride(d);
         args.v_stride[d] = val.stride(d);
     }
+    if (k_memory.defined()) {
+        args.k_memory = k_memory.data_ptr();
+        args.v_memory = v_memory.data_ptr();
+        for (int d = 0; d < 3; ++d) {
+            args.k_memory_stride[d] = k_memory.stride(d);
+            args.v_memory_stride[d] = v_memory.stride(d);
+        }
+    }
     args.r_stride[0] = r.stride(0);
     args.r_stride[1] = r.stride(1);
     args.out_stride[0] = out.stride(2);
@@ -226,6 +246,25 @@ torch::Tensor RelativeAttentionImpl::kernel_attention(const torch::Tensor & q, c
     return out.permute({2, 0, 1, 3});                                                                   // (H,B,T,dh)
 }
 #endif
+
+bool RelativeAttentionImpl::caches_key_values() const {
+    return key_value_cache_wanted && !torch::GradMode::is_enabled() && !is_training() && options.num_heads() > 0;
+}
+
+torch::Tensor RelativeAttentionImpl::key_value_rows(const torch::Tensor & rows) const {
+    const int64_t B = rows.size(0), L = rows.size(1), D = rows.size(2), HD = options.num_heads() * options.head_dim();
+    // The dtype F::linear would give (bf16 under autocast): out= products are not autocast.
+    const auto dtype = rows.is_cuda() ? cuda_compute_dtype(rows) : rows.scalar_type();
+    auto flat = rows.reshape({B * L, D}).to(dtype);                                       // (B*L,D)
+    auto key_values = torch::empty({B, L, 2, HD}, flat.options());                       // (B,L,2,H*dh)
+    if (B * L == 0) return key_values;
+    // Each product writes its half of the rows in place (a leading dimension of 2*H*dh): no concatenation after.
+    auto pairs = key_values.view({B * L, 2, HD});
+    auto keys = pairs.select(1, 0), values = pairs.select(1, 1);                         // (B*L,H*dh) views
+    torch::mm_out(keys, flat, k_weight.to(dtype).t());
+    torch::mm_out(values, flat, v_weight.to(dtype).t());
+    return key_values;
+}
 
 bool RelativeAttentionImpl::own_kernel_applies(const torch::Tensor & x) const {
 #ifdef STUDIO_CUDA_KERNELS
@@ -240,7 +279,8 @@ bool RelativeAttentionImpl::own_kernel_applies(const torch::Tensor & x) const {
 
 AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const torch::Tensor & mem_n, const torch::Tensor & pos,
                                                const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
-                                               const GateControl & gates, const torch::Tensor & keys_n) {
+                                               const GateControl & gates, const torch::Tensor & keys_n,
+                                               const torch::Tensor & memory_key_values) {
     const int64_t B = x_n.size(0), T = x_n.size(1), H = options.num_heads(), dh = options.head_dim();
     AttentionOutput result;
     if (H == 0) {
@@ -248,8 +288,13 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         result.out = o_bias.to(x_n.dtype()).expand({B, T, options.hidden_dim()});
         return result;
     }
-    auto kv_in = keys_n.defined() ? keys_n : mem_n.size(1) > 0 ? torch::cat({mem_n, x_n}, 1) : x_n;   // (B,S,D)
-    const int64_t S = kv_in.size(1), N = options.persistent();
+    const bool cached = caches_key_values();
+    TORCH_CHECK(cached || !memory_key_values.defined(), "attention: the memory holds cached keys and values, which only inference "
+                "with the key/value cache takes; start from empty memory");
+    const int64_t M = memory_key_values.defined() ? memory_key_values.size(1)
+                      : keys_n.defined()          ? keys_n.size(1) - T
+                                                  : mem_n.size(1);
+    const int64_t S = T + M, N = options.persistent();
     const double scale = 1.0 / std::sqrt((double) dh);
     // Head-major layout (H,B,...): the position and persistent terms are the same for every batch row, so they
     // become H matrix products over B*T rows instead of B*H small ones.
@@ -278,14 +323,39 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         persistent_done->record(side_stream);
     }
 #endif
-    auto k = F::linear(kv_in, k_weight).view({B, S, H, dh}).permute({2, 0, 1, 3});   // (H,B,S,dh)
-    auto val = F::linear(kv_in, v_weight).view({B, S, H, dh}).permute({2, 0, 1, 3}); // (H,B,S,dh)
+    // With the key/value cache, k and val hold the segment's T rows and k_memory, v_memory the memory's M rows: the
+    // memory's come from the previous segment (the first time, from its hidden states), so only the segment's rows
+    // are projected, half the key and value products at M = T.
+    torch::Tensor k, val, k_memory, v_memory, memory_kv, segment_kv;          // (H,B,S|T|M,dh); (B,M|T,2,H*dh)
+    if (cached) {
+        memory_kv = memory_key_values.defined() ? memory_key_values : key_value_rows(keys_n.defined() ? keys_n.narrow(1, 0, M) : mem_n);
+        segment_kv = key_value_rows(x_n);
+        if (M > 0) result.key_values = M <= T ? segment_kv.narrow(1, T - M, M) : torch::cat({memory_kv, segment_kv}, 1).narrow(1, T, M);
+        k = heads_of(segment_kv, 0, H);
+        val = heads_of(segment_kv, 1, H);
+        if (M > 0) {
+            k_memory = heads_of(memory_kv, 0, H);
+            v_memory = heads_of(memory_kv, 1, H);
+        }
+    } else {
+        auto kv_in = keys_n.defined() ? keys_n : M > 0 ? torch::cat({mem_n, x_n}, 1) : x_n;             // (B,S,D)
+        k = F::linear(kv_in, k_weight).view({B, S, H, dh}).permute({2, 0, 1, 3});   // (H,B,S,dh)
+        val = F::linear(kv_in, v_weight).view({B, S, H, dh}).permute({2, 0, 1, 3}); // (H,B,S,dh)
+    }
     auto r = F::linear(pos, r_weight).view({S, H, dh}).transpose(0, 1);              // (H,S,dh)
     torch::Tensor heads;                                                     // (H,B,T,dh)
 #ifdef STUDIO_CUDA_KERNELS
     if (persistent_done) persistent_done->block(c10::cuda::getCurrentCUDAStream(q.device().index())); // joined, whichever path follows
-    if (own && kernel_takes(q, k, val, r)) heads = kernel_attention(q, k, val, r, ub, vb, scale, persistent_out, persistent_lse);
+    // Our kernel reads the memory's rows and the segment's where they lie.
+    if (own && kernel_takes(q, k, val, r) && (!k_memory.defined() || kernel_takes(q, k_memory, v_memory, r)))
+        heads = kernel_attention(q, k, val, r, ub, vb, scale, persistent_out, persistent_lse, k_memory, v_memory);
 #endif
+    if (!heads.defined() && k_memory.defined()) {
+        // The other paths take the keys and values as one sequence of S rows.
+        auto all_kv = torch::cat({memory_kv, segment_kv}, 1);                // (B,S,2,H*dh)
+        k = heads_of(all_kv, 0, H);
+        val = heads_of(all_kv, 1, H);
+    }
     // first_column: the position scores from distance S-1-first_column down; content_bias takes them without the
     // columns before (the explicit path's rel_shift wants all S).
     auto unshifted_position_scores = [&](int64_t first_column) {

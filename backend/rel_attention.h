@@ -37,8 +37,12 @@ struct GateControl {
 };
 
 struct AttentionOutput {
-    torch::Tensor out;     ///< (B,T,D) after the output projection (its bias included)
-    torch::Tensor closed;  ///< scalar count of closed gates in this forward (undefined when gates are off)
+    torch::Tensor out;         ///< (B,T,D) after the output projection (its bias included)
+    torch::Tensor closed;      ///< scalar count of closed gates in this forward (undefined when gates are off)
+    /// With the key/value cache (inference, caches_key_values): the next segment's memory for this layer, the keys and
+    /// values of the last M positions of memory and segment, (B,M,2,H*dh) with keys at [:,:,0] and values at [:,:,1].
+    /// Undefined otherwise, and where M = 0.
+    torch::Tensor key_values;
 };
 
 class RelativeAttentionImpl : public torch::nn::Cloneable<RelativeAttentionImpl> {
@@ -49,13 +53,18 @@ public:
 
     /// x_n (B,T,D) and mem_n (B,M,D) are layer-normed; pos (S,D) with S = M+T encodes distances S-1 .. 0;
     /// keep (T,S) bool; u, v (H*dh,) used when the layer has no biases of its own. keys_n, when given, is
-    /// cat(mem_n, x_n) already (B,S,D), and mem_n is not read.
+    /// cat(mem_n, x_n) already (B,S,D), and mem_n is not read. memory_key_values, when given, is the previous
+    /// segment's AttentionOutput::key_values (B,M,2,H*dh): the memory's keys and values, and neither mem_n nor keys_n
+    /// is read.
     AttentionOutput forward(const torch::Tensor & x_n, const torch::Tensor & mem_n, const torch::Tensor & pos,
                             const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
-                            const GateControl & gates, const torch::Tensor & keys_n = {});
+                            const GateControl & gates, const torch::Tensor & keys_n = {}, const torch::Tensor & memory_key_values = {});
 
     /// Whether a forward with layer input x would run our CUDA kernel (bf16 inference on the GPU, where built).
     bool own_kernel_applies(const torch::Tensor & x) const;
+    /// Whether a forward now carries keys and values to the next segment instead of the memory's hidden states:
+    /// inference (no gradient, eval mode) with heads, unless set_key_value_cache(false).
+    bool caches_key_values() const;
 
     /// Parameters that belong to head h (its q/k/v/r rows, u/v slice, persistent vectors, output columns, gate).
     int64_t parameters_per_head() const;
@@ -71,9 +80,14 @@ private:
     /// Inference through our CUDA kernel (built where a CUDA compiler was found): q (H,B,T,dh), k/val (H,B,S,dh),
     /// r (H,S,dh), u/v (H*dh,). The persistent columns, if any, come attended already by a kernel of their own
     /// (cuDNN's or flash's): persistent_out (1,H,B*T,dh) and persistent_lse (1,H,B*T) seed the kernel's online softmax.
+    /// With k_memory/v_memory (H,B,M,dh) given, the memory's keys and values are read from them and k/val hold the
+    /// segment's T rows only (the key/value cache: no concatenation).
     torch::Tensor kernel_attention(const torch::Tensor & q, const torch::Tensor & k, const torch::Tensor & val, const torch::Tensor & r,
                                    const torch::Tensor & u, const torch::Tensor & v, double scale, const torch::Tensor & persistent_out,
-                                   const torch::Tensor & persistent_lse);
+                                   const torch::Tensor & persistent_lse, const torch::Tensor & k_memory = {},
+                                   const torch::Tensor & v_memory = {});
+    /// Rows (B,L,D) projected to keys and values side by side, (B,L,2,H*dh), in the dtype F::linear would give.
+    torch::Tensor key_value_rows(const torch::Tensor & rows) const;
     /// Scores and probabilities materialised in fp32: the reference computation, and the path on CPU.
     torch::Tensor explicit_attention(const torch::Tensor & q, const torch::Tensor & q_u, const torch::Tensor & k, const torch::Tensor & val,
                                      const torch::Tensor & bd, const torch::Tensor & keep, double scale);
@@ -95,6 +109,10 @@ bool fused_attention_enabled();
 bool own_kernels_built();
 void set_own_kernels(bool enabled);
 bool own_kernels_enabled();
+/// The key/value cache at inference (RelativeAttentionImpl::caches_key_values): on by default;
+/// STUDIO_KEY_VALUE_CACHE=0 or set_key_value_cache(false) carries hidden states and projects them again instead.
+void set_key_value_cache(bool enabled);
+bool key_value_cache_enabled();
 /// What computes inference attention on this device in this dtype: "explicit", "sdpa" or "studio-kernel".
 std::string inference_attention_name(const torch::Device & device, torch::ScalarType dtype);
 

@@ -58,6 +58,33 @@ __device__ void load_rows(bf16 * dst, const bf16 * src, int64_t row_stride, int 
     }
 }
 
+/// Key or value rows first_row .. first_row+rows-1 of the S = M+T: those before `split` from `memory`, the others
+/// from `segment` (row - split). split = 0: all from segment, which then holds all S. The source is chosen once for
+/// a tile that lies on one side of the split (every tile when M is a multiple of 64): a choice per element made the
+/// kernel a quarter slower.
+template <int DH>
+__device__ void load_key_rows(bf16 * dst, const bf16 * memory, int64_t memory_stride, const bf16 * segment, int64_t segment_stride,
+                              int split, int first_row, int rows, int limit) {
+    if (first_row >= split) {
+        load_rows<DH>(dst, segment, segment_stride, first_row - split, rows, limit - split);
+        return;
+    }
+    if (first_row + rows <= split) {
+        load_rows<DH>(dst, memory, memory_stride, first_row, rows, split);
+        return;
+    }
+    constexpr int chunks = DH / 8;
+    for (int idx = threadIdx.x; idx < rows * chunks; idx += kThreads) {
+        const int r = idx / chunks, c = (idx % chunks) * 8, row = first_row + r;
+        uint4 value = make_uint4(0, 0, 0, 0);
+        if (row >= 0 && row < limit) {
+            const bf16 * src = row < split ? memory + int64_t(row) * memory_stride : segment + int64_t(row - split) * segment_stride;
+            value = *reinterpret_cast<const uint4 *>(src + c);
+        }
+        *reinterpret_cast<uint4 *>(dst + r * Plan<DH>::ld + c) = value;
+    }
+}
+
 /// Eight bias values from offset on, bf16 or fp32.
 __device__ inline void load_bias(const void * bias, bool bf16_bias, int offset, float * out) {
 #pragma unroll
@@ -84,6 +111,10 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
     const bf16 * k = static_cast<const bf16 *>(args.k) + h * args.k_stride[0] + b * args.k_stride[1];
     const bf16 * v = static_cast<const bf16 *>(args.v) + h * args.v_stride[0] + b * args.v_stride[1];
     const bf16 * r = static_cast<const bf16 *>(args.r) + h * args.r_stride[0];
+    // The memory's keys and values apart (the key/value cache), or in k and v with the segment's.
+    const int split = args.k_memory ? M : 0;
+    const bf16 * k_memory = args.k_memory ? static_cast<const bf16 *>(args.k_memory) + h * args.k_memory_stride[0] + b * args.k_memory_stride[1] : k;
+    const bf16 * v_memory = args.v_memory ? static_cast<const bf16 *>(args.v_memory) + h * args.v_memory_stride[0] + b * args.v_memory_stride[1] : v;
 
     // q + u and q + v, rounded to bf16 once for the tensor cores.
     {
@@ -147,8 +178,8 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
     const bf16 * warp_band = band + (kQueryRows - 16 - 16 * warp) * P::ld;   // warp w's rows span band rows 48-16w .. 127-16w
     for (int key0 = first_key; key0 <= last_key; key0 += kKeys) {
         __syncthreads();   // every warp is done with the previous tile
-        load_rows<DH>(keys, k, args.k_stride[2], key0, kKeys, S);
-        load_rows<DH>(values, v, args.v_stride[2], key0, kKeys, S);
+        load_key_rows<DH>(keys, k_memory, args.k_memory_stride[2], k, args.k_stride[2], split, key0, kKeys, S);
+        load_key_rows<DH>(values, v_memory, args.v_memory_stride[2], v, args.v_stride[2], split, key0, kKeys, S);
         // Position rows key0+T-1-i for the block's queries i and keys key0..key0+63: 127 rows from key0+T-64-first_query.
         const int band_start = key0 + T - kQueryRows - first_query;
         load_rows<DH>(band, r, args.r_stride[1], band_start, kBand, S);

@@ -15,8 +15,10 @@ namespace studio {
 /// position vector is row j+T-1-i of r (rows hold distances S-1 .. 0).
 struct RelativeAttentionKernelArgs {
     const void * q = nullptr;                   ///< (H,B,T,dh) bf16
-    const void * k = nullptr;                   ///< (H,B,S,dh) bf16
-    const void * v = nullptr;                   ///< (H,B,S,dh) bf16
+    const void * k = nullptr;                   ///< (H,B,S,dh) bf16; with k_memory, (H,B,T,dh): the segment's rows alone
+    const void * v = nullptr;                   ///< (H,B,S,dh) bf16; with v_memory, (H,B,T,dh)
+    const void * k_memory = nullptr;            ///< (H,B,M,dh) bf16: the memory's keys apart (the key/value cache); null = in k
+    const void * v_memory = nullptr;            ///< (H,B,M,dh) bf16, given with k_memory
     const void * r = nullptr;                   ///< (H,S,dh) bf16
     const void * u_bias = nullptr;              ///< (H*dh,) content bias u
     const void * v_bias = nullptr;              ///< (H*dh,) position bias v
@@ -31,6 +33,8 @@ struct RelativeAttentionKernelArgs {
     int64_t q_stride[3] = {0, 0, 0};            ///< head, batch, position
     int64_t k_stride[3] = {0, 0, 0};
     int64_t v_stride[3] = {0, 0, 0};
+    int64_t k_memory_stride[3] = {0, 0, 0};
+    int64_t v_memory_stride[3] = {0, 0, 0};
     int64_t r_stride[2] = {0, 0};               ///< head, position
     int64_t persistent_out_stride[2] = {0, 0};  ///< head, row (b*T+i)
     int64_t persistent_lse_stride[2] = {0, 0};

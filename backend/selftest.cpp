@@ -33,13 +33,14 @@ double worst_error(const Outputs & a, const Outputs & reference) {
 
 KernelSwitchesGuard::KernelSwitchesGuard()
     : fused_(fused_attention_enabled()), own_(own_kernels_enabled()), cudnn_min_rows_(persistent_cudnn_min_rows()),
-      inference_cudnn_from_(persistent_inference_cudnn_from()) {}
+      inference_cudnn_from_(persistent_inference_cudnn_from()), key_value_cache_(key_value_cache_enabled()) {}
 
 KernelSwitchesGuard::~KernelSwitchesGuard() {
     set_fused_attention(fused_);
     set_own_kernels(own_);
     set_persistent_cudnn_min_rows(cudnn_min_rows_);
     set_persistent_inference_cudnn_from(inference_cudnn_from_);
+    set_key_value_cache(key_value_cache_);
 }
 
 namespace {
@@ -158,13 +159,23 @@ bool check_layer_inference(const torch::Device & device) {
     auto x = torch::randn({B, T, D}, options) * 2 - 0.5;
     auto pos = torch::randn({T + M, D}, options);
     auto keep = attention_keep_mask(T, M, true, device);
-    auto run = [&](bool own, bool bf16_model, bool autocast) {
+    // cached: the memory as the keys and values that the previous segment's forward cached (the model's way at
+    // inference), where our kernel reads the memory's rows and the segment's from two places.
+    auto run = [&](bool own, bool bf16_model, bool autocast, bool cached = false) {
         set_own_kernels(own);
+        set_key_value_cache(cached);
         torch::NoGradGuard no_grad;
         AutocastGuard guard(device, autocast);
         const auto dtype = bf16_model ? torch::kBFloat16 : torch::kFloat;
         layer->to(dtype);
-        auto out = layer->forward(x.to(dtype), memory.to(dtype), pos.to(dtype), keep, {}, {}, GateControl{}).to(torch::kFloat);
+        auto layer_memory = memory.to(dtype);
+        if (cached) {
+            torch::Tensor key_values;
+            layer->forward(previous.to(dtype), torch::zeros({B, M, D}, options.dtype(dtype)), pos.to(dtype), keep, {}, {}, GateControl{},
+                           nullptr, &key_values);
+            layer_memory = key_values;                                       // (B,M,2,H*dh)
+        }
+        auto out = layer->forward(x.to(dtype), layer_memory, pos.to(dtype), keep, {}, {}, GateControl{}).to(torch::kFloat);
         layer->to(torch::kFloat);
         return out;
     };
@@ -173,13 +184,17 @@ bool check_layer_inference(const torch::Device & device) {
     const double explicit_bf16 = relative_error(run(false, true, false), reference);
     const double explicit_autocast = relative_error(run(false, false, true), reference);
     set_fused_attention(true);
-    const double own_bf16 = relative_error(run(true, true, false), reference);
-    const double own_autocast = relative_error(run(true, false, true), reference);
-    const bool pass_bf16 = own_bf16 <= 2 * explicit_bf16 + 1e-3, pass_autocast = own_autocast <= 2 * explicit_autocast + 1e-3;
-    std::printf("selftest: all-attention layer inference, our kernels vs explicit fp32: bf16 model %.2e (explicit %.2e) %s; "
-                "autocast %.2e (explicit %.2e) %s\n", own_bf16, explicit_bf16, pass_bf16 ? "ok" : "FAIL", own_autocast, explicit_autocast,
-                pass_autocast ? "ok" : "FAIL");
-    return pass_bf16 && pass_autocast;
+    bool ok = true;
+    for (const bool cached : {false, true}) {
+        const double own_bf16 = relative_error(run(true, true, false, cached), reference);
+        const double own_autocast = relative_error(run(true, false, true, cached), reference);
+        const bool pass_bf16 = own_bf16 <= 2 * explicit_bf16 + 1e-3, pass_autocast = own_autocast <= 2 * explicit_autocast + 1e-3;
+        std::printf("selftest: all-attention layer inference%s, our kernels vs explicit fp32: bf16 model %.2e (explicit %.2e) %s; "
+                    "autocast %.2e (explicit %.2e) %s\n", cached ? " from cached keys and values" : "", own_bf16, explicit_bf16,
+                    pass_bf16 ? "ok" : "FAIL", own_autocast, explicit_autocast, pass_autocast ? "ok" : "FAIL");
+        ok = pass_bf16 && pass_autocast && ok;
+    }
+    return ok;
 }
 
 /// Training attention with the persistent columns apart, through LibTorch's kernels (memory-efficient with the

@@ -55,14 +55,15 @@ SegmentNormKernelArgs segment_norm_args(const torch::Tensor & memory, const torc
 }
 
 /// One launch of the segment-norm kernel: LN(cat(memory, x)) as the keys' input (B,M+T,D) and LN(x) as the queries'
-/// (B,T,D), both bf16; with `statistics` (2, B*(M+T)) fp32 given, each row's mean and 1/std in it too.
+/// (B,T,D), both bf16; with `statistics` (2, B*(M+T)) fp32 given, each row's mean and 1/std in it too. Without
+/// `with_queries`, the keys' alone (the queries undefined).
 std::pair<torch::Tensor, torch::Tensor> launch_segment_norm_into_new(const torch::Tensor & memory, const torch::Tensor & x,
                                                                      const torch::Tensor & weight, const torch::Tensor & bias, double eps,
-                                                                     const torch::Tensor & statistics = {}) {
+                                                                     const torch::Tensor & statistics = {}, bool with_queries = true) {
     c10::cuda::CUDAGuard device_guard(x.device());
     const int64_t B = x.size(0), T = x.size(1), D = x.size(2), M = memory.size(1);
     auto options = x.options().dtype(torch::kBFloat16);
-    auto keys = torch::empty({B, M + T, D}, options), queries = torch::empty({B, T, D}, options);
+    auto keys = torch::empty({B, M + T, D}, options), queries = with_queries ? torch::empty({B, T, D}, options) : torch::Tensor();
     auto args = segment_norm_args(memory, x, weight, bias, eps, keys, queries);
     if (statistics.defined()) {
         args.mean_out = statistics[0].data_ptr<float>();
@@ -76,6 +77,13 @@ std::pair<torch::Tensor, torch::Tensor> launch_segment_norm_into_new(const torch
 std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & memory, const torch::Tensor & x, const OffsetLayerNorm & norm) {
     if (!segment_norm_takes(memory, x, norm)) return {};
     return launch_segment_norm_into_new(memory, x, norm->weight, norm->bias, norm->eps);
+}
+
+/// Inference with the key/value cache: LN(x) alone (B,T,D) by our kernel, or undefined where it does not take x.
+torch::Tensor normalize_rows(const torch::Tensor & x, const OffsetLayerNorm & norm) {
+    const auto no_memory = x.narrow(1, 0, 0);                                                     // (B,0,D)
+    if (!segment_norm_takes(no_memory, x, norm)) return {};
+    return launch_segment_norm_into_new(no_memory, x, norm->weight, norm->bias, norm->eps, {}, /*with_queries=*/false).first;
 }
 
 /// The same with gradients (training under bf16 autocast): the gradients of x, weight and bias from both outputs in
@@ -165,20 +173,30 @@ void TransformerLayerImpl::pretty_print(std::ostream & stream) const {
 
 torch::Tensor TransformerLayerImpl::forward(const torch::Tensor & x, const torch::Tensor & memory, const torch::Tensor & pos,
                                             const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
-                                            const GateControl & gates, torch::Tensor * closed) {
+                                            const GateControl & gates, torch::Tensor * closed, torch::Tensor * key_values) {
     auto drop = F::DropoutFuncOptions().p(options.proj_drop()).training(is_training());
-    // The same LayerNorm normalises the memory: it is this layer's input from the previous segment.
-    torch::Tensor x_n, mem_n, keys_n;
+    torch::Tensor x_n, mem_n, keys_n, memory_key_values;
+    if (memory.dim() == 4) {
+        // The memory's keys and values, cached by the previous segment: only the segment is normalised.
+        memory_key_values = memory;
 #ifdef STUDIO_CUDA_KERNELS
-    if (attention->own_kernel_applies(x)) std::tie(keys_n, x_n) = normalize_segment(memory, x, norm);
+        if (attention->own_kernel_applies(x)) x_n = normalize_rows(x, norm);
 #endif
-    if (!x_n.defined()) std::tie(keys_n, x_n) = normalize_segment_for_training(memory, x, norm);
-    if (!x_n.defined()) {
-        x_n = norm->forward(x);
-        mem_n = memory.size(1) > 0 ? norm->forward(memory) : memory;
+        if (!x_n.defined()) x_n = norm->forward(x);
+    } else {
+        // The same LayerNorm normalises the memory: it is this layer's input from the previous segment.
+#ifdef STUDIO_CUDA_KERNELS
+        if (attention->own_kernel_applies(x)) std::tie(keys_n, x_n) = normalize_segment(memory, x, norm);
+#endif
+        if (!x_n.defined()) std::tie(keys_n, x_n) = normalize_segment_for_training(memory, x, norm);
+        if (!x_n.defined()) {
+            x_n = norm->forward(x);
+            mem_n = memory.size(1) > 0 ? norm->forward(memory) : memory;
+        }
     }
-    auto attended = attention->forward(x_n, mem_n, pos, keep, u, v, gates, keys_n);
+    auto attended = attention->forward(x_n, mem_n, pos, keep, u, v, gates, keys_n, memory_key_values);
     if (closed) *closed = attended.closed;
+    if (key_values) *key_values = attended.key_values;
     auto h = x + F::dropout(attended.out, drop);                                  // (B,T,D)
     if (options.feedforward_dim() == 0) return h;
     auto inner = F::dropout(torch::relu(F::linear(ff_norm->forward(h), ff1_weight, ff1_bias)),

@@ -1,6 +1,6 @@
 // Attention against computations written independently here: the relative shift, the content bias, the parts of a
 // softmax joined, head chunks, the kernels' operand checks, masks, sinusoids, and relative attention with persistent
-// vectors as a per-element loop.
+// vectors as a per-element loop (with the memory given as hidden states and as cached keys and values).
 #include <torch/torch.h>
 
 #include <QTest>
@@ -366,6 +366,20 @@ private Q_SLOTS:
         QVERIFY2(torch::allclose(got.to(torch::kDouble), projected, 1e-5, 1e-5),
                  std::to_string((got.to(torch::kDouble) - projected).abs().max().item<double>()).c_str());
 
+        // At inference the memory may come as the keys and values a previous segment cached: one whose last M rows
+        // were mem. With the key/value cache off, the same module carries none.
+        attention->eval();
+        QVERIFY(attention->caches_key_values());
+        auto previous = torch::cat({torch::randn({B, T - M, D}), mem}, 1);                    // (B,T,D), last M rows = mem
+        auto first = attention->forward(previous, torch::randn({B, M, D}), pos, keep, {}, {}, GateControl{});
+        QCOMPARE(first.key_values.sizes().vec(), (std::vector<int64_t>{B, M, 2, H * dh}));
+        auto cached = attention->forward(x, {}, pos, keep, {}, {}, GateControl{}, {}, first.key_values).out;
+        QVERIFY2(torch::allclose(cached.to(torch::kDouble), projected, 1e-5, 1e-5),
+                 std::to_string((cached.to(torch::kDouble) - projected).abs().max().item<double>()).c_str());
+        set_key_value_cache(false);
+        QVERIFY(!attention->caches_key_values());
+        QVERIFY(!attention->forward(x, mem, pos, keep, {}, {}, GateControl{}).key_values.defined());
+        set_key_value_cache(true);
     }
 };
 

@@ -1,6 +1,6 @@
 // The model against computations written independently here: exact reference parameter counts, the adaptive softmax
-// (a full distribution that sums to one), memory, dropout and gradients. Attention's own checks are in
-// test_attention.cpp.
+// (a full distribution that sums to one), memory (hidden states, or cached keys and values at inference), dropout and
+// gradients. Attention's own checks are in test_attention.cpp.
 #include <torch/torch.h>
 
 #include <QTest>
@@ -42,6 +42,13 @@ ModelConfig reference(ModelType type) {
     m.head_gates = type == ModelType::AllAttention;
     return m;
 }
+
+/// Hidden-state memory at inference while in scope (the key/value cache off), as STUDIO_KEY_VALUE_CACHE=0 sets it.
+struct KeyValueCacheOff {
+    const bool previous = key_value_cache_enabled();
+    KeyValueCacheOff() { set_key_value_cache(false); }
+    ~KeyValueCacheOff() { set_key_value_cache(previous); }
+};
 
 } // namespace
 
@@ -259,6 +266,7 @@ private Q_SLOTS:
         LanguageModel model(config);
         model->eval();
         torch::NoGradGuard no_grad;
+        KeyValueCacheOff hidden_states;
         auto input = torch::randint(0, 40, {1, 4}, torch::kLong);
         auto out = model->forward(input, input, {});
         auto embedded = model->io->embed(input, 0.0) * std::sqrt(8.0);
@@ -271,6 +279,74 @@ private Q_SLOTS:
             auto next = model->forward(input, input, memory);
             QCOMPARE(next.memory[0].sizes().vec(), (std::vector<int64_t>{1, M, 8}));
             QVERIFY(torch::equal(next.memory[0], torch::cat({memory[0], embedded}, 1).narrow(1, 4, M)));
+        }
+    }
+
+    // At inference each layer with heads carries the keys and values of its last M positions instead of their hidden
+    // states: the same log-probabilities segment after segment (the first segment projects zero memory), for memories
+    // shorter than, as long as and longer than the segment, in both model types and beside a layer without heads.
+    void inference_caches_keys_and_values() {
+        for (auto type : {ModelType::AllAttention, ModelType::TransformerXL}) {
+            for (int64_t M : {2, 4, 6}) {
+                auto config = tiny(type);
+                config.heads_per_layer = {2, 0};
+                config.share_r_bias = false;
+                config.mem_len = M;
+                LanguageModel model(config);
+                {
+                    torch::NoGradGuard no_grad;
+                    for (auto & p : model->parameters()) if (p.dim() == 1) p.normal_(0, 0.3);   // norms and u/v off their defaults
+                }
+                model->eval();
+                torch::NoGradGuard no_grad;
+                auto segments = torch::randint(0, 40, {3, 2, 5}, torch::kLong);                  // 3 segments of (B 2, T+1 5)
+                std::vector<torch::Tensor> cached_memory, hidden_memory;
+                for (int64_t s = 0; s < 3; ++s) {
+                    auto input = segments[s].narrow(1, 0, 4), target = segments[s].narrow(1, 1, 4);
+                    auto cached = model->forward(input, target, cached_memory);
+                    LMOutput plain;
+                    {
+                        KeyValueCacheOff hidden_states;
+                        plain = model->forward(input, target, hidden_memory);
+                    }
+                    QVERIFY2(torch::allclose(cached.target_log_prob, plain.target_log_prob, 1e-5, 1e-6),
+                             std::to_string((cached.target_log_prob - plain.target_log_prob).abs().max().item<double>()).c_str());
+                    QCOMPARE(cached.memory[0].sizes().vec(), (std::vector<int64_t>{2, M, 2, 8}));   // (B,M,2,H*dh)
+                    QCOMPARE(cached.memory[1].sizes().vec(), (std::vector<int64_t>{2, M, 8}));      // no heads: hidden states
+                    QVERIFY(torch::equal(cached.memory[1], plain.memory[1]));
+                    // The cache holds LN(hidden) W_k^T and LN(hidden) W_v^T of the very positions the hidden memory holds.
+                    auto & layer = model->layer_list[0];
+                    auto normed = layer->norm->forward(plain.memory[0]);
+                    QVERIFY(torch::allclose(cached.memory[0].select(2, 0), torch::matmul(normed, layer->attention->k_weight.t()), 1e-5, 1e-6));
+                    QVERIFY(torch::allclose(cached.memory[0].select(2, 1), torch::matmul(normed, layer->attention->v_weight.t()), 1e-5, 1e-6));
+                    cached_memory = cached.memory;
+                    hidden_memory = plain.memory;
+                }
+            }
+        }
+    }
+
+    // Cached keys and values stand for the memory only at inference: training needs the hidden states' gradients
+    // through the key and value weights, so a cached memory there is refused, not silently misread.
+    void cached_memory_refused_in_training() {
+        auto config = tiny(ModelType::AllAttention);
+        LanguageModel model(config);
+        auto input = torch::randint(0, 40, {1, 4}, torch::kLong);
+        std::vector<torch::Tensor> cached;
+        {
+            model->eval();
+            torch::NoGradGuard no_grad;
+            cached = model->forward(input, input, {}).memory;
+        }
+        QCOMPARE(cached[0].dim(), int64_t(4));
+        model->train();
+        try {
+            model->forward(input, input, cached);
+            QFAIL("a training forward took cached keys and values");
+        } catch (const c10::Error & e) {
+            QCOMPARE(std::string(e.what_without_backtrace()),
+                     std::string("attention: the memory holds cached keys and values, which only inference with the key/value cache "
+                                 "takes; start from empty memory"));
         }
     }
 
