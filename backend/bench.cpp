@@ -1,6 +1,7 @@
 #include "bench.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -159,31 +160,41 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                     // GPU rather than the host's kernel launches (the reference's batch-4 problem). The loss joins
                     // the graph where our tail kernel finds each cluster's rows on the device; else (the host must
                     // read the clusters' sizes) it runs after the replay from the graph's final hidden state.
-                    std::unique_ptr<at::cuda::CUDAGraph> graph;
-                    torch::Tensor hidden;   // (B,T,D), written by every replay
+                    // Two graphs, each reading the memory from one set of buffers and writing the next segment's into
+                    // the other (the key and value products write there themselves), replayed in turn: no copies.
+                    std::array<std::unique_ptr<at::cuda::CUDAGraph>, 2> graphs;
+                    std::array<std::vector<torch::Tensor>, 2> memory_buffers;
+                    std::array<torch::Tensor, 2> graph_hidden;   // (B,T,D), written by each replay
+                    torch::Tensor hidden;
+                    size_t next_graph = 0;
                     auto loss = [&] { m.model->io->target_log_prob(hidden.reshape({-1, hidden.size(-1)}), target.reshape({-1})); };
                     if (device.is_cuda() && bench.cuda_graphs) {
-                        graph = std::make_unique<at::cuda::CUDAGraph>();
+                        for (const auto & layer_memory : memory) {
+                            memory_buffers[0].push_back(layer_memory.clone(torch::MemoryFormat::Contiguous));
+                            memory_buffers[1].push_back(torch::empty_like(memory_buffers[0].back()));
+                        }
                         auto side = c10::cuda::getStreamFromPool();
                         side.synchronize();
-                        {
+                        for (size_t g = 0; g < 2; ++g) {
+                            graphs[g] = std::make_unique<at::cuda::CUDAGraph>();
                             c10::cuda::CUDAStreamGuard on_side(side);
-                            graph->capture_begin();
-                            auto out = m.model->forward(input, torch::Tensor(), memory, m.gates);
-                            for (size_t l = 0; l < memory.size(); ++l) memory[l].copy_(out.memory[l]); // memory carried in place
-                            hidden = out.hidden;
+                            graphs[g]->capture_begin();
+                            auto out = m.model->forward(input, torch::Tensor(), memory_buffers[g], m.gates, nullptr, &memory_buffers[1 - g]);
+                            hidden = graph_hidden[g] = out.hidden;
                             row.loss_in_graph = target.defined() && m.model->io->target_log_prob_graph_safe(hidden);
                             if (row.loss_in_graph) loss();
-                            graph->capture_end();
+                            graphs[g]->capture_end();
                         }
                         side.synchronize();
                         row.cuda_graph = true;
                     }
-                    if (graph) step = [&]() {
-                        graph->replay();
+                    if (graphs[0]) step = [&]() {
+                        graphs[next_graph]->replay();
+                        hidden = graph_hidden[next_graph];
+                        next_graph = 1 - next_graph;
                         if (target.defined() && !row.loss_in_graph) loss();
                     };
-                    for (int64_t w = 0; graph && w < bench.warmup; ++w) step();
+                    for (int64_t w = 0; graphs[0] && w < bench.warmup; ++w) step();
 #endif
                     DeviceTimer timer(device);
                     for (int64_t r = 0; r < bench.repetitions; ++r) {

@@ -111,12 +111,15 @@ std::vector<torch::Tensor> LanguageModelImpl::initial_memory(int64_t batch, cons
 }
 
 LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Tensor & target,
-                                    const std::vector<torch::Tensor> & memory_in, const GateSettings & gates, LayerGraph * graph) {
+                                    const std::vector<torch::Tensor> & memory_in, const GateSettings & gates, LayerGraph * graph,
+                                    const std::vector<torch::Tensor> * memory_into) {
     const int64_t B = input.size(0), T = input.size(1), D = config.hidden_dim;
     const bool all_attention = config.type == ModelType::AllAttention;
     const auto float_options = pos_emb.defined() ? pos_emb.options() : io->emb[0].options();
     const auto memory = memory_in.empty() ? initial_memory(B, float_options) : memory_in;
     TORCH_CHECK((int64_t) memory.size() == config.num_layers, "model: memory has ", memory.size(), " layers, the model ", config.num_layers);
+    TORCH_CHECK(!memory_into || (int64_t) memory_into->size() == config.num_layers, "model: memory_into has ", memory_into ? memory_into->size() : 0,
+                " layers, the model ", config.num_layers);
     auto input_drop = F::DropoutFuncOptions().p(config.input_drop).training(is_training());
 
     auto h = io->embed(input, config.word_drop);                                          // (B,T,D)
@@ -129,7 +132,8 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
     const bool routed = target.defined() && target.is_cuda() && !io->in_proj.empty();
     if (routed) clusters = io->route_targets(target.reshape({B * T}), h);
     const auto noise = gate_noise(gates, input.device());                                // (total heads,)
-    auto layers = graph && graph->takes(*this, h) ? graph->run(*this, h, memory, gates, noise) : run_layers(h, memory, gates, noise);
+    auto layers = graph && graph->takes(*this, h) ? graph->run(*this, h, memory, gates, noise)
+                                                  : run_layers(h, memory, gates, noise, memory_into);
     LMOutput out;
     out.memory = std::move(layers.memory);
     out.closed = layers.closed;
@@ -160,7 +164,8 @@ torch::Tensor LanguageModelImpl::gate_noise(const GateSettings & gates, const to
 }
 
 LayerStackOutput LanguageModelImpl::run_layers(const torch::Tensor & h_in, const std::vector<torch::Tensor> & memory,
-                                               const GateSettings & gates, const torch::Tensor & noise) {
+                                               const GateSettings & gates, const torch::Tensor & noise,
+                                               const std::vector<torch::Tensor> * memory_into) {
     const int64_t T = h_in.size(1), D = config.hidden_dim, M = memory[0].size(1), S = T + M;
     const bool all_attention = config.type == ModelType::AllAttention;
     auto input_drop = F::DropoutFuncOptions().p(config.input_drop).training(is_training());
@@ -205,9 +210,16 @@ LayerStackOutput LanguageModelImpl::run_layers(const torch::Tensor & h_in, const
             noise_offset += layer->attention->options.num_heads();
         }
         torch::Tensor closed, key_values;
-        h = layer->forward(h, memory[l], pos, keep, u_bias, v_bias, control, &closed, &key_values);
+        const torch::Tensor into = memory_into ? (*memory_into)[(size_t) l] : torch::Tensor();
+        h = layer->forward(h, memory[l], pos, keep, u_bias, v_bias, control, &closed, &key_values, into);
         if (closed.defined()) out.closed = out.closed.defined() ? out.closed + closed : closed;
-        out.memory.push_back(key_values.defined() ? key_values : next_memory);                       // (B,M,2,H*dh) | (B,M,D)
+        next_memory = key_values.defined() ? key_values : next_memory;                                // (B,M,2,H*dh) | (B,M,D)
+        if (into.defined() && !next_memory.is_same(into)) {
+            TORCH_CHECK(into.sizes() == next_memory.sizes(), "model: memory_into[", l, "] is ", into.sizes(), ", the memory ", next_memory.sizes());
+            into.copy_(next_memory);
+            next_memory = into;
+        }
+        out.memory.push_back(next_memory);
     }
     out.hidden = h;
     return out;

@@ -64,14 +64,17 @@ public:
 
     /// input, target (B,T) int64 (target undefined: stop before the softmax); memory from the previous segment, or empty for zeros (the first segment).
     /// With `graph`, a CUDA training forward runs its layers from that graph once it has captured them (layer_graph.h).
+    /// With `memory_into` (a tensor per layer shaped as the memory this forward returns), the next memory is written
+    /// there and returned as those tensors: where a layer's cached keys and values fit, by the products themselves,
+    /// else by a copy (for a CUDA graph, which must find the memory in the same buffers every replay).
     LMOutput forward(const torch::Tensor & input, const torch::Tensor & target, const std::vector<torch::Tensor> & memory,
-                     const GateSettings & gates = {}, LayerGraph * graph = nullptr);
+                     const GateSettings & gates = {}, LayerGraph * graph = nullptr, const std::vector<torch::Tensor> * memory_into = nullptr);
     /// The layers' part of a forward, what a training graph captures: the positions with their dropout, the keep mask,
     /// the gates' samples and L0 term, and every layer. h (B,T,D) is the embedded, dropped-out input; memory has a
     /// (B,M,D) tensor per layer; noise (total heads,) the uniform noise of a training forward's gates (undefined
     /// without gates, and in eval, where the gates are deterministic).
     LayerStackOutput run_layers(const torch::Tensor & h, const std::vector<torch::Tensor> & memory, const GateSettings & gates,
-                                const torch::Tensor & noise);
+                                const torch::Tensor & noise, const std::vector<torch::Tensor> * memory_into = nullptr);
     /// The uniform noise of a gated training forward's gates, one per head of every gated layer, drawn on the CPU from
     /// gates.noise_seed (the same on every rank and device) and sent to `device` without waiting; undefined when the
     /// forward samples no gates.

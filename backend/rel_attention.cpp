@@ -251,12 +251,14 @@ bool RelativeAttentionImpl::caches_key_values() const {
     return key_value_cache_wanted && !torch::GradMode::is_enabled() && !is_training() && options.num_heads() > 0;
 }
 
-torch::Tensor RelativeAttentionImpl::key_value_rows(const torch::Tensor & rows) const {
+torch::Tensor RelativeAttentionImpl::key_value_rows(const torch::Tensor & rows, const torch::Tensor & into) const {
     const int64_t B = rows.size(0), L = rows.size(1), D = rows.size(2), HD = options.num_heads() * options.head_dim();
     // The dtype F::linear would give (bf16 under autocast): out= products are not autocast.
     const auto dtype = rows.is_cuda() ? cuda_compute_dtype(rows) : rows.scalar_type();
     auto flat = rows.reshape({B * L, D}).to(dtype);                                       // (B*L,D)
-    auto key_values = torch::empty({B, L, 2, HD}, flat.options());                       // (B,L,2,H*dh)
+    const bool fits = into.defined() && into.sizes() == torch::IntArrayRef({B, L, 2, HD}) && into.scalar_type() == dtype
+                      && into.device() == rows.device() && into.is_contiguous();
+    auto key_values = fits ? into : torch::empty({B, L, 2, HD}, flat.options());         // (B,L,2,H*dh)
     if (B * L == 0) return key_values;
     // Each product writes its half of the rows in place (a leading dimension of 2*H*dh): no concatenation after.
     auto pairs = key_values.view({B * L, 2, HD});
@@ -280,7 +282,7 @@ bool RelativeAttentionImpl::own_kernel_applies(const torch::Tensor & x) const {
 AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const torch::Tensor & mem_n, const torch::Tensor & pos,
                                                const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
                                                const GateControl & gates, const torch::Tensor & keys_n,
-                                               const torch::Tensor & memory_key_values) {
+                                               const torch::Tensor & memory_key_values, const torch::Tensor & key_values_into) {
     const int64_t B = x_n.size(0), T = x_n.size(1), H = options.num_heads(), dh = options.head_dim();
     AttentionOutput result;
     if (H == 0) {
@@ -329,8 +331,10 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     torch::Tensor k, val, k_memory, v_memory, memory_kv, segment_kv;          // (H,B,S|T|M,dh); (B,M|T,2,H*dh)
     if (cached) {
         memory_kv = memory_key_values.defined() ? memory_key_values : key_value_rows(keys_n.defined() ? keys_n.narrow(1, 0, M) : mem_n);
-        segment_kv = key_value_rows(x_n);
-        if (M > 0) result.key_values = M <= T ? segment_kv.narrow(1, T - M, M) : torch::cat({memory_kv, segment_kv}, 1).narrow(1, T, M);
+        segment_kv = key_value_rows(x_n, M == T ? key_values_into : torch::Tensor());
+        if (M > 0) result.key_values = M == T ? segment_kv                       // (B,M,2,H*dh): the last M positions
+                                       : M < T ? segment_kv.narrow(1, T - M, M)
+                                               : torch::cat({memory_kv, segment_kv}, 1).narrow(1, T, M);
         k = heads_of(segment_kv, 0, H);
         val = heads_of(segment_kv, 1, H);
         if (M > 0) {

@@ -55,10 +55,13 @@ public:
     /// keep (T,S) bool; u, v (H*dh,) used when the layer has no biases of its own. keys_n, when given, is
     /// cat(mem_n, x_n) already (B,S,D), and mem_n is not read. memory_key_values, when given, is the previous
     /// segment's AttentionOutput::key_values (B,M,2,H*dh): the memory's keys and values, and neither mem_n nor keys_n
-    /// is read.
+    /// is read. key_values_into, when given with M = T, is a contiguous (B,T,2,H*dh) tensor that the key and value
+    /// products write into and that becomes AttentionOutput::key_values: a caller that keeps the memory in fixed
+    /// buffers (a CUDA graph) then copies nothing.
     AttentionOutput forward(const torch::Tensor & x_n, const torch::Tensor & mem_n, const torch::Tensor & pos,
                             const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
-                            const GateControl & gates, const torch::Tensor & keys_n = {}, const torch::Tensor & memory_key_values = {});
+                            const GateControl & gates, const torch::Tensor & keys_n = {}, const torch::Tensor & memory_key_values = {},
+                            const torch::Tensor & key_values_into = {});
 
     /// Whether a forward with layer input x would run our CUDA kernel (bf16 inference on the GPU, where built).
     bool own_kernel_applies(const torch::Tensor & x) const;
@@ -86,8 +89,9 @@ private:
                                    const torch::Tensor & u, const torch::Tensor & v, double scale, const torch::Tensor & persistent_out,
                                    const torch::Tensor & persistent_lse, const torch::Tensor & k_memory = {},
                                    const torch::Tensor & v_memory = {});
-    /// Rows (B,L,D) projected to keys and values side by side, (B,L,2,H*dh), in the dtype F::linear would give.
-    torch::Tensor key_value_rows(const torch::Tensor & rows) const;
+    /// Rows (B,L,D) projected to keys and values side by side, (B,L,2,H*dh), in the dtype F::linear would give;
+    /// into `into` where it is such a tensor, contiguous.
+    torch::Tensor key_value_rows(const torch::Tensor & rows, const torch::Tensor & into = {}) const;
     /// Scores and probabilities materialised in fp32: the reference computation, and the path on CPU.
     torch::Tensor explicit_attention(const torch::Tensor & q, const torch::Tensor & q_u, const torch::Tensor & k, const torch::Tensor & val,
                                      const torch::Tensor & bd, const torch::Tensor & keep, double scale);

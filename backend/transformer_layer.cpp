@@ -173,7 +173,8 @@ void TransformerLayerImpl::pretty_print(std::ostream & stream) const {
 
 torch::Tensor TransformerLayerImpl::forward(const torch::Tensor & x, const torch::Tensor & memory, const torch::Tensor & pos,
                                             const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
-                                            const GateControl & gates, torch::Tensor * closed, torch::Tensor * key_values) {
+                                            const GateControl & gates, torch::Tensor * closed, torch::Tensor * key_values,
+                                            const torch::Tensor & key_values_into) {
     auto drop = F::DropoutFuncOptions().p(options.proj_drop()).training(is_training());
     torch::Tensor x_n, mem_n, keys_n, memory_key_values;
     if (memory.dim() == 4) {
@@ -194,7 +195,7 @@ torch::Tensor TransformerLayerImpl::forward(const torch::Tensor & x, const torch
             mem_n = memory.size(1) > 0 ? norm->forward(memory) : memory;
         }
     }
-    auto attended = attention->forward(x_n, mem_n, pos, keep, u, v, gates, keys_n, memory_key_values);
+    auto attended = attention->forward(x_n, mem_n, pos, keep, u, v, gates, keys_n, memory_key_values, key_values_into);
     if (closed) *closed = attended.closed;
     if (key_values) *key_values = attended.key_values;
     auto h = x + F::dropout(attended.out, drop);                                  // (B,T,D)

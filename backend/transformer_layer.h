@@ -51,10 +51,12 @@ public:
 
     /// x (B,T,D), memory (B,M,D) -> (B,T,D); closed gets this layer's closed-gate count when gates act. At inference
     /// with the key/value cache, memory may instead be the previous segment's cached keys and values (B,M,2,H*dh), and
-    /// key_values gets this segment's (RelativeAttention's AttentionOutput::key_values) for the next.
+    /// key_values gets this segment's (RelativeAttention's AttentionOutput::key_values) for the next, written into
+    /// key_values_into where that fits (RelativeAttention::forward).
     torch::Tensor forward(const torch::Tensor & x, const torch::Tensor & memory, const torch::Tensor & pos,
                           const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
-                          const GateControl & gates, torch::Tensor * closed = nullptr, torch::Tensor * key_values = nullptr);
+                          const GateControl & gates, torch::Tensor * closed = nullptr, torch::Tensor * key_values = nullptr,
+                          const torch::Tensor & key_values_into = {});
 
     TransformerLayerOptions options;
     OffsetLayerNorm norm{nullptr};

@@ -326,6 +326,32 @@ private Q_SLOTS:
         }
     }
 
+    // A caller that keeps the memory in fixed buffers (the benchmark's CUDA graphs) gets the next memory written into
+    // them: the same values as a forward without them, returned as those very tensors, for a memory as long as the
+    // segment (the key and value products write there) and shorter (a copy), and for a layer without heads.
+    void memory_into_receives_the_next_memory() {
+        for (int64_t M : {4, 2}) {
+            auto config = tiny(ModelType::AllAttention);
+            config.heads_per_layer = {2, 0};
+            config.share_r_bias = false;
+            config.mem_len = M;
+            LanguageModel model(config);
+            model->eval();
+            torch::NoGradGuard no_grad;
+            auto input = torch::randint(0, 40, {2, 4}, torch::kLong), target = torch::randint(0, 40, {2, 4}, torch::kLong);
+            auto first = model->forward(input, target, {});
+            std::vector<torch::Tensor> into;
+            for (const auto & m : first.memory) into.push_back(torch::full(m.sizes(), 7.0, m.options()));
+            auto plain = model->forward(target, input, first.memory);
+            auto written = model->forward(target, input, first.memory, {}, nullptr, &into);
+            QVERIFY(torch::equal(written.target_log_prob, plain.target_log_prob));
+            for (size_t l = 0; l < into.size(); ++l) {
+                QVERIFY(written.memory[l].is_same(into[l]));
+                QVERIFY(torch::equal(into[l], plain.memory[l]));
+            }
+        }
+    }
+
     // Cached keys and values stand for the memory only at inference: training needs the hidden states' gradients
     // through the key and value weights, so a cached memory there is refused, not silently misread.
     void cached_memory_refused_in_training() {
