@@ -3,8 +3,10 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <stdexcept>
+#include <string>
 
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -13,6 +15,9 @@
 #include "device.h"          // environment_is, rows_16_byte_aligned, current_cuda_stream, check_kernel_launch
 #include "rel_attention.h"   // own_kernels_enabled
 
+#ifdef STUDIO_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
 #ifdef STUDIO_CUDA_KERNELS
 #include <c10/cuda/CUDAGuard.h>
 
@@ -152,6 +157,17 @@ int64_t cudnn_min_rows = 12288;
 // cuDNN's takes 0.60-0.70 of flash's time from there on and no less than ~22 us, which below it is 1.2-2.1x flash's.
 const bool inference_cudnn_wanted = !environment_is("STUDIO_PERSISTENT_INFERENCE", "flash");
 int64_t inference_cudnn_from_head_rows = 6144;
+// cuDNN's call can also take the columns in two halves, as two batch entries of one call (the queries read twice
+// through a zero stride); our kernel joins the two parts as it starts. A block then walks half the columns: one wave
+// takes ~14 us where the whole call's takes ~22, which beats flash's from 2,304 query rows x heads on (3/8 of the
+// whole call's threshold), and at 6,144 rows layers of 1, 3, 4 and 6 heads take fewer, shorter waves. Where the
+// halves apply is decided by persistent_inference_splits; STUDIO_PERSISTENT_SPLITS=1 or 2 (or
+// set_persistent_inference_splits) forces either.
+int64_t forced_persistent_splits = [] {
+    const char * value = std::getenv("STUDIO_PERSISTENT_SPLITS");
+    return value && (std::string(value) == "1" || std::string(value) == "2") ? (int64_t) std::stoi(value) : 0;
+}();
+bool persistent_split_refused = false;
 
 // The content part's kernel told that no query sees a key past its bottom-right diagonal (j > i + S - T; the model's
 // keep mask never keeps one), so that it skips those key tiles: at 192 tokens and 192 of memory, 5 of 6 tiles of
@@ -306,12 +322,57 @@ int64_t persistent_cudnn_min_rows() { return cudnn_min_rows; }
 bool persistent_cudnn_refused() { return cudnn_failed; }
 void set_persistent_inference_cudnn_from(int64_t head_rows) { inference_cudnn_from_head_rows = head_rows; }
 int64_t persistent_inference_cudnn_from() { return inference_cudnn_from_head_rows; }
+void set_persistent_inference_splits(int64_t splits) { forced_persistent_splits = splits; }
+int64_t persistent_inference_forced_splits() { return forced_persistent_splits; }
+bool persistent_inference_split_refused() { return persistent_split_refused; }
 
 #if TORCH_VERSION_MAJOR >= 2
+namespace {
+/// 2 (halves) or 1 (whole) for cuDNN's call over these rows (1,H,L,dh) and columns. By a model of the call's time
+/// fitted on an H200 (scripts/gpu-probe-persistent-kernels.py, 2048 columns of 64; 2 blocks of 64 rows an SM): a
+/// first wave of blocks over n columns takes 4.9 + 0.0086 n us, each further wave 3.3 us less. Halves where the model
+/// saves at least 15%: in whole segments smaller savings went to the blocks' overheads and our kernel's join of the
+/// parts (at batch 128, layers of 3 and 5 heads split by wave count alone made the models 1.2% slower).
+int64_t persistent_inference_splits(const torch::Tensor & rows, int64_t columns) {
+    if (forced_persistent_splits > 0) return columns % (8 * forced_persistent_splits) == 0 ? forced_persistent_splits : 1;
+    if (columns % 128 != 0) return 1;
+#ifdef STUDIO_CUDA
+    const int64_t slots = 2 * at::cuda::getDeviceProperties(rows.device().index())->multiProcessorCount;
+    const int64_t blocks = (rows.size(2) + 63) / 64 * rows.size(1);                // (query rows / 64) x heads
+    auto time = [&](int64_t splits) {
+        const int64_t waves = (blocks * splits + slots - 1) / slots;
+        const double first_wave = 4.9 + 0.0086 * (double) (columns / splits);
+        return first_wave + (double) (waves - 1) * (first_wave - 3.3);
+    };
+    return time(2) < 0.85 * time(1) ? 2 : 1;
+#else
+    (void) rows;
+    return 1;
+#endif
+}
+} // namespace
+
 std::pair<torch::Tensor, torch::Tensor> persistent_inference_attention(const torch::Tensor & q, const torch::Tensor & keys,
                                                                        const torch::Tensor & values) {
     auto rows = as_rows(q);                                                  // (1,H,B*T,dh)
-    const bool cudnn = inference_cudnn_wanted && rows.size(1) * rows.size(2) >= inference_cudnn_from_head_rows;
+    const int64_t head_rows = rows.size(1) * rows.size(2);
+    const bool cudnn = inference_cudnn_wanted && head_rows >= inference_cudnn_from_head_rows;   // whole
+    const bool halves_may = inference_cudnn_wanted && head_rows >= inference_cudnn_from_head_rows / 8 * 3;
+    const int64_t H = keys.size(0), N = keys.size(1), dh = keys.size(2);
+    const int64_t splits = halves_may ? persistent_inference_splits(rows, N) : 1;
+    if (splits > 1 && cudnn_wanted && !cudnn_failed && !persistent_split_refused && dh <= 128 && torch::cuda::cudnn_is_available()) {
+        auto halves = [&](const torch::Tensor & t) { return t.contiguous().view({H, splits, N / splits, dh}).transpose(0, 1); }; // (s,H,N/s,dh)
+        try {
+            auto result = at::_scaled_dot_product_cudnn_attention(rows.expand({splits, H, rows.size(2), dh}), halves(keys), halves(values),
+                                                                  c10::optional<at::Tensor>(), /*compute_log_sumexp=*/true, 0.0,
+                                                                  /*is_causal=*/false, /*return_debug_mask=*/false, 1.0);
+            return {std::get<0>(result), std::get<1>(result).squeeze(-1)};  // (s,H,B*T,dh), (s,H,B*T): one part a split
+        } catch (const c10::Error & error) {
+            persistent_split_refused = true;
+            std::fprintf(stderr, "studio: cuDNN's attention refused the persistent columns in halves (%s); whole from now on\n",
+                         error.what_without_backtrace());
+        }
+    }
     auto part = cudnn ? persistent_cudnn_forward(rows, keys.unsqueeze(0), values.unsqueeze(0), 0.0) : std::nullopt;
     if (!part) part = persistent_kernel_forward(rows, keys.unsqueeze(0), values.unsqueeze(0), 0.0);
     return {part->out, part->lse};                                           // (1,H,B*T,dh), (1,H,B*T)

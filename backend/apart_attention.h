@@ -33,14 +33,21 @@ torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::T
 /// The persistent part alone, for every batch row in one call of cuDNN's attention (from 6,144 query rows x heads on),
 /// or flash's (below, where cuDNN's is not available, or STUDIO_PERSISTENT_INFERENCE=flash); LibTorch 2, CUDA,
 /// bf16/fp16, no gradient or dropout. q (H,B,T,dh) read in place as H heads of B*T query rows; keys/values (H,N,dh)
-/// in q's dtype. Returns the output (1,H,B*T,dh) and its natural log-sum-exp (1,H,B*T); the scores are q . key
-/// unscaled.
+/// in q's dtype. Returns the output (P,H,B*T,dh) and its natural log-sum-exp (P,H,B*T); the scores are q . key
+/// unscaled. P = 1, or 2 where cuDNN's call takes the columns in two halves (fewer waves at few heads): each part is
+/// the softmax over its half, to be joined by their log-sum-exps.
 std::pair<torch::Tensor, torch::Tensor> persistent_inference_attention(const torch::Tensor & q, const torch::Tensor & keys,
                                                                        const torch::Tensor & values);
 /// From how many query rows x heads on that call takes cuDNN's kernels (6,144 unless set; the selftest sets 0 and the
 /// largest value to cover both kernels at its small shapes).
 void set_persistent_inference_cudnn_from(int64_t head_rows);
 int64_t persistent_inference_cudnn_from();
+/// The halves cuDNN's inference call takes the columns in: 0 = by the wave count (the default), 1 or 2 forced
+/// (STUDIO_PERSISTENT_SPLITS).
+void set_persistent_inference_splits(int64_t splits);
+int64_t persistent_inference_forced_splits();
+/// Whether cuDNN refused a call in halves (then it takes the columns whole from then on).
+bool persistent_inference_split_refused();
 
 /// Training's persistent part takes cuDNN's kernels (LibTorch 2) from this many query rows (B*T) on (12,288 unless
 /// set; where cuDNN refuses a call, flash's from then on, and persistent_cudnn_refused() says so), else flash's. The

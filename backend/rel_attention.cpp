@@ -197,11 +197,14 @@ torch::Tensor RelativeAttentionImpl::kernel_attention(const torch::Tensor & q, c
     if (N > 0) {
         TORCH_CHECK(persistent_out.defined(), "relative attention kernel: the persistent columns' part is missing");
         args.persistent_out = persistent_out.data_ptr();
-        args.persistent_out_stride[0] = persistent_out.stride(1);
-        args.persistent_out_stride[1] = persistent_out.stride(2);
+        args.persistent_parts = (int) persistent_out.size(0);
+        TORCH_CHECK(args.persistent_parts >= 1 && args.persistent_parts <= 2, "relative attention kernel: ", args.persistent_parts,
+                    " persistent parts, at most 2");
         args.persistent_lse = persistent_lse.data_ptr<float>();
-        args.persistent_lse_stride[0] = persistent_lse.stride(1);
-        args.persistent_lse_stride[1] = persistent_lse.stride(2);
+        for (int d = 0; d < 3; ++d) {
+            args.persistent_out_stride[d] = persistent_out.stride(d);
+            args.persistent_lse_stride[d] = persistent_lse.stride(d);
+        }
         args.persistent_value_scale = (float) std::sqrt((double) N);   // the reference's mem_v x sqrt(N), applied once
     }
     // The biases as they are (bf16 in a bf16 model, fp32 under autocast): no cast kernels.

@@ -23,8 +23,9 @@ struct RelativeAttentionKernelArgs {
     const void * u_bias = nullptr;              ///< (H*dh,) content bias u
     const void * v_bias = nullptr;              ///< (H*dh,) position bias v
     bool bias_bf16 = false;                     ///< u and v are bf16, else fp32
-    const void * persistent_out = nullptr;      ///< (H,B*T,dh) bf16: softmax over the persistent columns alone; null = none
-    const float * persistent_lse = nullptr;     ///< (H,B*T) their natural log-sum-exp
+    const void * persistent_out = nullptr;      ///< (P,H,B*T,dh) bf16: softmax over the persistent columns alone; null = none
+    const float * persistent_lse = nullptr;     ///< (P,H,B*T) their natural log-sum-exp
+    int persistent_parts = 1;                   ///< P: parts over disjoint columns, joined by their log-sum-exps (1 or 2)
     float persistent_value_scale = 1.0f;        ///< persistent_out is multiplied by this (All-attention: sqrt(N))
     void * out = nullptr;                       ///< (H,B,T,dh) bf16
     int64_t heads = 0, batch = 0, tgt_len = 0, mem_len = 0, head_dim = 0;
@@ -36,8 +37,8 @@ struct RelativeAttentionKernelArgs {
     int64_t k_memory_stride[3] = {0, 0, 0};
     int64_t v_memory_stride[3] = {0, 0, 0};
     int64_t r_stride[2] = {0, 0};               ///< head, position
-    int64_t persistent_out_stride[2] = {0, 0};  ///< head, row (b*T+i)
-    int64_t persistent_lse_stride[2] = {0, 0};
+    int64_t persistent_out_stride[3] = {0, 0, 0};  ///< part, head, row (b*T+i)
+    int64_t persistent_lse_stride[3] = {0, 0, 0};
     int64_t out_stride[3] = {0, 0, 0};
 };
 

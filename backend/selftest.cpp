@@ -33,13 +33,15 @@ double worst_error(const Outputs & a, const Outputs & reference) {
 
 KernelSwitchesGuard::KernelSwitchesGuard()
     : fused_(fused_attention_enabled()), own_(own_kernels_enabled()), cudnn_min_rows_(persistent_cudnn_min_rows()),
-      inference_cudnn_from_(persistent_inference_cudnn_from()), key_value_cache_(key_value_cache_enabled()) {}
+      inference_cudnn_from_(persistent_inference_cudnn_from()), inference_splits_(persistent_inference_forced_splits()),
+      key_value_cache_(key_value_cache_enabled()) {}
 
 KernelSwitchesGuard::~KernelSwitchesGuard() {
     set_fused_attention(fused_);
     set_own_kernels(own_);
     set_persistent_cudnn_min_rows(cudnn_min_rows_);
     set_persistent_inference_cudnn_from(inference_cudnn_from_);
+    set_persistent_inference_splits(inference_splits_);
     set_key_value_cache(key_value_cache_);
 }
 
@@ -124,13 +126,20 @@ bool check_inference(const torch::Device & device) {
         const std::string what = std::string("inference attention (") + shape.name + ", " + std::to_string(shape.N) + " persistent apart)";
         ok = judge(what, fp32_error, explicit_bf16, fused_bf16) && ok;
         set_own_kernels(own_kernel);
-        // With persistent columns, our kernel seeded by each of their kernels: cuDNN's and flash's.
-        for (const bool cudnn : {true, false}) {
-            if (!own_kernel || (!cudnn && shape.N == 0)) continue;
-            set_persistent_inference_cudnn_from(cudnn ? 0 : std::numeric_limits<int64_t>::max());
+        // With persistent columns, our kernel seeded by each of their kernels: cuDNN's over all columns, cuDNN's over
+        // two halves (joined by our kernel), and flash's.
+        enum class Seed { cudnn, cudnn_halves, flash };
+        for (const Seed by : {Seed::cudnn, Seed::cudnn_halves, Seed::flash}) {
+            if (!own_kernel || (by != Seed::cudnn && shape.N == 0)) continue;
+            set_persistent_inference_cudnn_from(by == Seed::flash ? std::numeric_limits<int64_t>::max() : 0);
+            set_persistent_inference_splits(by == Seed::cudnn_halves ? 2 : 1);
             const double kernel_bf16 = relative_error(infer(true, true), reference);
             const bool pass = kernel_bf16 <= 2 * explicit_bf16 + 1e-3;
-            const char * seed = shape.N == 0 ? "" : cudnn && !persistent_cudnn_refused() ? ", persistent part by cuDNN" : ", persistent part by flash";
+            const char * seed = shape.N == 0                                     ? ""
+                                : by == Seed::flash || persistent_cudnn_refused() ? ", persistent part by flash"
+                                : by == Seed::cudnn                               ? ", persistent part by cuDNN"
+                                : persistent_inference_split_refused()           ? ", persistent part by cuDNN (halves refused)"
+                                                                                  : ", persistent part by cuDNN in halves";
             std::printf("selftest: inference attention (%s), our kernel bf16%s vs explicit fp32: max rel. error %.2e vs explicit bf16 %.2e %s\n",
                         shape.name, seed, kernel_bf16, explicit_bf16, pass ? "ok" : "FAIL");
             ok = pass && ok;

@@ -17,7 +17,7 @@ struct Outputs {
     std::vector<torch::Tensor> values;
 };
 /// Puts the attention and kernel switches that checks turn (fused attention, our kernels, the rows from which
-/// training's persistent part takes cuDNN, the key/value cache) back as they were when it was made, however the check ends.
+/// training's persistent part takes cuDNN, the inference call's halves, the key/value cache) back as they were when it was made, however the check ends.
 class KernelSwitchesGuard {
 public:
     KernelSwitchesGuard();
@@ -27,7 +27,7 @@ public:
 
 private:
     bool fused_, own_;
-    int64_t cudnn_min_rows_, inference_cudnn_from_;
+    int64_t cudnn_min_rows_, inference_cudnn_from_, inference_splits_;
     bool key_value_cache_;
 };
 
