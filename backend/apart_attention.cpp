@@ -160,9 +160,9 @@ int64_t inference_cudnn_from_head_rows = 6144;
 // cuDNN's call can also take the columns in two halves, as two batch entries of one call (the queries read twice
 // through a zero stride); our kernel joins the two parts as it starts. A block then walks half the columns: one wave
 // takes ~14 us where the whole call's takes ~22, which beats flash's from 2,304 query rows x heads on (3/8 of the
-// whole call's threshold), and at 6,144 rows layers of 1, 3, 4 and 6 heads take fewer, shorter waves. Where the
-// halves apply is decided by persistent_inference_splits; STUDIO_PERSISTENT_SPLITS=1 or 2 (or
-// set_persistent_inference_splits) forces either.
+// whole call's threshold), and at 6,144 rows layers of 1, 3 and 4 heads take fewer, shorter waves. Where the halves
+// apply is decided by persistent_inference_splits; STUDIO_PERSISTENT_SPLITS=1 or 2 (or set_persistent_inference_splits)
+// forces either.
 int64_t forced_persistent_splits = [] {
     const char * value = std::getenv("STUDIO_PERSISTENT_SPLITS");
     return value && (std::string(value) == "1" || std::string(value) == "2") ? (int64_t) std::stoi(value) : 0;
