@@ -332,12 +332,14 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     // memory's come from the previous segment (the first time, from its hidden states), so only the segment's rows
     // are projected, half the key and value products at M = T.
     torch::Tensor k, val, k_memory, v_memory, memory_kv, segment_kv;          // (H,B,S|T|M,dh); (B,M|T,2,H*dh)
+    torch::Tensor all_kv;                                                     // (B,S,2,H*dh), joined only where needed
     if (cached) {
         memory_kv = memory_key_values.defined() ? memory_key_values : key_value_rows(keys_n.defined() ? keys_n.narrow(1, 0, M) : mem_n);
         segment_kv = key_value_rows(x_n, M == T ? key_values_into : torch::Tensor());
+        if (M > T) all_kv = torch::cat({memory_kv, segment_kv}, 1);
         if (M > 0) result.key_values = M == T ? segment_kv                       // (B,M,2,H*dh): the last M positions
                                        : M < T ? segment_kv.narrow(1, T - M, M)
-                                               : torch::cat({memory_kv, segment_kv}, 1).narrow(1, T, M);
+                                               : all_kv.narrow(1, T, M);
         k = heads_of(segment_kv, 0, H);
         val = heads_of(segment_kv, 1, H);
         if (M > 0) {
@@ -359,7 +361,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
 #endif
     if (!heads.defined() && k_memory.defined()) {
         // The other paths take the keys and values as one sequence of S rows.
-        auto all_kv = torch::cat({memory_kv, segment_kv}, 1);                // (B,S,2,H*dh)
+        if (!all_kv.defined()) all_kv = torch::cat({memory_kv, segment_kv}, 1);
         k = heads_of(all_kv, 0, H);
         val = heads_of(all_kv, 1, H);
     }
