@@ -6,6 +6,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include "device.h"
 #include "layer_graph.h"
 
 namespace studio {
@@ -104,6 +105,32 @@ void LanguageModelImpl::pretty_print(std::ostream & stream) const {
            << ", layers=" << config.num_layers << ", hidden=" << config.hidden_dim << ")";
 }
 
+void LanguageModelImpl::train(bool on) {
+    stacked_position_weight.clear();
+    torch::nn::Module::train(on);
+}
+
+std::vector<torch::Tensor> LanguageModelImpl::position_keys(const torch::Tensor & pos) {
+    std::vector<torch::Tensor> weights;                                                   // (H*dh,D) per layer with heads
+    for (const auto & layer : layer_list)
+        if (layer->attention->r_weight.size(0) > 0) weights.push_back(layer->attention->r_weight);
+    std::vector<torch::Tensor> keys(layer_list.size());
+    // STUDIO_STACKED_PRODUCTS=0: each layer projects pos itself (side-by-side timing).
+    static const bool stacked_wanted = !environment_is("STUDIO_STACKED_PRODUCTS", "0");
+    if (weights.empty() || !stacked_wanted) return keys;
+    // In the dtype the layers' own products would give (bf16 under autocast), cast once with the concatenation.
+    const auto dtype = pos.is_cuda() ? cuda_compute_dtype(pos) : pos.scalar_type();
+    auto stacked = stacked_position_weight.get(weights, (int64_t) dtype, [&] { return torch::cat(weights, 0).to(dtype); }); // (sum H*dh,D)
+    auto all = torch::mm(pos.to(dtype), stacked.t());                                    // (S,sum H*dh)
+    int64_t offset = 0;
+    for (size_t l = 0; l < layer_list.size(); ++l) {
+        const int64_t width = layer_list[l]->attention->r_weight.size(0);
+        if (width > 0) keys[l] = all.narrow(1, offset, width);                           // (S,H*dh) view
+        offset += width;
+    }
+    return keys;
+}
+
 std::vector<torch::Tensor> LanguageModelImpl::initial_memory(int64_t batch, const torch::TensorOptions & options) const {
     std::vector<torch::Tensor> memory;
     for (int64_t l = 0; l < config.num_layers; ++l) memory.push_back(torch::zeros({batch, config.mem_len, config.hidden_dim}, options));
@@ -177,6 +204,8 @@ LayerStackOutput LanguageModelImpl::run_layers(const torch::Tensor & h_in, const
         pos = F::dropout(sinusoid_positions(S, D, h_in.options()).to(h_in.dtype()), input_drop);
     }
     auto keep = attention_keep_mask(T, M, config.same_length, h_in.device());
+    // One product for all layers: sixteen of 384 rows each cost ~7 us apiece on an H200, mostly latency.
+    const auto layer_position_keys = position_keys(pos);                                  // (S,H*dh) per layer
     LayerStackOutput out;
     // When every layer's gate is alike (one head count, one set of constants: the gating stage's dense model), all
     // are sampled in one pass: a few kernels a step instead of some twenty a layer.
@@ -189,8 +218,18 @@ LayerStackOutput LanguageModelImpl::run_layers(const torch::Tensor & h_in, const
     }
     if (noise.defined()) out.l0 = l0();
     auto h = h_in;
+    // At inference each layer leaves its residual add to the next one's norm kernel (TransformerLayer::forward):
+    // a pass over the hidden state and a launch fewer a layer. STUDIO_RESIDUAL_IN_NORM=0: a separate add each layer.
+    static const bool residual_in_norm_wanted = !environment_is("STUDIO_RESIDUAL_IN_NORM", "0");
+    const bool defer_residual = residual_in_norm_wanted && !torch::GradMode::is_enabled() && !is_training();
+    torch::Tensor pending;                                                                // (B,T,D) still to add to h
     int64_t noise_offset = 0;
     for (int64_t l = 0; l < config.num_layers; ++l) {
+        // A memory of hidden states is this layer's whole input: the add cannot wait.
+        if (pending.defined() && memory[l].dim() != 4 && M > 0) {
+            h = h + pending;
+            pending = torch::Tensor();
+        }
         // The memory of layer l is its own input, carried to the next segment: its last M positions, which lie in
         // this segment's input alone when M <= T (the reference shapes: 192 and 192), with no copy. At inference
         // with the key/value cache, the layer's keys and values of those positions take its place (below).
@@ -211,7 +250,10 @@ LayerStackOutput LanguageModelImpl::run_layers(const torch::Tensor & h_in, const
         }
         torch::Tensor closed, key_values;
         const torch::Tensor into = memory_into ? (*memory_into)[(size_t) l] : torch::Tensor();
-        h = layer->forward(h, memory[l], pos, keep, u_bias, v_bias, control, &closed, &key_values, into);
+        torch::Tensor next_pending;
+        h = layer->forward(h, memory[l], pos, keep, u_bias, v_bias, control, &closed, &key_values, into, layer_position_keys[(size_t) l],
+                           pending, defer_residual ? &next_pending : nullptr);
+        pending = next_pending;
         if (closed.defined()) out.closed = out.closed.defined() ? out.closed + closed : closed;
         next_memory = key_values.defined() ? key_values : next_memory;                                // (B,M,2,H*dh) | (B,M,D)
         if (into.defined() && !next_memory.is_same(into)) {
@@ -221,7 +263,7 @@ LayerStackOutput LanguageModelImpl::run_layers(const torch::Tensor & h_in, const
         }
         out.memory.push_back(next_memory);
     }
-    out.hidden = h;
+    out.hidden = pending.defined() ? h + pending : h;
     return out;
 }
 

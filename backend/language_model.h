@@ -12,6 +12,7 @@
 
 #include "adaptive_io.h"
 #include "config.h"
+#include "derived_weight.h"
 #include "transformer_layer.h"
 
 namespace studio {
@@ -61,6 +62,8 @@ public:
     explicit LanguageModelImpl(ModelConfig config);
     void reset() override;
     void pretty_print(std::ostream & stream) const override;
+    /// Also forgets the weights kept for inference (DerivedWeight): training writes parameters unseen.
+    void train(bool on = true) override;
 
     /// input, target (B,T) int64 (target undefined: stop before the softmax); memory from the previous segment, or empty for zeros (the first segment).
     /// With `graph`, a CUDA training forward runs its layers from that graph once it has captured them (layer_graph.h).
@@ -116,6 +119,12 @@ public:
     torch::Tensor pos_emb;              ///< (max_len, D), All-attention
     torch::Tensor u_bias, v_bias;       ///< (H*dh,) shared by all layers when share_r_bias
     OffsetLayerNorm out_norm{nullptr};  ///< Transformer-XL
+
+private:
+    /// Every layer's position keys, pos (S,D) projected by its r_weight, formed by one product (the layers share pos):
+    /// (S,H*dh) per layer, undefined for a layer without heads.
+    std::vector<torch::Tensor> position_keys(const torch::Tensor & pos);
+    DerivedWeight stacked_position_weight;   ///< position_keys' stacked r_weights, kept at inference
 };
 TORCH_MODULE(LanguageModel);
 

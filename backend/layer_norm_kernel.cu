@@ -41,6 +41,10 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) segment_norm_kernel(const 
     const int64_t b = row / S, s = row % S;
     const bool from_memory = s < args.mem_len;
     const Input * src = keys_input_row<Input>(args, b, s);
+    const int64_t t = s - args.mem_len;
+    const Input * addend = from_memory || !args.addend ? nullptr
+                           : static_cast<const Input *>(args.addend) + b * args.addend_stride[0] + t * args.addend_stride[1];
+    Input * sum_row = addend && args.sum_out ? static_cast<Input *>(args.sum_out) + (b * args.tgt_len + t) * args.dim : nullptr;
     const int chunks = int(args.dim / 8);
     float x[CHUNKS][8];
     float sum = 0.0f;
@@ -49,6 +53,17 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) segment_norm_kernel(const 
         const int chunk = c * 32 + lane;
         if (chunk < chunks) {
             load8(src + chunk * 8, x[c]);
+            if (addend) {
+                float a[8];
+                load8(addend + chunk * 8, a);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) x[c][i] += a[i];
+                // Rounded to the input's dtype and read back: the very values a separate add would have written.
+                alignas(16) Input rounded[8];
+                store8(rounded, x[c]);
+                load8(rounded, x[c]);
+                if (sum_row) store8(sum_row + chunk * 8, x[c]);
+            }
 #pragma unroll
             for (int i = 0; i < 8; ++i) sum += x[c][i];
         }

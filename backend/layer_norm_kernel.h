@@ -23,6 +23,11 @@ struct SegmentNormKernelArgs {
     float eps = 1e-5f;
     float * mean_out = nullptr;           ///< optional (B*(M+T),): each row's mean, for the backward
     float * inverse_std_out = nullptr;    ///< with mean_out: each row's 1 / sqrt(variance + eps)
+    /// Optional (B,T,D) in the segment's dtype, rows unit-stride: added to the segment's rows before they are normed,
+    /// the sum rounded to that dtype first (as a separate add would leave it). Inference only: no backward takes it.
+    const void * addend = nullptr;
+    int64_t addend_stride[2] = {0, 0};    ///< batch, position
+    void * sum_out = nullptr;             ///< with addend, optional (B,T,D) contiguous, the segment's dtype: the sums
 };
 
 /// The backward, given the forward's arguments (inputs, weight, strides) and its row statistics. The memory gets no

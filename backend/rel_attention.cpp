@@ -54,6 +54,9 @@ const bool u_in_query_wanted = !environment_is("STUDIO_U_IN_BIAS", "1");
 const bool position_columns_trimmed = !environment_is("STUDIO_POSITION_COLUMNS", "all");
 // STUDIO_KEY_VALUE_CACHE=0: inference carries hidden states and projects the memory's again (side-by-side timing).
 bool key_value_cache_wanted = !environment_is("STUDIO_KEY_VALUE_CACHE", "0");
+// STUDIO_STACKED_PRODUCTS=0: the keys and the values by a product each, as each layer's position keys
+// (LanguageModel) (side-by-side timing).
+const bool stacked_products_wanted = !environment_is("STUDIO_STACKED_PRODUCTS", "0");
 
 /// (B,L,2,H*dh) keys and values side by side -> the keys (which 0) or values (1) as (H,B,L,dh) views.
 torch::Tensor heads_of(const torch::Tensor & key_values, int64_t which, int64_t H) {
@@ -141,6 +144,11 @@ void RelativeAttentionImpl::pretty_print(std::ostream & stream) const {
     stream << "studio::RelativeAttention(hidden=" << options.hidden_dim() << ", heads=" << options.num_heads()
            << ", head_dim=" << options.head_dim() << ", persistent=" << options.persistent()
            << ", own_r_bias=" << options.own_r_bias() << ", gated=" << options.gated() << ")";
+}
+
+void RelativeAttentionImpl::train(bool on) {
+    stacked_weight.clear();
+    torch::nn::Module::train(on);
 }
 
 int64_t RelativeAttentionImpl::parameters_per_head() const {
@@ -254,7 +262,12 @@ bool RelativeAttentionImpl::caches_key_values() const {
     return key_value_cache_wanted && !torch::GradMode::is_enabled() && !is_training() && options.num_heads() > 0;
 }
 
-torch::Tensor RelativeAttentionImpl::key_value_rows(const torch::Tensor & rows, const torch::Tensor & into) const {
+torch::Tensor RelativeAttentionImpl::key_value_weight(torch::ScalarType dtype) {
+    // Kept between inference forwards (the weights do not change there): no concatenation a step.
+    return stacked_weight.get({k_weight, v_weight}, (int64_t) dtype, [&] { return torch::cat({k_weight, v_weight}, 0).to(dtype); });
+}
+
+torch::Tensor RelativeAttentionImpl::key_value_rows(const torch::Tensor & rows, const torch::Tensor & into) {
     const int64_t B = rows.size(0), L = rows.size(1), D = rows.size(2), HD = options.num_heads() * options.head_dim();
     // The dtype F::linear would give (bf16 under autocast): out= products are not autocast.
     const auto dtype = rows.is_cuda() ? cuda_compute_dtype(rows) : rows.scalar_type();
@@ -263,11 +276,16 @@ torch::Tensor RelativeAttentionImpl::key_value_rows(const torch::Tensor & rows, 
                       && into.device() == rows.device() && into.is_contiguous();
     auto key_values = fits ? into : torch::empty({B, L, 2, HD}, flat.options());         // (B,L,2,H*dh)
     if (B * L == 0) return key_values;
-    // Each product writes its half of the rows in place (a leading dimension of 2*H*dh): no concatenation after.
-    auto pairs = key_values.view({B * L, 2, HD});
-    auto keys = pairs.select(1, 0), values = pairs.select(1, 1);                         // (B*L,H*dh) views
-    torch::mm_out(keys, flat, k_weight.to(dtype).t());
-    torch::mm_out(values, flat, v_weight.to(dtype).t());
+    auto pairs = key_values.view({B * L, 2 * HD});                                         // (B*L,2*H*dh): keys, then values
+    const auto weight = key_value_weight(dtype);                                           // (2*H*dh,D)
+    if (stacked_products_wanted) {
+        torch::mm_out(pairs, flat, weight.t());
+        return key_values;
+    }
+    for (int64_t half = 0; half < 2; ++half) {
+        auto part = pairs.narrow(1, half * HD, HD);                                        // (B*L,H*dh), rows 2*H*dh apart
+        torch::mm_out(part, flat, weight.narrow(0, half * HD, HD).t());
+    }
     return key_values;
 }
 
@@ -285,7 +303,8 @@ bool RelativeAttentionImpl::own_kernel_applies(const torch::Tensor & x) const {
 AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const torch::Tensor & mem_n, const torch::Tensor & pos,
                                                const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
                                                const GateControl & gates, const torch::Tensor & keys_n,
-                                               const torch::Tensor & memory_key_values, const torch::Tensor & key_values_into) {
+                                               const torch::Tensor & memory_key_values, const torch::Tensor & key_values_into,
+                                               const torch::Tensor & position_keys) {
     const int64_t B = x_n.size(0), T = x_n.size(1), H = options.num_heads(), dh = options.head_dim();
     AttentionOutput result;
     if (H == 0) {
@@ -305,6 +324,8 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     // become H matrix products over B*T rows instead of B*H small ones.
     const auto & ub = options.own_r_bias() ? u_bias : u;
     const auto & vb = options.own_r_bias() ? v_bias : v;
+    // The queries by a product of their own: the persistent columns' call waits for them alone (docs/benchmarks.md,
+    // session 16: with the keys and values in the same product, the layer's critical path grew by what it saved).
     auto q = F::linear(x_n, q_weight).view({B, T, H, dh}).permute({2, 0, 1, 3});     // (H,B,T,dh)
 #ifdef STUDIO_CUDA_KERNELS
     // Inference only (no gradient to carry, no dropout). The persistent columns need only q: their attention call
@@ -351,7 +372,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         k = F::linear(kv_in, k_weight).view({B, S, H, dh}).permute({2, 0, 1, 3});   // (H,B,S,dh)
         val = F::linear(kv_in, v_weight).view({B, S, H, dh}).permute({2, 0, 1, 3}); // (H,B,S,dh)
     }
-    auto r = F::linear(pos, r_weight).view({S, H, dh}).transpose(0, 1);              // (H,S,dh)
+    auto r = (position_keys.defined() ? position_keys : F::linear(pos, r_weight)).view({S, H, dh}).transpose(0, 1); // (H,S,dh)
     torch::Tensor heads;                                                     // (H,B,T,dh)
 #ifdef STUDIO_CUDA_KERNELS
     if (persistent_done) persistent_done->block(c10::cuda::getCurrentCUDAStream(q.device().index())); // joined, whichever path follows

@@ -9,6 +9,7 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include "derived_weight.h"
 #include "hard_concrete.h"
 
 namespace studio {
@@ -50,18 +51,21 @@ public:
     explicit RelativeAttentionImpl(RelativeAttentionOptions options);
     void reset() override;
     void pretty_print(std::ostream & stream) const override;
+    /// Also forgets the weights kept for inference (DerivedWeight): training writes parameters unseen.
+    void train(bool on = true) override;
 
     /// x_n (B,T,D) and mem_n (B,M,D) are layer-normed; pos (S,D) with S = M+T encodes distances S-1 .. 0;
     /// keep (T,S) bool; u, v (H*dh,) used when the layer has no biases of its own. keys_n, when given, is
     /// cat(mem_n, x_n) already (B,S,D), and mem_n is not read. memory_key_values, when given, is the previous
     /// segment's AttentionOutput::key_values (B,M,2,H*dh): the memory's keys and values, and neither mem_n nor keys_n
     /// is read. key_values_into, when given with M = T, is a contiguous (B,T,2,H*dh) tensor that the key and value
-    /// products write into and that becomes AttentionOutput::key_values: a caller that keeps the memory in fixed
-    /// buffers (a CUDA graph) then copies nothing.
+    /// product writes into and that becomes AttentionOutput::key_values: a caller that keeps the memory in fixed
+    /// buffers (a CUDA graph) then copies nothing. position_keys, when given, is pos projected by r_weight
+    /// (S,H*dh), formed by the caller (LanguageModel forms every layer's in one product).
     AttentionOutput forward(const torch::Tensor & x_n, const torch::Tensor & mem_n, const torch::Tensor & pos,
                             const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
                             const GateControl & gates, const torch::Tensor & keys_n = {}, const torch::Tensor & memory_key_values = {},
-                            const torch::Tensor & key_values_into = {});
+                            const torch::Tensor & key_values_into = {}, const torch::Tensor & position_keys = {});
 
     /// Whether a forward with layer input x would run our CUDA kernel (bf16 inference on the GPU, where built).
     bool own_kernel_applies(const torch::Tensor & x) const;
@@ -80,6 +84,7 @@ public:
     HardConcreteGate gate{nullptr};
 
 private:
+    DerivedWeight stacked_weight;                         ///< key_value_weight's, at inference
     /// Inference through our CUDA kernel (built where a CUDA compiler was found): q (H,B,T,dh), k/val (H,B,S,dh),
     /// r (H,S,dh), u/v (H*dh,). The persistent columns, if any, come attended already by a kernel of their own
     /// (cuDNN's or flash's): persistent_out (1,H,B*T,dh) and persistent_lse (1,H,B*T) seed the kernel's online softmax.
@@ -89,9 +94,11 @@ private:
                                    const torch::Tensor & u, const torch::Tensor & v, double scale, const torch::Tensor & persistent_out,
                                    const torch::Tensor & persistent_lse, const torch::Tensor & k_memory = {},
                                    const torch::Tensor & v_memory = {});
-    /// Rows (B,L,D) projected to keys and values side by side, (B,L,2,H*dh), in the dtype F::linear would give;
-    /// into `into` where it is such a tensor, contiguous.
-    torch::Tensor key_value_rows(const torch::Tensor & rows, const torch::Tensor & into = {}) const;
+    /// The key and value weights stacked, (2*H*dh, D) in dtype; kept between inference forwards.
+    torch::Tensor key_value_weight(torch::ScalarType dtype);
+    /// Rows (B,L,D) projected to keys and values side by side by one product, (B,L,2,H*dh), in the dtype F::linear
+    /// would give; into `into` where it is such a tensor, contiguous.
+    torch::Tensor key_value_rows(const torch::Tensor & rows, const torch::Tensor & into = {});
     /// Scores and probabilities materialised in fp32: the reference computation, and the path on CPU.
     torch::Tensor explicit_attention(const torch::Tensor & q, const torch::Tensor & q_u, const torch::Tensor & k, const torch::Tensor & val,
                                      const torch::Tensor & bd, const torch::Tensor & keep, double scale);

@@ -151,7 +151,7 @@ bool check_inference(const torch::Device & device) {
 /// A whole All-attention layer at inference (layer norm of memory and segment, attention, residual), where our
 /// kernels take both the norm and the attention, against the explicit path in fp32: in a bf16 model (as the benchmark
 /// runs) and under bf16 autocast with fp32 weights (as evaluation during training runs), with the memory a strided
-/// view of the previous segment's input, as the model carries it.
+/// view of the previous segment's input, as the model carries it; then with the previous layer's output still to add.
 bool check_layer_inference(const torch::Device & device) {
     KernelSwitchesGuard restore;
     const int64_t D = 512, H = 8, dh = 64, N = 2048, B = 3, T = 192, M = 96;
@@ -202,6 +202,36 @@ bool check_layer_inference(const torch::Device & device) {
                     "autocast %.2e (explicit %.2e) %s\n", cached ? " from cached keys and values" : "", own_bf16, explicit_bf16,
                     pass_bf16 ? "ok" : "FAIL", own_autocast, explicit_autocast, pass_autocast ? "ok" : "FAIL");
         ok = pass_bf16 && pass_autocast && ok;
+    }
+    // The previous layer's output handed over still to add (TransformerLayer::forward's pending): our norm kernel adds
+    // it as it reads x, rounding the sum to bf16 as the add would, so the layer's result is the same bit for bit.
+    {
+        set_own_kernels(true);
+        set_key_value_cache(true);
+        torch::NoGradGuard no_grad;
+        layer->to(torch::kBFloat16);
+        const auto bf16 = options.dtype(torch::kBFloat16);
+        torch::Tensor key_values;
+        layer->forward(previous.to(torch::kBFloat16), torch::zeros({B, M, D}, bf16), pos.to(torch::kBFloat16), keep, {}, {}, GateControl{},
+                       nullptr, &key_values);
+        auto x0 = x.to(torch::kBFloat16), addend = (torch::randn({B, T, D}, options) * 0.7).to(torch::kBFloat16);
+        auto added = x0 + addend;
+        auto whole = layer->forward(added, key_values, pos.to(torch::kBFloat16), keep, {}, {}, GateControl{});
+        torch::Tensor still_to_add, sum;
+        auto input = layer->forward(x0, key_values, pos.to(torch::kBFloat16), keep, {}, {}, GateControl{}, nullptr, nullptr, {}, {},
+                                    addend, &still_to_add);
+        auto normed = normalize_sum(x0, addend, layer->norm, &sum);
+        const bool kernel = normed.defined() && sum.defined() && torch::equal(sum, added);
+        const double norm_error = kernel ? relative_error(normed.to(torch::kDouble), torch::layer_norm(added.to(torch::kDouble), {D},
+                                                                    layer->norm->weight.to(torch::kDouble) + 1.0,
+                                                                    layer->norm->bias.to(torch::kDouble), layer->norm->eps)) : INFINITY;
+        const bool same = still_to_add.defined() && torch::equal(input, added) && torch::equal(input + still_to_add, whole);
+        layer->to(torch::kFloat);
+        const bool pass = kernel && norm_error < 1e-2 && same;
+        std::printf("selftest: all-attention layer inference with the previous output added in its norm: kernel's sum equal to the add "
+                    "%s, norm vs float64 %.2e (< 1e-2), layer output equal to adding first %s %s\n", kernel ? "yes" : "no", norm_error,
+                    same ? "yes" : "no", pass ? "ok" : "FAIL");
+        ok = pass && ok;
     }
     return ok;
 }

@@ -57,9 +57,11 @@ SegmentNormKernelArgs segment_norm_args(const torch::Tensor & memory, const torc
 /// One launch of the segment-norm kernel: LN(cat(memory, x)) as the keys' input (B,M+T,D) and LN(x) as the queries'
 /// (B,T,D), both bf16; with `statistics` (2, B*(M+T)) fp32 given, each row's mean and 1/std in it too. Without
 /// `with_queries`, the keys' alone (the queries undefined).
+/// With `addend` (B,T,D), x + addend is normed in place of x, and written to *sum.
 std::pair<torch::Tensor, torch::Tensor> launch_segment_norm_into_new(const torch::Tensor & memory, const torch::Tensor & x,
                                                                      const torch::Tensor & weight, const torch::Tensor & bias, double eps,
-                                                                     const torch::Tensor & statistics = {}, bool with_queries = true) {
+                                                                     const torch::Tensor & statistics = {}, bool with_queries = true,
+                                                                     const torch::Tensor & addend = {}, torch::Tensor * sum = nullptr) {
     c10::cuda::CUDAGuard device_guard(x.device());
     const int64_t B = x.size(0), T = x.size(1), D = x.size(2), M = memory.size(1);
     auto options = x.options().dtype(torch::kBFloat16);
@@ -68,6 +70,13 @@ std::pair<torch::Tensor, torch::Tensor> launch_segment_norm_into_new(const torch
     if (statistics.defined()) {
         args.mean_out = statistics[0].data_ptr<float>();
         args.inverse_std_out = statistics[1].data_ptr<float>();
+    }
+    if (addend.defined()) {
+        *sum = torch::empty({B, T, D}, x.options().memory_format(torch::MemoryFormat::Contiguous));
+        args.addend = addend.data_ptr();
+        args.addend_stride[0] = addend.stride(0);
+        args.addend_stride[1] = addend.stride(1);
+        args.sum_out = sum->data_ptr();
     }
     check_kernel_launch(launch_segment_norm(args, current_cuda_stream(x.device())), "segment norm");
     return {keys, queries};
@@ -128,6 +137,19 @@ struct TrainableSegmentNorm : public torch::autograd::Function<TrainableSegmentN
 #endif
 } // namespace
 
+torch::Tensor normalize_sum(const torch::Tensor & x, const torch::Tensor & addend, const OffsetLayerNorm & norm, torch::Tensor * sum) {
+#ifdef STUDIO_CUDA_KERNELS
+    const auto no_memory = x.narrow(1, 0, 0);                                                     // (B,0,D)
+    if (!segment_norm_takes(no_memory, x, norm) || addend.scalar_type() != x.scalar_type() || addend.sizes() != x.sizes()
+        || addend.device() != x.device() || !rows_16_byte_aligned(addend))
+        return {};
+    return launch_segment_norm_into_new(no_memory, x, norm->weight, norm->bias, norm->eps, {}, /*with_queries=*/false, addend, sum).first;
+#else
+    (void) x, (void) addend, (void) norm, (void) sum;
+    return {};
+#endif
+}
+
 std::pair<torch::Tensor, torch::Tensor> normalize_segment_for_training(const torch::Tensor & memory, const torch::Tensor & x,
                                                                        const OffsetLayerNorm & norm) {
 #ifdef STUDIO_CUDA_KERNELS
@@ -171,18 +193,24 @@ void TransformerLayerImpl::pretty_print(std::ostream & stream) const {
     stream << "studio::TransformerLayer(heads=" << options.attention().num_heads() << ", feedforward=" << options.feedforward_dim() << ")";
 }
 
-torch::Tensor TransformerLayerImpl::forward(const torch::Tensor & x, const torch::Tensor & memory, const torch::Tensor & pos,
+torch::Tensor TransformerLayerImpl::forward(const torch::Tensor & x_in, const torch::Tensor & memory, const torch::Tensor & pos,
                                             const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
                                             const GateControl & gates, torch::Tensor * closed, torch::Tensor * key_values,
-                                            const torch::Tensor & key_values_into) {
+                                            const torch::Tensor & key_values_into, const torch::Tensor & position_keys,
+                                            const torch::Tensor & pending, torch::Tensor * pending_out) {
     auto drop = F::DropoutFuncOptions().p(options.proj_drop()).training(is_training());
     torch::Tensor x_n, mem_n, keys_n, memory_key_values;
+    auto x = x_in;
     if (memory.dim() == 4) {
-        // The memory's keys and values, cached by the previous segment: only the segment is normalised.
+        // The memory's keys and values, cached by the previous segment: only the segment is normalised (with the
+        // previous layer's pending output added in the same pass, where our kernel takes it).
         memory_key_values = memory;
 #ifdef STUDIO_CUDA_KERNELS
-        if (attention->own_kernel_applies(x)) x_n = normalize_rows(x, norm);
+        if (attention->own_kernel_applies(x)) x_n = pending.defined() ? normalize_sum(x_in, pending, norm, &x) : normalize_rows(x, norm);
 #endif
+    }
+    if (!x_n.defined() && pending.defined()) x = x_in + pending;                 // (B,T,D)
+    if (memory.dim() == 4) {
         if (!x_n.defined()) x_n = norm->forward(x);
     } else {
         // The same LayerNorm normalises the memory: it is this layer's input from the previous segment.
@@ -195,10 +223,15 @@ torch::Tensor TransformerLayerImpl::forward(const torch::Tensor & x, const torch
             mem_n = memory.size(1) > 0 ? norm->forward(memory) : memory;
         }
     }
-    auto attended = attention->forward(x_n, mem_n, pos, keep, u, v, gates, keys_n, memory_key_values, key_values_into);
+    auto attended = attention->forward(x_n, mem_n, pos, keep, u, v, gates, keys_n, memory_key_values, key_values_into, position_keys);
     if (closed) *closed = attended.closed;
     if (key_values) *key_values = attended.key_values;
-    auto h = x + F::dropout(attended.out, drop);                                  // (B,T,D)
+    auto out = F::dropout(attended.out, drop);                                    // (B,T,D)
+    if (pending_out && options.feedforward_dim() == 0) {
+        *pending_out = out;                                                       // added by the next layer's norm
+        return x;
+    }
+    auto h = x + out;                                                             // (B,T,D)
     if (options.feedforward_dim() == 0) return h;
     auto inner = F::dropout(torch::relu(F::linear(ff_norm->forward(h), ff1_weight, ff1_bias)),
                             F::DropoutFuncOptions().p(options.ff_drop()).training(is_training())); // (B,T,F)

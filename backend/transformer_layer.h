@@ -34,6 +34,10 @@ TORCH_MODULE(OffsetLayerNorm);
 /// (STUDIO_SEGMENT_NORM=ops turns them off): the caller then takes LibTorch's layer norms.
 std::pair<torch::Tensor, torch::Tensor> normalize_segment_for_training(const torch::Tensor & memory, const torch::Tensor & x,
                                                                        const OffsetLayerNorm & norm);
+/// Inference on the GPU with our kernels: LN(x + addend) (B,T,D) bf16 by one kernel, with the sum, rounded to x's
+/// dtype as a separate add would leave it, in *sum. Undefined (and *sum untouched) where the kernel does not take
+/// these operands. (How a layer adds the previous layer's pending output, TransformerLayer::forward.)
+torch::Tensor normalize_sum(const torch::Tensor & x, const torch::Tensor & addend, const OffsetLayerNorm & norm, torch::Tensor * sum);
 
 struct TransformerLayerOptions {
     TransformerLayerOptions(RelativeAttentionOptions attention) : attention_(std::move(attention)) {}
@@ -52,11 +56,17 @@ public:
     /// x (B,T,D), memory (B,M,D) -> (B,T,D); closed gets this layer's closed-gate count when gates act. At inference
     /// with the key/value cache, memory may instead be the previous segment's cached keys and values (B,M,2,H*dh), and
     /// key_values gets this segment's (RelativeAttention's AttentionOutput::key_values) for the next, written into
-    /// key_values_into where that fits (RelativeAttention::forward).
+    /// key_values_into where that fits (RelativeAttention::forward). position_keys: pos projected by the attention's
+    /// r_weight, where the caller formed it.
+    /// The residual add may pass from layer to layer: `pending`, when given, is the previous layer's output still to
+    /// add, so that the input is x + pending (at inference our norm kernel adds it as it reads x); with `pending_out`
+    /// given, an All-attention layer returns its input x + pending and leaves its own output there, for the next
+    /// layer or the caller to add.
     torch::Tensor forward(const torch::Tensor & x, const torch::Tensor & memory, const torch::Tensor & pos,
                           const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
                           const GateControl & gates, torch::Tensor * closed = nullptr, torch::Tensor * key_values = nullptr,
-                          const torch::Tensor & key_values_into = {});
+                          const torch::Tensor & key_values_into = {}, const torch::Tensor & position_keys = {},
+                          const torch::Tensor & pending = {}, torch::Tensor * pending_out = nullptr);
 
     TransformerLayerOptions options;
     OffsetLayerNorm norm{nullptr};

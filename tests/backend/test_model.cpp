@@ -6,6 +6,7 @@
 #include <QTest>
 
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <string>
 #include <utility>
@@ -350,6 +351,79 @@ private Q_SLOTS:
                 QVERIFY(torch::equal(into[l], plain.memory[l]));
             }
         }
+    }
+
+    // The layers share the positions, so their position keys pos W_r^T come from one product over the stacked r
+    // weights: the same outputs and gradients as each layer projecting pos itself, beside a layer without heads.
+    void position_keys_of_all_layers_in_one_product() {
+        for (auto type : {ModelType::AllAttention, ModelType::TransformerXL}) {
+            auto config = tiny(type);
+            config.num_layers = 3;
+            config.heads_per_layer = {2, 0, 1};
+            config.share_r_bias = false;
+            LanguageModel model(config);
+            auto input = torch::randint(0, 40, {2, 4}, torch::kLong);
+            const int64_t T = 4, M = config.mem_len, S = T + M, D = 8;
+            std::vector<torch::Tensor> memory;
+            for (int l = 0; l < 3; ++l) memory.push_back(torch::randn({2, M, D}));
+            auto hidden = model->forward(input, {}, memory).hidden;
+            auto grad_of = [&](const torch::Tensor & y) {
+                model->zero_grad();
+                y.pow(2).sum().backward();
+                std::vector<torch::Tensor> grads;
+                for (int l : {0, 2}) grads.push_back(model->layer_list[(size_t) l]->attention->r_weight.grad().clone());
+                return grads;
+            };
+            const auto together = grad_of(hidden);
+            // Each layer on its own, given pos (no position keys): as the layers computed before they shared a product.
+            auto h = model->io->embed(input, 0.0) * std::sqrt((double) D);
+            auto pos = type == ModelType::AllAttention ? model->pos_emb.narrow(0, config.max_len - S, S)
+                                                       : sinusoid_positions(S, D, h.options());
+            auto keep = attention_keep_mask(T, M, config.same_length, h.device());
+            for (int64_t l = 0; l < 3; ++l) h = model->layer_list[(size_t) l]->forward(h, memory[(size_t) l], pos, keep, {}, {}, GateControl{});
+            if (type == ModelType::TransformerXL) h = model->out_norm->forward(h);
+            QVERIFY2(torch::allclose(hidden, h, 1e-5, 1e-6), std::to_string((hidden - h).abs().max().item<double>()).c_str());
+            const auto apart = grad_of(h);
+            for (size_t i = 0; i < apart.size(); ++i) QVERIFY(torch::allclose(together[i], apart[i], 1e-5, 1e-6));
+        }
+    }
+
+    // The stacked weights kept between inference forwards follow the parameters: an in-place change is seen by its
+    // version, and a write that no version records (our optimizer's kernels, graph replays: training) by train().
+    void weights_kept_for_inference_follow_the_parameters() {
+        auto config = tiny(ModelType::AllAttention);
+        config.share_r_bias = false;
+        LanguageModel model(config);
+        model->eval();
+        torch::NoGradGuard no_grad;
+        auto input = torch::randint(0, 40, {2, 4}, torch::kLong), target = torch::randint(0, 40, {2, 4}, torch::kLong);
+        // A model that never kept anything, given the parameters as they are now.
+        auto fresh = [&] {
+            LanguageModel copy(config);
+            copy->eval();
+            auto source = model->named_parameters();
+            for (auto & p : copy->named_parameters()) p.value().copy_(source[p.key()]);
+            return copy->forward(input, target, {});
+        };
+        auto first = model->forward(input, target, {});
+        QVERIFY(torch::equal(model->forward(input, target, {}).target_log_prob, first.target_log_prob));
+        auto & attention = *model->layer_list[0]->attention;
+        attention.k_weight.add_(0.25);
+        attention.r_weight.mul_(-1.5);
+        auto changed = model->forward(input, target, {});
+        QVERIFY(!torch::allclose(changed.target_log_prob, first.target_log_prob));
+        QVERIFY(torch::allclose(changed.target_log_prob, fresh().target_log_prob, 1e-5, 1e-6));
+        QVERIFY(torch::allclose(changed.memory[0], fresh().memory[0], 1e-5, 1e-6));
+        // Written behind the version counters' backs, then a training phase (train(), eval()).
+        for (auto * w : {&attention.q_weight, &attention.r_weight}) {
+            auto values = torch::randn(w->sizes());
+            std::memcpy(w->data_ptr<float>(), values.data_ptr<float>(), (size_t) values.numel() * sizeof(float));
+        }
+        model->train();
+        model->eval();
+        auto rewritten = model->forward(input, target, {});
+        QVERIFY(!torch::allclose(rewritten.target_log_prob, changed.target_log_prob));
+        QVERIFY(torch::allclose(rewritten.target_log_prob, fresh().target_log_prob, 1e-5, 1e-6));
     }
 
     // Cached keys and values stand for the memory only at inference: training needs the hidden states' gradients
