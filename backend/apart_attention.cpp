@@ -205,9 +205,12 @@ Part persistent_kernel_forward(const torch::Tensor & rows, const torch::Tensor &
     return {std::get<0>(result), std::get<1>(result), std::get<6>(result), std::get<7>(result), {}};
 }
 
-/// The persistent part by cuDNN's kernels where they are wanted and run (nothing where they are not).
-std::optional<Part> persistent_cudnn_forward(const torch::Tensor & rows, const torch::Tensor & keys, const torch::Tensor & values, double dropout) {
-    if (cudnn_wanted && !cudnn_failed && rows.size(-1) <= 128 && torch::cuda::cudnn_is_available()) {
+/// The persistent part by cuDNN's kernels where they are wanted and run (nothing where they are not). A refusal sets
+/// `refused`, after which that call is not tried again, and says so, naming `what` was refused and what runs `instead`.
+std::optional<Part> persistent_cudnn_forward(const torch::Tensor & rows, const torch::Tensor & keys, const torch::Tensor & values, double dropout,
+                                             bool & refused = cudnn_failed, const char * what = "the persistent part",
+                                             const char * instead = "flash attention") {
+    if (cudnn_wanted && !cudnn_failed && !refused && rows.size(-1) <= 128 && torch::cuda::cudnn_is_available()) {
         try {
             auto result = at::_scaled_dot_product_cudnn_attention(rows, keys, values, c10::optional<at::Tensor>(), /*compute_log_sumexp=*/true,
                                                                   dropout, /*is_causal=*/false, /*return_debug_mask=*/false, 1.0);
@@ -217,9 +220,8 @@ std::optional<Part> persistent_cudnn_forward(const torch::Tensor & rows, const t
             part.cudnn = true;
             return part;
         } catch (const c10::Error & error) {
-            cudnn_failed = true;
-            std::fprintf(stderr, "studio: cuDNN's attention refused the persistent part (%s); flash attention from now on\n",
-                         error.what_without_backtrace());
+            refused = true;
+            std::fprintf(stderr, "studio: cuDNN's attention refused %s (%s); %s from now on\n", what, error.what_without_backtrace(), instead);
         }
     }
     return std::nullopt;
@@ -360,18 +362,12 @@ std::pair<torch::Tensor, torch::Tensor> persistent_inference_attention(const tor
     const bool halves_may = inference_cudnn_wanted && head_rows >= inference_cudnn_from_head_rows / 8 * 3;
     const int64_t H = keys.size(0), N = keys.size(1), dh = keys.size(2);
     const int64_t splits = halves_may ? persistent_inference_splits(rows, N) : 1;
-    if (splits > 1 && cudnn_wanted && !cudnn_failed && !persistent_split_refused && dh <= 128 && torch::cuda::cudnn_is_available()) {
+    if (splits > 1) {
         auto halves = [&](const torch::Tensor & t) { return t.contiguous().view({H, splits, N / splits, dh}).transpose(0, 1); }; // (s,H,N/s,dh)
-        try {
-            auto result = at::_scaled_dot_product_cudnn_attention(rows.expand({splits, H, rows.size(2), dh}), halves(keys), halves(values),
-                                                                  c10::optional<at::Tensor>(), /*compute_log_sumexp=*/true, 0.0,
-                                                                  /*is_causal=*/false, /*return_debug_mask=*/false, 1.0);
-            return {std::get<0>(result), std::get<1>(result).squeeze(-1)};  // (s,H,B*T,dh), (s,H,B*T): one part a split
-        } catch (const c10::Error & error) {
-            persistent_split_refused = true;
-            std::fprintf(stderr, "studio: cuDNN's attention refused the persistent columns in halves (%s); whole from now on\n",
-                         error.what_without_backtrace());
-        }
+        // The split's parts as the batch entries of one call, the queries read through a zero stride.
+        if (auto part = persistent_cudnn_forward(rows.expand({splits, H, rows.size(2), dh}), halves(keys), halves(values), 0.0,
+                                                 persistent_split_refused, "the persistent columns in halves", "whole"))
+            return {part->out, part->lse};                                   // (s,H,B*T,dh), (s,H,B*T): one part a split
     }
     auto part = cudnn ? persistent_cudnn_forward(rows, keys.unsqueeze(0), values.unsqueeze(0), 0.0) : std::nullopt;
     if (!part) part = persistent_kernel_forward(rows, keys.unsqueeze(0), values.unsqueeze(0), 0.0);

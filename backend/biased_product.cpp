@@ -22,11 +22,9 @@ namespace {
 torch::Tensor add_head_bias(const torch::Tensor & x, const torch::Tensor & bias) {
 #ifdef STUDIO_CUDA_KERNELS
     const int64_t H = x.size(0), B = x.size(1), T = x.size(2), dh = x.size(3);
-    const int64_t element = x.element_size();
     // Rows of H*dh: a head's dh columns after the previous head's, a batch row's T rows one after another.
     const bool batch_major = x.stride(3) == 1 && x.stride(0) == dh && x.stride(2) >= H * dh && x.stride(1) == T * x.stride(2);
-    const bool aligned = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && (x.stride(2) * element) % 16 == 0
-                         && reinterpret_cast<uintptr_t>(bias.data_ptr()) % 16 == 0;
+    const bool aligned = rows_16_byte_aligned(x) && rows_16_byte_aligned(bias);
     if (x.is_cuda() && own_kernels_enabled() && batch_major && aligned && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat)
         && bias.scalar_type() == x.scalar_type() && bias.device() == x.device() && bias.is_contiguous() && (H * dh) % 8 == 0) {
         c10::cuda::CUDAGuard device_guard(x.device());

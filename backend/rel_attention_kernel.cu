@@ -61,29 +61,15 @@ __device__ void load_rows(bf16 * dst, const bf16 * src, int64_t row_stride, int 
 
 /// Key or value rows first_row .. first_row+rows-1 of the S = M+T: those before `split` from `memory`, the others
 /// from `segment` (row - split). split = 0: all from segment, which then holds all S. The source is chosen once for
-/// a tile that lies on one side of the split (every tile when M is a multiple of 64): a choice per element made the
-/// kernel a quarter slower.
+/// each side of the split that the tile covers (one side only when M is a multiple of 64): a choice per element made
+/// the kernel a quarter slower.
 template <int DH>
 __device__ void load_key_rows(bf16 * dst, const bf16 * memory, int64_t memory_stride, const bf16 * segment, int64_t segment_stride,
                               int split, int first_row, int rows, int limit) {
-    if (first_row >= split) {
-        load_rows<DH>(dst, segment, segment_stride, first_row - split, rows, limit - split);
-        return;
-    }
-    if (first_row + rows <= split) {
-        load_rows<DH>(dst, memory, memory_stride, first_row, rows, split);
-        return;
-    }
-    constexpr int chunks = DH / 8;
-    for (int idx = threadIdx.x; idx < rows * chunks; idx += kThreads) {
-        const int r = idx / chunks, c = (idx % chunks) * 8, row = first_row + r;
-        uint4 value = make_uint4(0, 0, 0, 0);
-        if (row >= 0 && row < limit) {
-            const bf16 * src = row < split ? memory + int64_t(row) * memory_stride : segment + int64_t(row - split) * segment_stride;
-            value = *reinterpret_cast<const uint4 *>(src + c);
-        }
-        *reinterpret_cast<uint4 *>(dst + r * Plan<DH>::ld + c) = value;
-    }
+    const int memory_rows = first_row >= split ? 0 : min(rows, split - first_row);
+    if (memory_rows > 0) load_rows<DH>(dst, memory, memory_stride, first_row, memory_rows, split);
+    if (memory_rows < rows)
+        load_rows<DH>(dst + memory_rows * Plan<DH>::ld, segment, segment_stride, first_row + memory_rows - split, rows - memory_rows, limit - split);
 }
 
 /// Eight bias values from offset on, bf16 or fp32.
