@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "derived_weight.h"
 #include "language_model.h"
 #include "model_info.h"
 
@@ -386,6 +387,40 @@ private Q_SLOTS:
             const auto apart = grad_of(h);
             for (size_t i = 0; i < apart.size(); ++i) QVERIFY(torch::allclose(together[i], apart[i], 1e-5, 1e-6));
         }
+    }
+
+    // DerivedWeight keeps its value while the sources and the form stay; a new version, another form, another storage
+    // or a gradient to carry forms it anew.
+    void derived_weight_kept_while_its_sources_stay() {
+        auto a = torch::randn({3, 2}), b = torch::randn({1, 2});
+        DerivedWeight derived;
+        int made = 0;
+        auto make = [&] { ++made; return torch::cat({a, b}, 0); };
+        auto first = derived.get({a, b}, 0, make);
+        QVERIFY(!derived.last_was_kept());
+        QVERIFY(derived.get({a, b}, 0, make).is_same(first) && derived.last_was_kept());
+        QCOMPARE(made, 1);
+        derived.get({a, b}, 1, make);                       // another form (a dtype, say)
+        QVERIFY(!derived.last_was_kept());
+        a.add_(1.0);                                        // a new version
+        QVERIFY(torch::equal(derived.get({a, b}, 1, make), torch::cat({a, b}, 0)) && !derived.last_was_kept());
+        b = torch::randn({1, 2});                           // another tensor in b's place
+        QVERIFY(torch::equal(derived.get({a, b}, 1, make), torch::cat({a, b}, 0)) && !derived.last_was_kept());
+        QCOMPARE(made, 4);
+        a.requires_grad_(true);                             // a gradient to carry: formed every time, never kept
+        auto with_grad = derived.get({a, b}, 1, make);
+        QVERIFY(with_grad.requires_grad());
+        derived.get({a, b}, 1, make);
+        QCOMPARE(made, 6);
+        {
+            torch::NoGradGuard no_grad;                     // no gradient to carry: kept again
+            derived.get({a, b}, 1, make);
+            QVERIFY(derived.get({a, b}, 1, make).defined() && derived.last_was_kept());
+        }
+        derived.clear();
+        torch::NoGradGuard no_grad;
+        derived.get({a, b}, 1, make);
+        QVERIFY(!derived.last_was_kept());
     }
 
     // The stacked weights kept between inference forwards follow the parameters: an in-place change is seen by its
