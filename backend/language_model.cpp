@@ -110,6 +110,14 @@ void LanguageModelImpl::train(bool on) {
     torch::nn::Module::train(on);
 }
 
+std::shared_ptr<torch::nn::Module> LanguageModelImpl::clone(const c10::optional<torch::Device> & device) const {
+    auto copy = torch::nn::Cloneable<LanguageModelImpl>::clone(device);
+    auto & model = dynamic_cast<LanguageModelImpl &>(*copy);
+    model.layer_list.clear();
+    for (const auto & layer : *model.layers) model.layer_list.emplace_back(std::dynamic_pointer_cast<TransformerLayerImpl>(layer));
+    return copy;
+}
+
 std::vector<torch::Tensor> LanguageModelImpl::position_keys(const torch::Tensor & pos) {
     std::vector<torch::Tensor> weights;                                                   // (H*dh,D) per layer with heads
     for (const auto & layer : layer_list)

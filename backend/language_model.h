@@ -64,6 +64,9 @@ public:
     void pretty_print(std::ostream & stream) const override;
     /// Also forgets the weights kept for inference (DerivedWeight): training writes parameters unseen.
     void train(bool on = true) override;
+    /// Cloneable's deep copy, with layer_list pointing at the copy's own layers (Cloneable fills `layers` with clones
+    /// of this model's after reset() built layer_list from fresh ones).
+    std::shared_ptr<torch::nn::Module> clone(const c10::optional<torch::Device> & device = c10::nullopt) const override;
 
     /// input, target (B,T) int64 (target undefined: stop before the softmax); memory from the previous segment, or empty for zeros (the first segment).
     /// With `graph`, a CUDA training forward runs its layers from that graph once it has captured them (layer_graph.h).

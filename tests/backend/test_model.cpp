@@ -389,6 +389,28 @@ private Q_SLOTS:
         }
     }
 
+    // A clone computes what the original does, from parameters of its own: changing the original's leaves it alone.
+    void clone_is_a_deep_copy() {
+        auto config = tiny(ModelType::AllAttention);
+        config.share_r_bias = false;
+        LanguageModel model(config);
+        model->eval();
+        torch::NoGradGuard no_grad;
+        auto input = torch::randint(0, 40, {2, 4}, torch::kLong), target = torch::randint(0, 40, {2, 4}, torch::kLong);
+        auto before = model->forward(input, target, {}).target_log_prob;
+        auto copy = std::dynamic_pointer_cast<LanguageModelImpl>(model->clone());
+        copy->eval();
+        QVERIFY(torch::equal(copy->forward(input, target, {}).target_log_prob, before));
+        QCOMPARE(copy->layer_list.size(), model->layer_list.size());
+        for (size_t l = 0; l < copy->layer_list.size(); ++l) {
+            QVERIFY(copy->layer_list[l].get() == copy->layers[l].get());
+            QVERIFY(!copy->layer_list[l]->attention->q_weight.is_same(model->layer_list[l]->attention->q_weight));
+        }
+        model->layer_list[0]->attention->q_weight.mul_(2.0);
+        QVERIFY(!torch::equal(model->forward(input, target, {}).target_log_prob, before));
+        QVERIFY(torch::equal(copy->forward(input, target, {}).target_log_prob, before));
+    }
+
     // DerivedWeight keeps its value while the sources and the form stay; a new version, another form, another storage
     // or a gradient to carry forms it anew.
     void derived_weight_kept_while_its_sources_stay() {
