@@ -9,6 +9,7 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include "derived_weight.h"
 #include "device.h"
 
 namespace studio {
@@ -28,9 +29,16 @@ public:
     explicit AdaptiveIOImpl(AdaptiveIOOptions options);
     void reset() override;
     void pretty_print(std::ostream & stream) const override;
+    /// Also forgets the tables kept for inference (DerivedWeight): training writes parameters unseen.
+    void train(bool on = true) override;
 
     /// ids (B,T) int64 -> (B,T,D), unscaled. word_drop > 0 drops whole vocabulary rows (kept rows scaled 1/(1-p)).
+    /// At inference (no gradient, eval mode) with clusters, from every table projected to D once (projected_table).
     torch::Tensor embed(const torch::Tensor & ids, double word_drop);
+    /// Every cluster's table projected to D and joined, (V,D), as embed's products would give each row (bf16 products
+    /// under autocast, in the tables' dtype); kept between inference forwards. Undefined without clusters, or where
+    /// it would pass 1 GiB.
+    torch::Tensor projected_table();
     /// Where each target row's word lives. It depends on the targets alone, so LanguageModel::forward routes them
     /// before the layers run, and the loss then reads the row counts on the host without stopping the GPU.
     struct TargetClusters {
@@ -64,6 +72,7 @@ public:
     torch::Tensor cluster_weight, cluster_bias;  ///< (C, D), (C,): head-softmax logits of the tail clusters
 
 private:
+    DerivedWeight projected_tables;              ///< projected_table's
     torch::Tensor tail_projection(size_t cluster) const; // (d_i, D) weight for linear(): D -> d_i
     /// target_log_prob of a block of rows, given the head's joined weight and bias (shortlist + cluster logits).
     torch::Tensor target_log_prob_rows(const torch::Tensor & hidden, const torch::Tensor & target, const torch::Tensor & head_weight,

@@ -389,6 +389,28 @@ private Q_SLOTS:
         }
     }
 
+    // At inference the clusters' tables come projected to D once and kept while the weights stay: the same embedding
+    // as each cluster's own lookup and product (the training path), and a new table once a projection moves.
+    void inference_embedding_from_projected_tables() {
+        LanguageModel model(tiny(ModelType::AllAttention));                   // clusters [0,10), [10,25), [25,40)
+        auto ids = torch::arange(40).view({4, 10});                            // every word of every cluster
+        const auto reference = model->io->embed(ids, 0.0).detach().view({40, 8});
+        model->eval();
+        torch::NoGradGuard no_grad;
+        auto table = model->io->projected_table();
+        QVERIFY(table.defined());
+        QCOMPARE(table.sizes().vec(), (std::vector<int64_t>{40, 8}));
+        auto got = model->io->embed(ids, 0.0).view({40, 8});
+        QVERIFY2(torch::allclose(got, reference, 1e-6, 1e-6), std::to_string((got - reference).abs().max().item<double>()).c_str());
+        QVERIFY(model->io->projected_table().is_same(table));
+        model->io->in_proj[1].mul_(2.0);
+        QVERIFY(!model->io->projected_table().is_same(table));
+        auto moved = model->io->embed(ids, 0.0).view({40, 8});
+        QVERIFY(torch::allclose(moved.narrow(0, 10, 15), 2 * reference.narrow(0, 10, 15), 1e-6, 1e-6));
+        QVERIFY(torch::equal(moved.narrow(0, 0, 10), got.narrow(0, 0, 10)));
+        QVERIFY(torch::equal(moved.narrow(0, 25, 15), got.narrow(0, 25, 15)));
+    }
+
     // A clone computes what the original does, from parameters of its own: changing the original's leaves it alone.
     void clone_is_a_deep_copy() {
         auto config = tiny(ModelType::AllAttention);
