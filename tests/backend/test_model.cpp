@@ -45,6 +45,19 @@ ModelConfig reference(ModelType type) {
     return m;
 }
 
+/// A tiny All-attention model with its own u/v, in eval mode, and a random segment (B 2, T 4) of inputs and targets.
+struct EvaluatedSegment {
+    LanguageModel model;
+    torch::Tensor input, target;
+};
+EvaluatedSegment evaluated_segment() {
+    auto config = tiny(ModelType::AllAttention);
+    config.share_r_bias = false;
+    LanguageModel model(config);
+    model->eval();
+    return {model, torch::randint(0, 40, {2, 4}, torch::kLong), torch::randint(0, 40, {2, 4}, torch::kLong)};
+}
+
 /// Hidden-state memory at inference while in scope (the key/value cache off), as STUDIO_KEY_VALUE_CACHE=0 sets it.
 struct KeyValueCacheOff {
     const bool previous = key_value_cache_enabled();
@@ -413,12 +426,10 @@ private Q_SLOTS:
 
     // A clone computes what the original does, from parameters of its own: changing the original's leaves it alone.
     void clone_is_a_deep_copy() {
-        auto config = tiny(ModelType::AllAttention);
-        config.share_r_bias = false;
-        LanguageModel model(config);
-        model->eval();
         torch::NoGradGuard no_grad;
-        auto input = torch::randint(0, 40, {2, 4}, torch::kLong), target = torch::randint(0, 40, {2, 4}, torch::kLong);
+        auto segment = evaluated_segment();
+        auto & model = segment.model;
+        const auto & input = segment.input, & target = segment.target;
         auto before = model->forward(input, target, {}).target_log_prob;
         auto copy = std::dynamic_pointer_cast<LanguageModelImpl>(model->clone());
         copy->eval();
@@ -470,12 +481,11 @@ private Q_SLOTS:
     // The stacked weights kept between inference forwards follow the parameters: an in-place change is seen by its
     // version, and a write that no version records (our optimizer's kernels, graph replays: training) by train().
     void weights_kept_for_inference_follow_the_parameters() {
-        auto config = tiny(ModelType::AllAttention);
-        config.share_r_bias = false;
-        LanguageModel model(config);
-        model->eval();
         torch::NoGradGuard no_grad;
-        auto input = torch::randint(0, 40, {2, 4}, torch::kLong), target = torch::randint(0, 40, {2, 4}, torch::kLong);
+        auto segment = evaluated_segment();
+        auto & model = segment.model;
+        const auto & input = segment.input, & target = segment.target;
+        const auto config = model->config;
         // A model that never kept anything, given the parameters as they are now.
         auto fresh = [&] {
             LanguageModel copy(config);
