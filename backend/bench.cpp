@@ -220,6 +220,7 @@ std::vector<BenchRow> bench_measure(std::vector<BenchModel> & models, const Benc
                     rows.push_back(row);
                 }
                 m.model->to(torch::kCPU, torch::kFloat);
+                m.model->eval();   // setting the mode drops what was kept for inference on the device (DerivedWeight)
             }
         }
     }
