@@ -8,6 +8,7 @@
 
 #include "device.h"
 #include "layer_graph.h"
+#include "rel_attention.h"
 
 namespace studio {
 
@@ -123,9 +124,7 @@ std::vector<torch::Tensor> LanguageModelImpl::position_keys(const torch::Tensor 
     for (const auto & layer : layer_list)
         if (layer->attention->r_weight.size(0) > 0) weights.push_back(layer->attention->r_weight);
     std::vector<torch::Tensor> keys(layer_list.size());
-    // STUDIO_STACKED_PRODUCTS=0: each layer projects pos itself (side-by-side timing).
-    static const bool stacked_wanted = !environment_is("STUDIO_STACKED_PRODUCTS", "0");
-    if (weights.empty() || !stacked_wanted) return keys;
+    if (weights.empty() || !stacked_products_enabled()) return keys;                     // each layer projects pos itself
     // In the dtype the layers' own products would give (bf16 under autocast), cast once with the concatenation.
     const auto dtype = pos.is_cuda() ? cuda_compute_dtype(pos) : pos.scalar_type();
     auto stacked = stacked_position_weight.get(weights, (int64_t) dtype, [&] { return torch::cat(weights, 0).to(dtype); }); // (sum H*dh,D)

@@ -54,8 +54,8 @@ const bool u_in_query_wanted = !environment_is("STUDIO_U_IN_BIAS", "1");
 const bool position_columns_trimmed = !environment_is("STUDIO_POSITION_COLUMNS", "all");
 // STUDIO_KEY_VALUE_CACHE=0: inference carries hidden states and projects the memory's again (side-by-side timing).
 bool key_value_cache_wanted = !environment_is("STUDIO_KEY_VALUE_CACHE", "0");
-// STUDIO_STACKED_PRODUCTS=0: the keys and the values by a product each, as each layer's position keys
-// (LanguageModel) (side-by-side timing).
+// STUDIO_STACKED_PRODUCTS=0: the keys and the values by a product each, and each layer's position keys by its own
+// (side-by-side timing).
 const bool stacked_products_wanted = !environment_is("STUDIO_STACKED_PRODUCTS", "0");
 
 /// (B,L,2,H*dh) keys and values side by side -> the keys (which 0) or values (1) as (H,B,L,dh) views.
@@ -91,6 +91,7 @@ std::string inference_attention_name(const torch::Device & device, torch::Scalar
 bool fused_attention_enabled() { return fused_wanted; }
 void set_key_value_cache(bool enabled) { key_value_cache_wanted = enabled; }
 bool key_value_cache_enabled() { return key_value_cache_wanted; }
+bool stacked_products_enabled() { return stacked_products_wanted; }
 
 torch::Tensor rel_shift(const torch::Tensor & x) {
     auto sizes = x.sizes().vec();                                            // (..., T, S)

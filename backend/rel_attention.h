@@ -124,6 +124,9 @@ bool own_kernels_enabled();
 /// STUDIO_KEY_VALUE_CACHE=0 or set_key_value_cache(false) carries hidden states and projects them again instead.
 void set_key_value_cache(bool enabled);
 bool key_value_cache_enabled();
+/// Whether keys and values come from one product over their stacked weights, and every layer's position keys from one
+/// product over all layers' (LanguageModel): on unless STUDIO_STACKED_PRODUCTS=0 (side-by-side timing).
+bool stacked_products_enabled();
 /// What computes inference attention on this device in this dtype: "explicit", "sdpa" or "studio-kernel".
 std::string inference_attention_name(const torch::Device & device, torch::ScalarType dtype);
 

@@ -88,12 +88,6 @@ std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & 
     return launch_segment_norm_into_new(memory, x, norm->weight, norm->bias, norm->eps);
 }
 
-/// Inference with the key/value cache: LN(x) alone (B,T,D) by our kernel, or undefined where it does not take x.
-torch::Tensor normalize_rows(const torch::Tensor & x, const OffsetLayerNorm & norm) {
-    const auto no_memory = x.narrow(1, 0, 0);                                                     // (B,0,D)
-    if (!segment_norm_takes(no_memory, x, norm)) return {};
-    return launch_segment_norm_into_new(no_memory, x, norm->weight, norm->bias, norm->eps, {}, /*with_queries=*/false).first;
-}
 
 /// The same with gradients (training under bf16 autocast): the gradients of x, weight and bias from both outputs in
 /// one backward launch, where LibTorch took two layer norms, a concatenation and three casts forward, and backward
@@ -140,8 +134,9 @@ struct TrainableSegmentNorm : public torch::autograd::Function<TrainableSegmentN
 torch::Tensor normalize_sum(const torch::Tensor & x, const torch::Tensor & addend, const OffsetLayerNorm & norm, torch::Tensor * sum) {
 #ifdef STUDIO_CUDA_KERNELS
     const auto no_memory = x.narrow(1, 0, 0);                                                     // (B,0,D)
-    if (!segment_norm_takes(no_memory, x, norm) || addend.scalar_type() != x.scalar_type() || addend.sizes() != x.sizes()
-        || addend.device() != x.device() || !rows_16_byte_aligned(addend))
+    if (!segment_norm_takes(no_memory, x, norm)) return {};
+    if (addend.defined() && (addend.scalar_type() != x.scalar_type() || addend.sizes() != x.sizes() || addend.device() != x.device()
+                             || !rows_16_byte_aligned(addend)))
         return {};
     return launch_segment_norm_into_new(no_memory, x, norm->weight, norm->bias, norm->eps, {}, /*with_queries=*/false, addend, sum).first;
 #else
@@ -201,16 +196,14 @@ torch::Tensor TransformerLayerImpl::forward(const torch::Tensor & x_in, const to
     auto drop = F::DropoutFuncOptions().p(options.proj_drop()).training(is_training());
     torch::Tensor x_n, mem_n, keys_n, memory_key_values;
     auto x = x_in;
-    if (memory.dim() == 4) {
-        // The memory's keys and values, cached by the previous segment: only the segment is normalised (with the
-        // previous layer's pending output added in the same pass, where our kernel takes it).
-        memory_key_values = memory;
 #ifdef STUDIO_CUDA_KERNELS
-        if (attention->own_kernel_applies(x)) x_n = pending.defined() ? normalize_sum(x_in, pending, norm, &x) : normalize_rows(x, norm);
+    // With the memory's keys and values cached by the previous segment only the segment is normalised: by our kernel,
+    // which adds the previous layer's pending output in the same pass.
+    if (memory.dim() == 4 && attention->own_kernel_applies(x)) x_n = normalize_sum(x_in, pending, norm, &x);
 #endif
-    }
     if (!x_n.defined() && pending.defined()) x = x_in + pending;                 // (B,T,D)
     if (memory.dim() == 4) {
+        memory_key_values = memory;
         if (!x_n.defined()) x_n = norm->forward(x);
     } else {
         // The same LayerNorm normalises the memory: it is this layer's input from the previous segment.

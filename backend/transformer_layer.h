@@ -35,8 +35,9 @@ TORCH_MODULE(OffsetLayerNorm);
 std::pair<torch::Tensor, torch::Tensor> normalize_segment_for_training(const torch::Tensor & memory, const torch::Tensor & x,
                                                                        const OffsetLayerNorm & norm);
 /// Inference on the GPU with our kernels: LN(x + addend) (B,T,D) bf16 by one kernel, with the sum, rounded to x's
-/// dtype as a separate add would leave it, in *sum. Undefined (and *sum untouched) where the kernel does not take
-/// these operands. (How a layer adds the previous layer's pending output, TransformerLayer::forward.)
+/// dtype as a separate add would leave it, in *sum; without an addend (undefined), LN(x) and *sum untouched.
+/// Undefined (and *sum untouched) where the kernel does not take these operands. (How a layer normalises its input
+/// and adds the previous layer's pending output, TransformerLayer::forward.)
 torch::Tensor normalize_sum(const torch::Tensor & x, const torch::Tensor & addend, const OffsetLayerNorm & norm, torch::Tensor * sum);
 
 struct TransformerLayerOptions {
