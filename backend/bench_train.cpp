@@ -168,10 +168,12 @@ std::vector<TrainBenchRow> bench_train_measure(const Config & config, const Trai
                     TrainBenchRow row;
                     try {
                         row = measure_train_row(config, options, device, device_name, dtype_name, variant, batch, rows.empty());
-                    } catch (const c10::OutOfMemoryError &) {
+                    } catch (const c10::OutOfMemoryError & oom) {
                         // Where the largest batch that fits lies is a result too: the other rows still run and print.
                         row = train_row_heading(config, variant, batch, dtype_name, device_name);
                         row.error = "out of memory";
+                        const std::string why = oom.what_without_backtrace();   // how much was asked, held and free
+                        if (verbose) std::fprintf(stderr, "[bench --train] %s\n", why.substr(0, why.find('\n')).c_str());
                     }
                     if (verbose && row.error.empty()) {
                         std::fprintf(stderr, "[bench --train] %-8s %-4s %-5s batch %4lld: %.2f ms/step, %.0f tokens/s\n", variant.c_str(),

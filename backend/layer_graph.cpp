@@ -9,6 +9,7 @@
 #define STUDIO_LAYER_GRAPH 1
 #include <ATen/autocast_mode.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -88,6 +89,9 @@ void LayerGraph::State::load_memory(const std::vector<torch::Tensor> & memory) {
 void LayerGraph::State::capture(LanguageModelImpl & model, const GateSettings & gates) {
     const auto device = h_in.device();
     device_synchronize(device);   // as LibTorch's capture helpers do: nothing earlier is in flight on any stream
+    // The capture allocates from the graphs' own pool, which the eager steps' cached blocks cannot serve, and the
+    // allocator cannot free cached blocks while a stream captures; torch.cuda.graph empties the cache here too.
+    c10::cuda::CUDACachingAllocator::emptyCache();
     auto side = c10::cuda::getStreamFromPool(false, device.index());
     {
         c10::cuda::CUDAStreamGuard on_side(side);
