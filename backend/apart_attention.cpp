@@ -157,16 +157,19 @@ int64_t cudnn_min_rows = 12288;
 // cuDNN's takes 0.60-0.70 of flash's time from there on and no less than ~22 us, which below it is 1.2-2.1x flash's.
 const bool inference_cudnn_wanted = !environment_is("STUDIO_PERSISTENT_INFERENCE", "flash");
 int64_t inference_cudnn_from_head_rows = 6144;
-// cuDNN's call can also take the columns in two halves, as two batch entries of one call (the queries read twice
-// through a zero stride); our kernel joins the two parts as it starts. A block then walks half the columns: one wave
-// takes ~14 us where the whole call's takes ~22, which beats flash's from 2,304 query rows x heads on (3/8 of the
-// whole call's threshold), and at 6,144 rows layers of 1, 3 and 4 heads take fewer, shorter waves. Where the halves
-// apply is decided by persistent_inference_splits; STUDIO_PERSISTENT_SPLITS=1 or 2 (or set_persistent_inference_splits)
-// forces either.
-int64_t forced_persistent_splits = [] {
-    const char * value = std::getenv("STUDIO_PERSISTENT_SPLITS");
-    return value && (std::string(value) == "1" || std::string(value) == "2") ? (int64_t) std::stoi(value) : 0;
-}();
+// cuDNN's call can also take the columns in two or four parts, as the batch entries of one call (the queries read
+// again through a zero stride); our kernel joins the parts as it starts. A block then walks a part of the columns:
+// one wave takes ~14 us in halves where the whole call's takes ~22, which beats flash's from 2,304 query rows x heads
+// on (3/8 of the whole call's threshold), and layers of few heads take fewer, shorter waves. How many parts is
+// decided by persistent_inference_splits, up to STUDIO_PERSISTENT_MAX_SPLITS (2 or 4, the default);
+// STUDIO_PERSISTENT_SPLITS=1, 2 or 4 (or set_persistent_inference_splits) forces one.
+int64_t split_setting(const char * name) {
+    const char * value = std::getenv(name);
+    const std::string text = value ? value : "";
+    return text == "1" || text == "2" || text == "4" ? (int64_t) std::stoi(text) : 0;
+}
+int64_t forced_persistent_splits = split_setting("STUDIO_PERSISTENT_SPLITS");
+const int64_t most_persistent_splits = split_setting("STUDIO_PERSISTENT_MAX_SPLITS") > 0 ? split_setting("STUDIO_PERSISTENT_MAX_SPLITS") : 4;
 bool persistent_split_refused = false;
 
 // The content part's kernel told that no query sees a key past its bottom-right diagonal (j > i + S - T; the model's
@@ -330,14 +333,14 @@ bool persistent_inference_split_refused() { return persistent_split_refused; }
 
 #if TORCH_VERSION_MAJOR >= 2
 namespace {
-/// 2 (halves) or 1 (whole) for cuDNN's call over these rows (1,H,L,dh) and columns. By a model of the call's time
+/// 1 (whole), 2 or 4 parts for cuDNN's call over these rows (1,H,L,dh) and columns. By a model of the call's time
 /// fitted on an H200 (scripts/gpu-probe-persistent-kernels.py, 2048 columns of 64; 2 blocks of 64 rows an SM): a
-/// first wave of blocks over n columns takes 4.9 + 0.0086 n us, each further wave 3.3 us less. Halves where the model
-/// saves at least 15%: in whole segments smaller savings went to the blocks' overheads and our kernel's join of the
-/// parts (at batch 128, layers of 3 and 5 heads split by wave count alone made the models 1.2% slower).
+/// first wave of blocks over n columns takes 4.9 + 0.0086 n us, each further wave 3.3 us less. The fastest split
+/// where the model saves at least 15% over the whole call: in whole segments smaller savings went to the blocks'
+/// overheads and our kernel's join of the parts (at batch 128, layers of 3 and 5 heads split by wave count alone made
+/// the models 1.2% slower).
 int64_t persistent_inference_splits(const torch::Tensor & rows, int64_t columns) {
     if (forced_persistent_splits > 0) return columns % (8 * forced_persistent_splits) == 0 ? forced_persistent_splits : 1;
-    if (columns % 128 != 0) return 1;
 #ifdef STUDIO_CUDA
     const int64_t slots = 2 * at::cuda::getDeviceProperties(rows.device().index())->multiProcessorCount;
     const int64_t blocks = (rows.size(2) + 63) / 64 * rows.size(1);                // (query rows / 64) x heads
@@ -346,7 +349,11 @@ int64_t persistent_inference_splits(const torch::Tensor & rows, int64_t columns)
         const double first_wave = 4.9 + 0.0086 * (double) (columns / splits);
         return first_wave + (double) (waves - 1) * (first_wave - 3.3);
     };
-    return time(2) < 0.85 * time(1) ? 2 : 1;
+    int64_t best = 1;
+    for (int64_t splits = 2; splits <= most_persistent_splits; splits *= 2) {
+        if (columns % (64 * splits) == 0 && time(splits) < 0.85 * time(1) && time(splits) < time(best)) best = splits;
+    }
+    return best;
 #else
     (void) rows;
     return 1;
@@ -359,14 +366,16 @@ std::pair<torch::Tensor, torch::Tensor> persistent_inference_attention(const tor
     auto rows = as_rows(q);                                                  // (1,H,B*T,dh)
     const int64_t head_rows = rows.size(1) * rows.size(2);
     const bool cudnn = inference_cudnn_wanted && head_rows >= inference_cudnn_from_head_rows;   // whole
-    const bool halves_may = inference_cudnn_wanted && head_rows >= inference_cudnn_from_head_rows / 8 * 3;
     const int64_t H = keys.size(0), N = keys.size(1), dh = keys.size(2);
-    const int64_t splits = halves_may ? persistent_inference_splits(rows, N) : 1;
+    // From 2,304 query rows x heads on, where the halves beat flash's kernel. Alone, quarters beat it at any count
+    // (9.2-9.5 us against 10.6-12.3 at 192 rows), but at batch 1 in the model they made every model 8-11% slower.
+    const bool splits_may = inference_cudnn_wanted && head_rows >= inference_cudnn_from_head_rows / 8 * 3;
+    const int64_t splits = splits_may ? persistent_inference_splits(rows, N) : 1;
     if (splits > 1) {
-        auto halves = [&](const torch::Tensor & t) { return t.contiguous().view({H, splits, N / splits, dh}).transpose(0, 1); }; // (s,H,N/s,dh)
+        auto parts = [&](const torch::Tensor & t) { return t.contiguous().view({H, splits, N / splits, dh}).transpose(0, 1); }; // (s,H,N/s,dh)
         // The split's parts as the batch entries of one call, the queries read through a zero stride.
-        if (auto part = persistent_cudnn_forward(rows.expand({splits, H, rows.size(2), dh}), halves(keys), halves(values), 0.0,
-                                                 persistent_split_refused, "the persistent columns in halves", "whole"))
+        if (auto part = persistent_cudnn_forward(rows.expand({splits, H, rows.size(2), dh}), parts(keys), parts(values), 0.0,
+                                                 persistent_split_refused, "the persistent columns in parts", "whole"))
             return {part->out, part->lse};                                   // (s,H,B*T,dh), (s,H,B*T): one part a split
     }
     auto part = cudnn ? persistent_cudnn_forward(rows, keys.unsqueeze(0), values.unsqueeze(0), 0.0) : std::nullopt;

@@ -34,19 +34,19 @@ torch::Tensor persistent_apart_attention(const torch::Tensor & q, const torch::T
 /// or flash's (below, where cuDNN's is not available, or STUDIO_PERSISTENT_INFERENCE=flash); LibTorch 2, CUDA,
 /// bf16/fp16, no gradient or dropout. q (H,B,T,dh) read in place as H heads of B*T query rows; keys/values (H,N,dh)
 /// in q's dtype. Returns the output (P,H,B*T,dh) and its natural log-sum-exp (P,H,B*T); the scores are q . key
-/// unscaled. P = 1, or 2 where cuDNN's call takes the columns in two halves (fewer waves at few heads): each part is
-/// the softmax over its half, to be joined by their log-sum-exps.
+/// unscaled. P = 1, or 2 or 4 where cuDNN's call takes the columns in parts (fewer, shorter waves at few heads): each
+/// part is the softmax over its columns, to be joined by their log-sum-exps.
 std::pair<torch::Tensor, torch::Tensor> persistent_inference_attention(const torch::Tensor & q, const torch::Tensor & keys,
                                                                        const torch::Tensor & values);
 /// From how many query rows x heads on that call takes cuDNN's kernels (6,144 unless set; the selftest sets 0 and the
 /// largest value to cover both kernels at its small shapes).
 void set_persistent_inference_cudnn_from(int64_t head_rows);
 int64_t persistent_inference_cudnn_from();
-/// The halves cuDNN's inference call takes the columns in: 0 = by the wave count (the default), 1 or 2 forced
+/// The parts cuDNN's inference call takes the columns in: 0 = by the wave count (the default), 1, 2 or 4 forced
 /// (STUDIO_PERSISTENT_SPLITS).
 void set_persistent_inference_splits(int64_t splits);
 int64_t persistent_inference_forced_splits();
-/// Whether cuDNN refused a call in halves (then it takes the columns whole from then on).
+/// Whether cuDNN refused a call in parts (then it takes the columns whole from then on).
 bool persistent_inference_split_refused();
 
 /// Training's persistent part takes cuDNN's kernels (LibTorch 2) from this many query rows (B*T) on (12,288 unless

@@ -207,8 +207,8 @@ torch::Tensor RelativeAttentionImpl::kernel_attention(const torch::Tensor & q, c
         TORCH_CHECK(persistent_out.defined(), "relative attention kernel: the persistent columns' part is missing");
         args.persistent_out = persistent_out.data_ptr();
         args.persistent_parts = (int) persistent_out.size(0);
-        TORCH_CHECK(args.persistent_parts >= 1 && args.persistent_parts <= 2, "relative attention kernel: ", args.persistent_parts,
-                    " persistent parts, at most 2");
+        TORCH_CHECK(args.persistent_parts >= 1 && args.persistent_parts <= kMaxPersistentParts, "relative attention kernel: ",
+                    args.persistent_parts, " persistent parts, at most ", kMaxPersistentParts);
         args.persistent_lse = persistent_lse.data_ptr<float>();
         for (int d = 0; d < 3; ++d) {
             args.persistent_out_stride[d] = persistent_out.stride(d);

@@ -27,7 +27,6 @@ constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kQueryRows = 16 * kWarps;          // query rows of a block
 constexpr int kKeys = 64;                        // keys of a tile
-constexpr int kMaxPersistentParts = 2;           // parts of the persistent columns the seed joins
 constexpr int kBand = kQueryRows + kKeys;        // position rows a block's tile spans (127, rounded to 128)
 constexpr int kWarpBand = 16 + kKeys;            // position rows a warp's tile spans (79, rounded to 80)
 constexpr float kLog2e = 1.4426950408889634f;
@@ -146,15 +145,18 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
             const int64_t row = int64_t(b) * T + queries[half];
             // The parts (softmaxes over disjoint columns) joined: weights exp(lse_p - lse) with lse their log-sum-exp.
             const float * lse = args.persistent_lse + h * args.persistent_lse_stride[1] + row * args.persistent_lse_stride[2];
-            float part_lse[kMaxPersistentParts], largest = -INFINITY;
+            float largest = -INFINITY, total = 0.0f;   // online: no array of the parts' values held in registers
 #pragma unroll
             for (int p = 0; p < kMaxPersistentParts; ++p) {
-                part_lse[p] = p < args.persistent_parts ? lse[p * args.persistent_lse_stride[0]] : -INFINITY;
-                largest = fmaxf(largest, part_lse[p]);
+                if (p >= args.persistent_parts) continue;
+                const float part_lse = lse[p * args.persistent_lse_stride[0]];
+                if (part_lse > largest) {
+                    total = total * __expf(largest - part_lse) + 1.0f;
+                    largest = part_lse;
+                } else {
+                    total += __expf(part_lse - largest);
+                }
             }
-            float total = 0.0f;
-#pragma unroll
-            for (int p = 0; p < kMaxPersistentParts; ++p) total += p < args.persistent_parts ? __expf(part_lse[p] - largest) : 0.0f;
             const float joined_lse = largest + __logf(total);
             running_max[half] = joined_lse * kLog2e;
             running_sum[half] = c == 0 ? 1.0f : 0.0f;   // the row's sum is its four lanes' shares added
@@ -164,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
 #pragma unroll
             for (int p = 0; p < kMaxPersistentParts; ++p) {
                 if (p >= args.persistent_parts) continue;
-                const float weight = __expf(part_lse[p] - joined_lse) * args.persistent_value_scale;
+                const float weight = __expf(lse[p * args.persistent_lse_stride[0]] - joined_lse) * args.persistent_value_scale;
                 const bf16 * part_out = o + p * args.persistent_out_stride[0];
 #pragma unroll
                 for (int n = 0; n < DH / 8; ++n) {

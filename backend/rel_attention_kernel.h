@@ -25,7 +25,7 @@ struct RelativeAttentionKernelArgs {
     bool bias_bf16 = false;                     ///< u and v are bf16, else fp32
     const void * persistent_out = nullptr;      ///< (P,H,B*T,dh) bf16: softmax over the persistent columns alone; null = none
     const float * persistent_lse = nullptr;     ///< (P,H,B*T) their natural log-sum-exp
-    int persistent_parts = 1;                   ///< P: parts over disjoint columns, joined by their log-sum-exps (1 or 2)
+    int persistent_parts = 1;                   ///< P: parts over disjoint columns, joined by their log-sum-exps (1..4)
     float persistent_value_scale = 1.0f;        ///< persistent_out is multiplied by this (All-attention: sqrt(N))
     void * out = nullptr;                       ///< (H,B,T,dh) bf16
     int64_t heads = 0, batch = 0, tgt_len = 0, mem_len = 0, head_dim = 0;
@@ -41,6 +41,9 @@ struct RelativeAttentionKernelArgs {
     int64_t persistent_lse_stride[3] = {0, 0, 0};
     int64_t out_stride[3] = {0, 0, 0};
 };
+
+/// The most parts of the persistent columns the kernel joins as it starts.
+constexpr int kMaxPersistentParts = 4;
 
 /// Head dimensions the kernel is built for (multiples of 16 up to 128).
 bool relative_attention_kernel_supports(int64_t head_dim);

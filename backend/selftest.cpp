@@ -127,19 +127,20 @@ bool check_inference(const torch::Device & device) {
         ok = judge(what, fp32_error, explicit_bf16, fused_bf16) && ok;
         set_own_kernels(own_kernel);
         // With persistent columns, our kernel seeded by each of their kernels: cuDNN's over all columns, cuDNN's over
-        // two halves (joined by our kernel), and flash's.
-        enum class Seed { cudnn, cudnn_halves, flash };
-        for (const Seed by : {Seed::cudnn, Seed::cudnn_halves, Seed::flash}) {
-            if (!own_kernel || (by != Seed::cudnn && shape.N == 0)) continue;
+        // two halves and over four quarters (joined by our kernel), and flash's.
+        enum class Seed { cudnn, cudnn_halves, cudnn_quarters, flash };
+        for (const Seed by : {Seed::cudnn, Seed::cudnn_halves, Seed::cudnn_quarters, Seed::flash}) {
+            if (!own_kernel || (by != Seed::cudnn && shape.N == 0) || (by == Seed::cudnn_quarters && shape.N % 32 != 0)) continue;
             set_persistent_inference_cudnn_from(by == Seed::flash ? std::numeric_limits<int64_t>::max() : 0);
-            set_persistent_inference_splits(by == Seed::cudnn_halves ? 2 : 1);
+            set_persistent_inference_splits(by == Seed::cudnn_halves ? 2 : by == Seed::cudnn_quarters ? 4 : 1);
             const double kernel_bf16 = relative_error(infer(true, true), reference);
             const bool pass = kernel_bf16 <= 2 * explicit_bf16 + 1e-3;
             const char * seed = shape.N == 0                                     ? ""
                                 : by == Seed::flash || persistent_cudnn_refused() ? ", persistent part by flash"
                                 : by == Seed::cudnn                               ? ", persistent part by cuDNN"
-                                : persistent_inference_split_refused()           ? ", persistent part by cuDNN (halves refused)"
-                                                                                  : ", persistent part by cuDNN in halves";
+                                : persistent_inference_split_refused()           ? ", persistent part by cuDNN (parts refused)"
+                                : by == Seed::cudnn_halves                       ? ", persistent part by cuDNN in halves"
+                                                                                  : ", persistent part by cuDNN in quarters";
             std::printf("selftest: inference attention (%s), our kernel bf16%s vs explicit fp32: max rel. error %.2e vs explicit bf16 %.2e %s\n",
                         shape.name, seed, kernel_bf16, explicit_bf16, pass ? "ok" : "FAIL");
             ok = pass && ok;

@@ -4,8 +4,9 @@ H = 1..8 heads and a few row counts (B*T), with q laid out as the model holds it
 model picks cuDNN's or flash's per layer from this table's shape (backend/apart_attention.cpp). Run on the GPU machine:
   python3 scripts/gpu-probe-persistent-kernels.py [--rows 768 6144 24576] [--persistent 2048] [--head-dim 64]
 Prints one markdown row per (rows, heads): median microseconds of CUDA-graph replays of each, their ratio, and the
-largest difference of the two outputs and log-sum-exps; then cuDNN's call over the columns in two halves (one call of
-two batch entries, its join not timed: the model's kernel does it as it starts), checked against the whole call."""
+largest difference of the two outputs and log-sum-exps; then cuDNN's call over the columns in two halves and in four
+quarters (one call of 2 or 4 batch entries, its join not timed: the model's kernel does it as it starts), each checked
+against the whole call."""
 import argparse
 
 import torch
@@ -32,18 +33,21 @@ def cudnn(q, k, v):
     return out, lse.reshape(out.shape[:3])
 
 
-def cudnn_halves(q, k, v):
-    """The columns in two halves, as two batch entries of one call (the queries read twice through a zero stride),
-    joined by their log-sum-exps (in the model our kernel joins them as it starts)."""
-    H, N, dh = k.shape[1], k.shape[2], k.shape[3]
-    halves = lambda t: t[0].view(H, 2, N // 2, dh).transpose(0, 1)                           # (2,H,N/2,dh)
-    out, lse = cudnn(q.expand(2, -1, -1, -1), halves(k), halves(v))
+def cudnn_parts(q, k, v, s):
+    """The columns in s parts, as s batch entries of one call (the queries read s times through a zero stride), joined
+    by their log-sum-exps (in the model our kernel joins them as it starts)."""
+    out, lse = cudnn(q.expand(s, -1, -1, -1), parts(k, s), parts(v, s))
     joined = torch.logsumexp(lse, 0)                                                          # (H,L)
     return ((out.float() * (lse - joined).exp().unsqueeze(-1)).sum(0, keepdim=True).to(out.dtype), joined.unsqueeze(0))
 
 
-print("| rows | heads | flash us | cuDNN us | cuDNN / flash | max diff out, lse | cuDNN halves us (call alone) |")
-print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+def parts(t, s):
+    H, N, dh = t.shape[1], t.shape[2], t.shape[3]
+    return t[0].view(H, s, N // s, dh).transpose(0, 1)                                       # (s,H,N/s,dh)
+
+
+print("| rows | heads | flash us | cuDNN us | cuDNN / flash | max diff out, lse | cuDNN halves us | cuDNN quarters us (calls alone) |")
+print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for L in args.rows:
     for H in range(1, 9):
         q = torch.randn(L, H, args.head_dim, device=dev, dtype=torch.bfloat16).transpose(0, 1).unsqueeze(0)  # (1,H,L,dh) view
@@ -51,9 +55,11 @@ for L in args.rows:
         v = torch.randn(1, H, args.persistent, args.head_dim, device=dev, dtype=torch.bfloat16)
         (fo, fl), (co, cl) = flash(q, k, v), cudnn(q, k, v)
         diff = f"{(fo.float() - co.float()).abs().max().item():.1e}, {(fl - cl).abs().max().item():.1e}"
-        ho, hl = cudnn_halves(q, k, v)
-        assert (ho.float() - co.float()).abs().max().item() < 2e-2 and (hl - cl).abs().max().item() < 1e-3, "halves disagree"
-        H2, N2 = k.shape[1], k.shape[2]
-        kh, vh = (t[0].view(H2, 2, N2 // 2, -1).transpose(0, 1) for t in (k, v))
-        tf, tc, th = timed(lambda: flash(q, k, v)), timed(lambda: cudnn(q, k, v)), timed(lambda: cudnn(q.expand(2, -1, -1, -1), kh, vh))
-        print(f"| {L} | {H} | {tf:.1f} | {tc:.1f} | {tc / tf:.2f} | {diff} | {th:.1f} |", flush=True)
+        times = []
+        for s in (2, 4):
+            po, pl = cudnn_parts(q, k, v, s)
+            assert (po.float() - co.float()).abs().max().item() < 2e-2 and (pl - cl).abs().max().item() < 1e-3, f"{s} parts disagree"
+            ks, vs = parts(k, s), parts(v, s)
+            times.append(timed(lambda: cudnn(q.expand(s, -1, -1, -1), ks, vs)))
+        tf, tc = timed(lambda: flash(q, k, v)), timed(lambda: cudnn(q, k, v))
+        print(f"| {L} | {H} | {tf:.1f} | {tc:.1f} | {tc / tf:.2f} | {diff} | {times[0]:.1f} | {times[1]:.1f} |", flush=True)
