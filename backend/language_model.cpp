@@ -246,23 +246,27 @@ LayerStackOutput LanguageModelImpl::run_layers(const torch::Tensor & h_in, const
         else if (M <= T) next_memory = h.narrow(1, T - M, M).detach();                                // (B,M,D)
         else next_memory = torch::cat({memory[l], h}, 1).narrow(1, T, M).detach();                    // (B,M,D)
         auto & layer = layer_list[(size_t) l];
-        GateControl control;
-        control.enabled = gates.enabled;
-        control.output_scaling = gates.output_scaling;
+        LayerContext context;
+        context.u = u_bias;
+        context.v = v_bias;
+        context.gates.enabled = gates.enabled;
+        context.gates.output_scaling = gates.output_scaling;
         if (!gate_weights.empty()) {
-            control.weight = gate_weights[(size_t) l];
+            context.gates.weight = gate_weights[(size_t) l];
         } else if (noise.defined() && layer->attention->gate) {
-            control.noise = noise.narrow(0, noise_offset, layer->attention->options.num_heads());
+            context.gates.noise = noise.narrow(0, noise_offset, layer->attention->options.num_heads());
             noise_offset += layer->attention->options.num_heads();
         }
-        torch::Tensor closed, key_values;
         const torch::Tensor into = memory_into ? (*memory_into)[(size_t) l] : torch::Tensor();
-        torch::Tensor next_pending;
-        h = layer->forward(h, memory[l], pos, keep, u_bias, v_bias, control, &closed, &key_values, into, layer_position_keys[(size_t) l],
-                           pending, defer_residual ? &next_pending : nullptr);
-        pending = next_pending;
-        if (closed.defined()) out.closed = out.closed.defined() ? out.closed + closed : closed;
-        next_memory = key_values.defined() ? key_values : next_memory;                                // (B,M,2,H*dh) | (B,M,D)
+        context.key_values_into = into;
+        context.position_keys = layer_position_keys[(size_t) l];
+        context.pending = pending;
+        context.defer_residual = defer_residual;
+        LayerOutputs layer_out;
+        h = layer->forward(h, memory[l], pos, keep, context, &layer_out);
+        pending = layer_out.pending;
+        if (layer_out.closed.defined()) out.closed = out.closed.defined() ? out.closed + layer_out.closed : layer_out.closed;
+        next_memory = layer_out.key_values.defined() ? layer_out.key_values : next_memory;            // (B,M,2,H*dh) | (B,M,D)
         if (into.defined() && !next_memory.is_same(into)) {
             TORCH_CHECK(into.sizes() == next_memory.sizes(), "model: memory_into[", l, "] is ", into.sizes(), ", the memory ", next_memory.sizes());
             into.copy_(next_memory);

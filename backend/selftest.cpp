@@ -180,12 +180,11 @@ bool check_layer_inference(const torch::Device & device) {
         layer->to(dtype);
         auto layer_memory = memory.to(dtype);
         if (cached) {
-            torch::Tensor key_values;
-            layer->forward(previous.to(dtype), torch::zeros({B, M, D}, options.dtype(dtype)), pos.to(dtype), keep, {}, {}, GateControl{},
-                           nullptr, &key_values);
-            layer_memory = key_values;                                       // (B,M,2,H*dh)
+            LayerOutputs cache;
+            layer->forward(previous.to(dtype), torch::zeros({B, M, D}, options.dtype(dtype)), pos.to(dtype), keep, {}, &cache);
+            layer_memory = cache.key_values;                                 // (B,M,2,H*dh)
         }
-        auto out = layer->forward(x.to(dtype), layer_memory, pos.to(dtype), keep, {}, {}, GateControl{}).to(torch::kFloat);
+        auto out = layer->forward(x.to(dtype), layer_memory, pos.to(dtype), keep).to(torch::kFloat);
         layer->to(torch::kFloat);
         return out;
     };
@@ -212,15 +211,19 @@ bool check_layer_inference(const torch::Device & device) {
         torch::NoGradGuard no_grad;
         layer->to(torch::kBFloat16);
         const auto bf16 = options.dtype(torch::kBFloat16);
-        torch::Tensor key_values;
-        layer->forward(previous.to(torch::kBFloat16), torch::zeros({B, M, D}, bf16), pos.to(torch::kBFloat16), keep, {}, {}, GateControl{},
-                       nullptr, &key_values);
+        LayerOutputs cache;
+        layer->forward(previous.to(torch::kBFloat16), torch::zeros({B, M, D}, bf16), pos.to(torch::kBFloat16), keep, {}, &cache);
+        const auto key_values = cache.key_values;
         auto x0 = x.to(torch::kBFloat16), addend = (torch::randn({B, T, D}, options) * 0.7).to(torch::kBFloat16);
         auto added = x0 + addend;
-        auto whole = layer->forward(added, key_values, pos.to(torch::kBFloat16), keep, {}, {}, GateControl{});
-        torch::Tensor still_to_add, sum;
-        auto input = layer->forward(x0, key_values, pos.to(torch::kBFloat16), keep, {}, {}, GateControl{}, nullptr, nullptr, {}, {},
-                                    addend, &still_to_add);
+        auto whole = layer->forward(added, key_values, pos.to(torch::kBFloat16), keep);
+        LayerContext handed_over;
+        handed_over.pending = addend;
+        handed_over.defer_residual = true;
+        LayerOutputs deferred;
+        auto input = layer->forward(x0, key_values, pos.to(torch::kBFloat16), keep, handed_over, &deferred);
+        const auto still_to_add = deferred.pending;
+        torch::Tensor sum;
         auto normed = normalize_sum(x0, addend, layer->norm, &sum);
         const bool kernel = normed.defined() && sum.defined() && torch::equal(sum, added);
         const double norm_error = kernel ? relative_error(normed.to(torch::kDouble), torch::layer_norm(added.to(torch::kDouble), {D},

@@ -189,10 +189,8 @@ void TransformerLayerImpl::pretty_print(std::ostream & stream) const {
 }
 
 torch::Tensor TransformerLayerImpl::forward(const torch::Tensor & x_in, const torch::Tensor & memory, const torch::Tensor & pos,
-                                            const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
-                                            const GateControl & gates, torch::Tensor * closed, torch::Tensor * key_values,
-                                            const torch::Tensor & key_values_into, const torch::Tensor & position_keys,
-                                            const torch::Tensor & pending, torch::Tensor * pending_out) {
+                                            const torch::Tensor & keep, const LayerContext & context, LayerOutputs * outputs) {
+    const auto & pending = context.pending;
     auto drop = F::DropoutFuncOptions().p(options.proj_drop()).training(is_training());
     torch::Tensor x_n, mem_n, keys_n, memory_key_values;
     auto x = x_in;
@@ -216,12 +214,15 @@ torch::Tensor TransformerLayerImpl::forward(const torch::Tensor & x_in, const to
             mem_n = memory.size(1) > 0 ? norm->forward(memory) : memory;
         }
     }
-    auto attended = attention->forward(x_n, mem_n, pos, keep, u, v, gates, keys_n, memory_key_values, key_values_into, position_keys);
-    if (closed) *closed = attended.closed;
-    if (key_values) *key_values = attended.key_values;
+    auto attended = attention->forward(x_n, mem_n, pos, keep, context.u, context.v, context.gates, keys_n, memory_key_values,
+                                       context.key_values_into, context.position_keys);
+    if (outputs) {
+        outputs->closed = attended.closed;
+        outputs->key_values = attended.key_values;
+    }
     auto out = F::dropout(attended.out, drop);                                    // (B,T,D)
-    if (pending_out && options.feedforward_dim() == 0) {
-        *pending_out = out;                                                       // added by the next layer's norm
+    if (outputs && context.defer_residual && options.feedforward_dim() == 0) {
+        outputs->pending = out;                                                   // added by the next layer's norm
         return x;
     }
     auto h = x + out;                                                             // (B,T,D)

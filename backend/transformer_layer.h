@@ -40,6 +40,23 @@ std::pair<torch::Tensor, torch::Tensor> normalize_segment_for_training(const tor
 /// and adds the previous layer's pending output, TransformerLayer::forward.)
 torch::Tensor normalize_sum(const torch::Tensor & x, const torch::Tensor & addend, const OffsetLayerNorm & norm, torch::Tensor * sum);
 
+/// What a layer takes beyond its input, memory, positions and mask (TransformerLayer::forward).
+struct LayerContext {
+    torch::Tensor u, v;               ///< Transformer-XL's shared position biases (H*dh,); undefined: the layer's own
+    GateControl gates;
+    torch::Tensor key_values_into;    ///< inference with the key/value cache: where this segment's keys and values go
+    torch::Tensor position_keys;      ///< pos projected by the attention's r_weight, where the caller formed it
+    torch::Tensor pending;            ///< the previous layer's output still to add to the input (B,T,D)
+    bool defer_residual = false;      ///< All-attention: return the input and leave the layer's output in LayerOutputs::pending
+};
+
+/// What a layer gives beside its result.
+struct LayerOutputs {
+    torch::Tensor closed;             ///< this layer's closed-gate count, when gates act
+    torch::Tensor key_values;         ///< with the key/value cache, this segment's keys and values for the next (B,M,2,H*dh)
+    torch::Tensor pending;            ///< with defer_residual, the layer's output still to add (B,T,D)
+};
+
 struct TransformerLayerOptions {
     TransformerLayerOptions(RelativeAttentionOptions attention) : attention_(std::move(attention)) {}
     TORCH_ARG(RelativeAttentionOptions, attention);
@@ -54,20 +71,16 @@ public:
     void reset() override;
     void pretty_print(std::ostream & stream) const override;
 
-    /// x (B,T,D), memory (B,M,D) -> (B,T,D); closed gets this layer's closed-gate count when gates act. At inference
-    /// with the key/value cache, memory may instead be the previous segment's cached keys and values (B,M,2,H*dh), and
-    /// key_values gets this segment's (RelativeAttention's AttentionOutput::key_values) for the next, written into
-    /// key_values_into where that fits (RelativeAttention::forward). position_keys: pos projected by the attention's
-    /// r_weight, where the caller formed it.
-    /// The residual add may pass from layer to layer: `pending`, when given, is the previous layer's output still to
-    /// add, so that the input is x + pending (at inference our norm kernel adds it as it reads x); with `pending_out`
-    /// given, an All-attention layer returns its input x + pending and leaves its own output there, for the next
-    /// layer or the caller to add.
-    torch::Tensor forward(const torch::Tensor & x, const torch::Tensor & memory, const torch::Tensor & pos,
-                          const torch::Tensor & keep, const torch::Tensor & u, const torch::Tensor & v,
-                          const GateControl & gates, torch::Tensor * closed = nullptr, torch::Tensor * key_values = nullptr,
-                          const torch::Tensor & key_values_into = {}, const torch::Tensor & position_keys = {},
-                          const torch::Tensor & pending = {}, torch::Tensor * pending_out = nullptr);
+    /// x (B,T,D), memory (B,M,D) -> (B,T,D). At inference with the key/value cache, memory may instead be the
+    /// previous segment's cached keys and values (B,M,2,H*dh); outputs->key_values then gets this segment's
+    /// (RelativeAttention's AttentionOutput::key_values) for the next, written into context.key_values_into where that
+    /// fits (RelativeAttention::forward).
+    /// The residual add may pass from layer to layer: context.pending, when defined, is the previous layer's output
+    /// still to add, so that the input is x + pending (at inference our norm kernel adds it as it reads x); with
+    /// context.defer_residual (and outputs given), an All-attention layer returns its input x + pending and leaves its
+    /// own output in outputs->pending, for the next layer or the caller to add.
+    torch::Tensor forward(const torch::Tensor & x, const torch::Tensor & memory, const torch::Tensor & pos, const torch::Tensor & keep,
+                          const LayerContext & context = {}, LayerOutputs * outputs = nullptr);
 
     TransformerLayerOptions options;
     OffsetLayerNorm norm{nullptr};

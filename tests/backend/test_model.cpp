@@ -394,7 +394,7 @@ private Q_SLOTS:
             auto pos = type == ModelType::AllAttention ? model->pos_emb.narrow(0, config.max_len - S, S)
                                                        : sinusoid_positions(S, D, h.options());
             auto keep = attention_keep_mask(T, M, config.same_length, h.device());
-            for (int64_t l = 0; l < 3; ++l) h = model->layer_list[(size_t) l]->forward(h, memory[(size_t) l], pos, keep, {}, {}, GateControl{});
+            for (int64_t l = 0; l < 3; ++l) h = model->layer_list[(size_t) l]->forward(h, memory[(size_t) l], pos, keep);
             if (type == ModelType::TransformerXL) h = model->out_norm->forward(h);
             QVERIFY2(torch::allclose(hidden, h, 1e-5, 1e-6), std::to_string((hidden - h).abs().max().item<double>()).c_str());
             const auto apart = grad_of(h);
