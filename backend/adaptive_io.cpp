@@ -12,13 +12,7 @@
 #include "biased_product.h"
 #include "device.h"
 #include "log_softmax_at.h"
-#include "rel_attention.h"
-
-#ifdef STUDIO_CUDA_KERNELS
-#include <c10/cuda/CUDAGuard.h>
-
-#include "tail_log_prob_kernel.h"
-#endif
+#include "tail_log_prob.h"
 
 namespace studio {
 
@@ -175,55 +169,6 @@ torch::Tensor tail_logits(const torch::Tensor & hidden, const torch::Tensor & we
     return logits(hidden.to(torch::kFloat), w, b);                                    // (n, words + padding)
 }
 
-/// Whether our tail kernel takes rows like `like` (inference on the GPU, where built) and this cluster's weights.
-bool tail_kernel_applies(const torch::Tensor & like, const torch::Tensor & weight, const torch::Tensor & bias) {
-#ifdef STUDIO_CUDA_KERNELS
-    return !torch::GradMode::is_enabled() && like.is_cuda() && own_kernels_enabled() && is_bf16_or_fp32(cuda_compute_dtype(like))
-           && is_bf16_or_fp32(weight.scalar_type()) && bias.scalar_type() == weight.scalar_type() && weight.is_contiguous()
-           && bias.is_contiguous() && tail_log_prob_kernel_supports(weight.size(1));
-#else
-    (void) like, (void) weight, (void) bias;
-    return false;
-#endif
-}
-
-/// A tail cluster's log-probabilities at the targets, through our kernel where it applies: no (n, words) logits.
-/// projected (n,d), weight (words,d), bias (words,), column (n,). With row_index and range (device tensors: all rows
-/// in cluster order, and this cluster's [start, count]), only those rows are read and written, and the host need not
-/// know how many there are. Undefined where the kernel does not apply.
-torch::Tensor tail_log_prob_by_kernel(const torch::Tensor & projected, const torch::Tensor & weight, const torch::Tensor & bias,
-                                      const torch::Tensor & column, const torch::Tensor & row_index = {}, const torch::Tensor & range = {}) {
-#ifdef STUDIO_CUDA_KERNELS
-    if (!tail_kernel_applies(projected, weight, bias) || projected.stride(1) != 1) return {};
-    c10::cuda::CUDAGuard device_guard(projected.device());
-    const int64_t rows = projected.size(0), words = weight.size(0);
-    auto target = column.to(torch::kLong).contiguous();
-    auto out = torch::empty({rows}, projected.options().dtype(torch::kFloat));
-    auto workspace = torch::empty({tail_log_prob_workspace_floats(rows, words)}, out.options());
-    TailLogProbKernelArgs args;
-    args.hidden = projected.data_ptr();
-    args.weight = weight.data_ptr();
-    args.bias = bias.data_ptr();
-    args.target = target.data_ptr<int64_t>();
-    args.out = out.data_ptr<float>();
-    args.workspace = workspace.data_ptr<float>();
-    args.hidden_bf16 = projected.scalar_type() == torch::kBFloat16;
-    args.weight_bf16 = weight.scalar_type() == torch::kBFloat16;
-    args.rows = rows;
-    args.words = words;
-    args.dim = projected.size(1);
-    args.hidden_stride = projected.stride(0);
-    if (row_index.defined()) {
-        args.row_index = row_index.data_ptr<int64_t>();
-        args.range = range.data_ptr<int64_t>();
-    }
-    check_kernel_launch(launch_tail_log_prob(args, current_cuda_stream(projected.device())), "tail log-prob");
-    return out;                                                                        // (n,)
-#else
-    (void) projected, (void) weight, (void) bias, (void) column, (void) row_index, (void) range;
-    return {};
-#endif
-}
 } // namespace
 
 AdaptiveIOImpl::TargetClusters AdaptiveIOImpl::route_targets(const torch::Tensor & target, const torch::Tensor & like) const {
@@ -304,6 +249,9 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
         auto projected = F::linear(h, tail_projection(i));                             // (n, d_i)
         auto column = target.index_select(0, index) - bounds[i];                       // (n,)
         auto tail_lp = tail_log_prob_by_kernel(projected, out_weight[i], out_bias[i], column);
+        // Training in bf16 on the GPU: the logits are formed again in the gradient's kernels instead of being kept.
+        if (!tail_lp.defined() && trainable_tail_kernel_applies(projected, out_weight[i], out_bias[i]))
+            tail_lp = trainable_tail_log_prob(projected, out_weight[i], out_bias[i], column);
         if (!tail_lp.defined()) tail_lp = log_softmax_at(tail_logits(projected, out_weight[i], out_bias[i]), column); // (n,)
         result = result.index_copy(0, index, result.index_select(0, index) + tail_lp);  // head[cluster] + tail
     }

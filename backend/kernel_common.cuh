@@ -143,6 +143,17 @@ __device__ inline void warp_product(float (&acc)[N][4], const bf16 * a_tile, con
     }
 }
 
+/// 16 bytes from global to shared memory without passing through registers (cp.async, compute capability 8.0 on):
+/// `bytes` (0..16) are read from src, the rest of the 16 written as zeros. Both addresses 16-byte aligned. Visible
+/// to the block after wait_async and a barrier.
+__device__ inline void copy_16_async(void * dst, const void * src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" : : "r"(shared_address(dst)), "l"(src), "r"(bytes));
+}
+/// Closes the group of copies issued since the last call.
+__device__ inline void commit_async() { asm volatile("cp.async.commit_group;\n" : :); }
+/// Waits until at most `pending` groups of this thread's copies are still in flight.
+template <int pending> __device__ inline void wait_async() { asm volatile("cp.async.wait_group %0;\n" : : "n"(pending)); }
+
 /// Two floats as a bf16 pair, the first in the low half (the lower column).
 __device__ inline uint32_t pack_bf16(float low, float high) {
     const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);

@@ -406,6 +406,7 @@ int selftest_command(const std::string & device_name) {
     if (device.is_cuda()) {
         if (own_kernels_enabled()) {
             ok = check_log_softmax_at(device) && ok;
+            ok = check_trainable_tail(device) && ok;
             ok = check_lamb_kernels(device) && ok;
             ok = check_content_bias(device) && ok;
             ok = check_gated_weight(device) && ok;

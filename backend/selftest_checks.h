@@ -46,6 +46,9 @@ bool check_loss(const torch::Device & device);
 /// log_softmax_at through our CUDA kernels against float64: forward and gradient, fp32 and bf16 logits, -inf
 /// padding columns, rows up to 160,000 wide and strided rows. CUDA builds with our kernels on.
 bool check_log_softmax_at(const torch::Device & device);
+/// The training tail's kernels (tail_log_prob.h) against float64: forward and the three gradients, each tail width
+/// and both ways the kernels write. CUDA builds with our kernels on.
+bool check_trainable_tail(const torch::Device & device);
 /// Training steps whose layers replay from CUDA graphs (layer_graph.h) against eager steps: the same losses and
 /// parameters up to eager's own run-to-run noise, so the same dropout streams. CUDA builds on LibTorch 2.
 bool check_layer_graph(const torch::Device & device);

@@ -1,6 +1,6 @@
 // `studio selftest`'s checks of the loss: the adaptive softmax on the device against float64 on the CPU, and
-// log_softmax_at's CUDA kernels (the loss's log-softmax over the head and each tail, forward and gradient) against
-// the same computation in float64.
+// log_softmax_at's CUDA kernels (the loss's log-softmax over the head and each tail, forward and gradient) and the
+// training tail's kernels against the same computation in float64.
 #include "selftest_checks.h"
 
 #include <cmath>
@@ -15,6 +15,7 @@
 #include "device.h"
 #include "log_softmax_at.h"
 #include "rel_attention.h"
+#include "tail_log_prob.h"
 
 namespace studio {
 
@@ -150,6 +151,63 @@ bool check_log_softmax_at(const torch::Device & device) {
                         float_out ? "" : ", output not float32", padding_zero ? "" : ", -inf columns got a gradient", pass ? "ok" : "FAIL");
             ok = pass && ok;
         }
+    }
+    return ok;
+}
+
+/// The training tail's kernels (trainable_tail_log_prob: no logits kept, each formed again for the gradients) against
+/// log_softmax(h W^T + b)[column] in float64 from the same bf16-rounded operands, under a random upstream gradient:
+/// forward, and the gradients of the bf16 rows and of the fp32 weight and bias. Shapes: each tail width (8, 32, 128)
+/// and both ways the kernels write their results (added by split walks: few tiles; stored by whole walks: the
+/// 160,000-word tail's words).
+bool check_trainable_tail(const torch::Device & device) {
+    struct Shape { int64_t rows, words, dim; };
+    const Shape shapes[] = {Shape{37, 1003, 8}, Shape{300, 20008, 32}, Shape{129, 5000, 128}, Shape{1000, 160000, 32}, Shape{70, 3000, 20}};
+    bool ok = true;
+    torch::AutoGradMode grad_on(true);
+    struct SettingRestored {
+        const std::string previous = tail_gradient_setting();
+        ~SettingRestored() { set_tail_gradient_setting(previous); }
+    } restore;
+    set_tail_gradient_setting("kernels");   // at these sizes "auto" would take the logits' path
+    auto options = torch::TensorOptions().device(device);
+    for (const Shape & shape : shapes) {
+        auto rows = (torch::randn({shape.rows, shape.dim}, options) * 2).to(torch::kBFloat16).requires_grad_(true);
+        auto weight = (torch::randn({shape.words, shape.dim}, options) * 0.5).requires_grad_(true);
+        auto bias = (torch::randn({shape.words}, options) * 0.5).requires_grad_(true);
+        auto column = torch::randint(0, shape.words, {shape.rows}, options.dtype(torch::kLong));
+        auto upstream = torch::randn({shape.rows}, options);
+        const bool by_kernel = trainable_tail_kernel_applies(rows, weight, bias);
+        std::string verdict;
+        bool pass = by_kernel;
+        if (by_kernel) {
+            auto got = trainable_tail_log_prob(rows, weight, bias, column);                      // (n,)
+            (got * upstream).sum().backward();
+            auto exact_rows = rows.detach().to(torch::kDouble).requires_grad_(true);
+            auto exact_weight = weight.detach().to(torch::kBFloat16).to(torch::kDouble).requires_grad_(true);
+            auto exact_bias = bias.detach().to(torch::kBFloat16).to(torch::kDouble).requires_grad_(true);
+            auto logits = torch::addmm(exact_bias, exact_rows, exact_weight.t());                   // (n, words)
+            auto exact = torch::log_softmax(logits, 1).gather(1, column.unsqueeze(1)).squeeze(1);
+            (exact * upstream.to(torch::kDouble)).sum().backward();
+            const double forward_error = (got.detach().to(torch::kDouble) - exact).abs().max().item<double>();
+            const double rows_error = relative_error(rows.grad().to(torch::kDouble), exact_rows.grad());
+            const double weight_error = relative_error(weight.grad().to(torch::kDouble), exact_weight.grad());
+            const double bias_error = relative_error(bias.grad().to(torch::kDouble), exact_bias.grad());
+            pass = got.scalar_type() == torch::kFloat && rows.grad().scalar_type() == torch::kBFloat16
+                   && weight.grad().scalar_type() == torch::kFloat && std::isfinite(forward_error) && forward_error < 1e-3
+                   && std::isfinite(rows_error) && rows_error < 1e-2 && std::isfinite(weight_error) && weight_error < 1e-2
+                   && std::isfinite(bias_error) && bias_error < 1e-2;
+            char text[160];
+            std::snprintf(text, sizeof text, "forward max abs error %.2e (< 1e-03), gradients of rows, weight, bias max rel. error %.2e, %.2e, "
+                          "%.2e (< 1e-02)", forward_error, rows_error, weight_error, bias_error);
+            verdict = text;
+        } else {
+            verdict = "the kernels did not take the operands";
+        }
+        std::printf("selftest: training tail log-prob (%lld rows, %lld words, width %lld) by our kernels on %s vs float64: %s %s\n",
+                    (long long) shape.rows, (long long) shape.words, (long long) shape.dim, device.str().c_str(), verdict.c_str(),
+                    pass ? "ok" : "FAIL");
+        ok = pass && ok;
     }
     return ok;
 }

@@ -188,6 +188,14 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
         __syncthreads();
         float logits[kTensorCols / 8][4];
         warp_product(logits, warp_hidden, weight_tile, pitch, inner_padded, lane);
+        // In 32-bit indices within the tile: the columns present and each row's target column (or -1).
+        const int columns_here = end_col - col0 < kTensorCols ? int(end_col - col0) : kTensorCols;
+        int target_column[2];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int64_t target = my_target[half] - col0;
+            target_column[half] = target >= 0 && target < kTensorCols ? int(target) : -1;
+        }
         // Each of the lane's two rows: its 16 logits of this tile, their max first, then one rescale of the running
         // sum (no branch a logit); and the target's logit, if this lane holds it. A column past end_col is never the
         // target: a split's tiles end at the next split's first column (per_split is whole tiles) or past the words.
@@ -199,10 +207,10 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int column = n * 8 + 2 * c + e;
-                    const float z = col0 + column < end_col ? logits[n][2 * half + e] + bias_tile[column] : -INFINITY;
+                    const float z = column < columns_here ? logits[n][2 * half + e] + bias_tile[column] : -INFINITY;
                     logits[n][2 * half + e] = z;
                     tile_max = fmaxf(tile_max, z);
-                    if (col0 + column == my_target[half]) args.workspace[2 * args.rows * splits + row[half]] = z;
+                    if (column == target_column[half]) args.workspace[2 * args.rows * splits + row[half]] = z;
                 }
             const float new_max = fmaxf(run_max[half], tile_max);
             if (new_max != -INFINITY) {   // else this lane has seen no column yet
@@ -237,7 +245,9 @@ __global__ void combine_kernel(const TailLogProbKernelArgs args, int64_t splits)
     if (row >= rows.count) return;
     float m = -INFINITY, l = 0.0f;
     for (int64_t s = 0; s < splits; ++s) join(m, l, args.workspace[row * splits + s], args.workspace[args.rows * splits + row * splits + s]);
-    args.out[rows.physical(row)] = args.workspace[2 * args.rows * splits + row] - (m + logf(l));
+    const float lse = m + logf(l);
+    args.out[rows.physical(row)] = args.workspace[2 * args.rows * splits + row] - lse;
+    if (args.lse) args.lse[rows.physical(row)] = lse;
 }
 
 cudaError_t launch_tensor_cores(const TailLogProbKernelArgs & args, cudaStream_t stream) {

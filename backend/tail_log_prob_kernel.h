@@ -16,6 +16,7 @@ struct TailLogProbKernelArgs {
     const void * bias = nullptr;          ///< (words,)
     const int64_t * target = nullptr;     ///< (n,) word within the cluster, 0 .. words-1 (read at this cluster's rows)
     float * out = nullptr;                ///< (n,) log-probabilities (written at this cluster's rows only)
+    float * lse = nullptr;                ///< (n,) where given: each row's log-sum-exp over the words (for the gradient)
     /// This cluster's rows without the host knowing how many: row_index[range[0] .. range[0]+range[1]-1] (both in
     /// device memory). Null: rows 0 .. n-1. The grid is sized for n rows; blocks past the count return at once, so
     /// the call has static shapes and can be captured in a CUDA graph.

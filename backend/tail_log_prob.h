@@ -1,0 +1,42 @@
+// A tail cluster's log-probabilities at the targets by our kernels, log_softmax(projected W^T + b)[column], without
+// the (n, words) logits: at inference (tail_log_prob_kernel.h) and, differentiable, in training
+// (tail_log_prob_grad_kernel.h). The adaptive softmax's loss (adaptive_io.h) takes them where they apply.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <torch/types.h>
+
+namespace studio {
+
+/// Whether the inference kernel takes rows like `like` and this cluster's weights: no gradient, on the GPU, where
+/// built and on, bf16 or fp32.
+bool tail_kernel_applies(const torch::Tensor & like, const torch::Tensor & weight, const torch::Tensor & bias);
+
+/// Inference: projected (n,d), weight (words,d), bias (words,), column (n,) -> (n,) fp32. With row_index and range
+/// (device tensors: all rows in cluster order, and this cluster's [start, count]), only those rows are read and
+/// written, and the host need not know how many there are. Undefined where the kernel does not apply.
+torch::Tensor tail_log_prob_by_kernel(const torch::Tensor & projected, const torch::Tensor & weight, const torch::Tensor & bias,
+                                      const torch::Tensor & column, const torch::Tensor & row_index = {}, const torch::Tensor & range = {});
+
+/// Whether training takes a tail through the kernels, by STUDIO_TAIL_GRADIENT's value: "kernels" always, "ops" never
+/// (the logits, log_softmax_at and the products), unset or "auto" where the bf16 logits would take more than a
+/// quarter of the device's memory. On an H200 the kernels keep a batch-512 step's peak at 17.6 GB instead of 51.8,
+/// but take 0.5% (batch 512) to 4% (batch 24) longer: they form every logit three times.
+bool tail_gradient_by_kernels(const std::string & setting, int64_t logit_bytes, int64_t device_bytes);
+/// STUDIO_TAIL_GRADIENT's value as the process reads it, and a way to set it (the selftest's "kernels").
+void set_tail_gradient_setting(const std::string & setting);
+std::string tail_gradient_setting();
+
+/// Whether the training kernels take these operands: a gradient wanted, on the GPU, where built and on, projected
+/// bf16 (bf16 autocast or a bf16 model) with unit column stride, d <= 128 (padded to a multiple of 8), and
+/// tail_gradient_by_kernels says so.
+bool trainable_tail_kernel_applies(const torch::Tensor & projected, const torch::Tensor & weight, const torch::Tensor & bias);
+
+/// Training: as tail_log_prob_by_kernel over all n rows, differentiable w.r.t. projected, weight and bias. The weight
+/// and bias enter the products in bf16, as autocast would cast them; their gradients come back in their own dtype.
+torch::Tensor trainable_tail_log_prob(const torch::Tensor & projected, const torch::Tensor & weight, const torch::Tensor & bias,
+                                      const torch::Tensor & column);
+
+} // namespace studio
