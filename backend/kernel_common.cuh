@@ -160,6 +160,25 @@ __device__ inline uint32_t pack_bf16(float low, float high) {
     return *reinterpret_cast<const uint32_t *>(&pair);
 }
 
+/// acc (16 x 8N) += P . B, where P (16 x 8K, K even) is a warp's accumulators as warp_product leaves them, rounded to
+/// bf16 here (two 8-column accumulator tiles are exactly one A operand), and B's k rows are rows 0..8K-1 of a
+/// row-major bf16 tile in shared memory (pitch ld), its n columns that tile's columns 0..8N-1: probabilities times
+/// values, or a logit's gradient times the other side's rows.
+template <int K, int N>
+__device__ inline void warp_product_from_accumulators(float (&acc)[N][4], const float (&p)[K][4], const bf16 * b_tile, int ld, int lane) {
+#pragma unroll
+    for (int j = 0; j < K / 2; ++j) {
+        const uint32_t a[4] = {pack_bf16(p[2 * j][0], p[2 * j][1]), pack_bf16(p[2 * j][2], p[2 * j][3]),
+                               pack_bf16(p[2 * j + 1][0], p[2 * j + 1][1]), pack_bf16(p[2 * j + 1][2], p[2 * j + 1][3])};
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            uint32_t b[2];
+            load_b_transposed(b, b_tile + j * 16 * ld + n * 8, ld, lane);
+            mma(acc[n], a, b);
+        }
+    }
+}
+
 /// Whether p is 16-byte aligned and each of byte_strides a multiple of 16: every row of a strided layout from p then
 /// starts 16-byte aligned, so a launcher may choose 16-byte accesses.
 inline bool aligned_16(const void * p, std::initializer_list<int64_t> byte_strides = {}) {

@@ -18,9 +18,8 @@ namespace studio {
 namespace {
 
 using bf16 = __nv_bfloat16;
-using kernels::load_b_transposed;
-using kernels::mma;
 using kernels::pack_bf16;
+using kernels::warp_product_from_accumulators;
 using kernels::warp_product;
 
 constexpr int kWarps = 4;
@@ -248,18 +247,7 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
             }
         }
 
-        // probabilities (16 x 64) . values (64 x DH): the probabilities of key columns 16j..16j+15 are the A operand.
-#pragma unroll
-        for (int j = 0; j < kKeys / 16; ++j) {
-            const uint32_t a[4] = {pack_bf16(scores[2 * j][0], scores[2 * j][1]), pack_bf16(scores[2 * j][2], scores[2 * j][3]),
-                                   pack_bf16(scores[2 * j + 1][0], scores[2 * j + 1][1]), pack_bf16(scores[2 * j + 1][2], scores[2 * j + 1][3])};
-#pragma unroll
-            for (int n = 0; n < DH / 8; ++n) {
-                uint32_t bb[2];
-                load_b_transposed(bb, values + j * 16 * P::ld + n * 8, P::ld, lane);
-                mma(out[n], a, bb);
-            }
-        }
+        warp_product_from_accumulators(out, scores, values, P::ld, lane);   // probabilities (16 x 64) . values (64 x DH)
         __syncwarp();   // the band's reads are done before the next tile's writes
     }
 

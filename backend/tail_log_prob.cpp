@@ -30,6 +30,20 @@ bool tail_kernel_applies(const torch::Tensor & like, const torch::Tensor & weigh
 
 namespace {
 #ifdef STUDIO_CUDA_KERNELS
+/// The fields both kernels' arguments share: hidden rows (n,d), weight (words,d), bias (words,), targets (n,).
+template <typename Args>
+void point_at_operands(Args & args, const torch::Tensor & hidden, const torch::Tensor & weight, const torch::Tensor & bias,
+                       const torch::Tensor & target) {
+    args.hidden = hidden.data_ptr();
+    args.weight = weight.data_ptr();
+    args.bias = bias.data_ptr();
+    args.target = target.data_ptr<int64_t>();
+    args.rows = hidden.size(0);
+    args.words = weight.size(0);
+    args.dim = hidden.size(1);
+    args.hidden_stride = hidden.stride(0);
+}
+
 /// The forward kernel over projected's rows (all of them, or those row_index and range name); lse, where defined,
 /// gets each row's log-sum-exp.
 torch::Tensor launch_forward(const torch::Tensor & projected, const torch::Tensor & weight, const torch::Tensor & bias,
@@ -40,19 +54,12 @@ torch::Tensor launch_forward(const torch::Tensor & projected, const torch::Tenso
     auto out = torch::empty({rows}, projected.options().dtype(torch::kFloat));
     auto workspace = torch::empty({tail_log_prob_workspace_floats(rows, words)}, out.options());
     TailLogProbKernelArgs args;
-    args.hidden = projected.data_ptr();
-    args.weight = weight.data_ptr();
-    args.bias = bias.data_ptr();
-    args.target = target.data_ptr<int64_t>();
+    point_at_operands(args, projected, weight, bias, target);
     args.out = out.data_ptr<float>();
     args.lse = lse.defined() ? lse.data_ptr<float>() : nullptr;
     args.workspace = workspace.data_ptr<float>();
     args.hidden_bf16 = projected.scalar_type() == torch::kBFloat16;
     args.weight_bf16 = weight.scalar_type() == torch::kBFloat16;
-    args.rows = rows;
-    args.words = words;
-    args.dim = projected.size(1);
-    args.hidden_stride = projected.stride(0);
     if (row_index.defined()) {
         args.row_index = row_index.data_ptr<int64_t>();
         args.range = range.data_ptr<int64_t>();
@@ -102,19 +109,12 @@ struct TrainableTailLogProb : public torch::autograd::Function<TrainableTailLogP
         auto grad_weight = torch::zeros({weight.size(0), weight.size(1)}, fp32);                  // (words,d)
         auto grad_bias = torch::zeros({bias.size(0)}, fp32);                                       // (words,)
         TailLogProbGradKernelArgs args;
-        args.hidden = projected.data_ptr();
-        args.weight = weight.data_ptr();
-        args.bias = bias.data_ptr();
-        args.target = target.data_ptr<int64_t>();
+        point_at_operands(args, projected, weight, bias, target);
         args.lse = lse.data_ptr<float>();
         args.grad_out = upstream.data_ptr<float>();
         args.grad_hidden = grad_projected.data_ptr<float>();
         args.grad_weight = grad_weight.data_ptr<float>();
         args.grad_bias = grad_bias.data_ptr<float>();
-        args.rows = projected.size(0);
-        args.words = weight.size(0);
-        args.dim = projected.size(1);
-        args.hidden_stride = projected.stride(0);
         check_kernel_launch(launch_tail_log_prob_grad(args, current_cuda_stream(projected.device())), "tail log-prob gradient");
         const int64_t dim = ctx->saved_data["dim"].toInt();                                        // without the padding
         return {grad_projected.narrow(1, 0, dim).to(ctx->saved_data["projected_dtype"].toScalarType()),

@@ -23,7 +23,7 @@ torch::Tensor tail_log_prob_by_kernel(const torch::Tensor & projected, const tor
 /// Whether training takes a tail through the kernels, by STUDIO_TAIL_GRADIENT's value: "kernels" always, "ops" never
 /// (the logits, log_softmax_at and the products), unset or "auto" where the bf16 logits would take more than a
 /// quarter of the device's memory. On an H200 the kernels keep a batch-512 step's peak at 17.6 GB instead of 51.8,
-/// but take 0.5% (batch 512) to 4% (batch 24) longer: they form every logit three times.
+/// but take 0.3-0.9% (batch 512) to 1-4% (batch 24) longer: they form every logit three times.
 bool tail_gradient_by_kernels(const std::string & setting, int64_t logit_bytes, int64_t device_bytes);
 /// STUDIO_TAIL_GRADIENT's value as the process reads it, and a way to set it (the selftest's "kernels").
 void set_tail_gradient_setting(const std::string & setting);

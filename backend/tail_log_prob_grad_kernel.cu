@@ -163,18 +163,7 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(const TailLogProbGradKer
                 z[n][e] = owned_valid[half] && j < walked_here ? grad : 0.0f;
                 if (kOwnWords) bias_grad[half] += z[n][e];
             }
-        // acc (16 owned x kDim) += g (16 x 64 walked) . walked tile (64 x kDim)
-#pragma unroll
-        for (int kk = 0; kk < kTile / 16; ++kk) {
-            const uint32_t a[4] = {pack_bf16(z[2 * kk][0], z[2 * kk][1]), pack_bf16(z[2 * kk][2], z[2 * kk][3]),
-                                   pack_bf16(z[2 * kk + 1][0], z[2 * kk + 1][1]), pack_bf16(z[2 * kk + 1][2], z[2 * kk + 1][3])};
-#pragma unroll
-            for (int n = 0; n < kDim / 8; ++n) {
-                uint32_t b[2];
-                load_b_transposed(b, walked_tile + kk * 16 * kPitch + n * 8, kPitch, lane);
-                mma(acc[n], a, b);
-            }
-        }
+        warp_product_from_accumulators(acc, z, walked_tile, kPitch, lane);   // acc (16 owned x kDim) += g (16 x 64) . walked (64 x kDim)
         __syncthreads();   // the next copies overwrite this buffer
     }
 
