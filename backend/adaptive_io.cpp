@@ -250,8 +250,7 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
         auto column = target.index_select(0, index) - bounds[i];                       // (n,)
         auto tail_lp = tail_log_prob_by_kernel(projected, out_weight[i], out_bias[i], column);
         // Training in bf16 on the GPU: the logits are formed again in the gradient's kernels instead of being kept.
-        if (!tail_lp.defined() && trainable_tail_kernel_applies(projected, out_weight[i], out_bias[i]))
-            tail_lp = trainable_tail_log_prob(projected, out_weight[i], out_bias[i], column);
+        if (!tail_lp.defined()) tail_lp = trainable_tail_log_prob(projected, out_weight[i], out_bias[i], column);
         if (!tail_lp.defined()) tail_lp = log_softmax_at(tail_logits(projected, out_weight[i], out_bias[i]), column); // (n,)
         result = result.index_copy(0, index, result.index_select(0, index) + tail_lp);  // head[cluster] + tail
     }

@@ -147,11 +147,8 @@ std::string tail_gradient = [] {
     const char * value = std::getenv("STUDIO_TAIL_GRADIENT");
     return std::string(value ? value : "auto");
 }();
-} // namespace
 
-void set_tail_gradient_setting(const std::string & setting) { tail_gradient = setting; }
-std::string tail_gradient_setting() { return tail_gradient; }
-
+/// trainable_tail_log_prob's conditions.
 bool trainable_tail_kernel_applies(const torch::Tensor & projected, const torch::Tensor & weight, const torch::Tensor & bias) {
 #ifdef STUDIO_CUDA_KERNELS
     if (!(torch::GradMode::is_enabled() && projected.is_cuda() && own_kernels_enabled() && projected.scalar_type() == torch::kBFloat16
@@ -165,11 +162,14 @@ bool trainable_tail_kernel_applies(const torch::Tensor & projected, const torch:
     return false;
 #endif
 }
+} // namespace
+
+void set_tail_gradient_setting(const std::string & setting) { tail_gradient = setting; }
+std::string tail_gradient_setting() { return tail_gradient; }
 
 torch::Tensor trainable_tail_log_prob(const torch::Tensor & projected, const torch::Tensor & weight, const torch::Tensor & bias,
                                       const torch::Tensor & column) {
-    TORCH_CHECK(trainable_tail_kernel_applies(projected, weight, bias), "trainable tail log-prob: the kernels do not take these operands (",
-                projected.scalar_type(), " on ", projected.device(), ")");
+    if (!trainable_tail_kernel_applies(projected, weight, bias)) return {};
 #ifdef STUDIO_CUDA_KERNELS
     return TrainableTailLogProb::apply(projected, weight, bias, column);
 #else

@@ -29,13 +29,11 @@ bool tail_gradient_by_kernels(const std::string & setting, int64_t logit_bytes, 
 void set_tail_gradient_setting(const std::string & setting);
 std::string tail_gradient_setting();
 
-/// Whether the training kernels take these operands: a gradient wanted, on the GPU, where built and on, projected
-/// bf16 (bf16 autocast or a bf16 model) with unit column stride, d <= 128 (padded to a multiple of 8), and
-/// tail_gradient_by_kernels says so.
-bool trainable_tail_kernel_applies(const torch::Tensor & projected, const torch::Tensor & weight, const torch::Tensor & bias);
-
 /// Training: as tail_log_prob_by_kernel over all n rows, differentiable w.r.t. projected, weight and bias. The weight
 /// and bias enter the products in bf16, as autocast would cast them; their gradients come back in their own dtype.
+/// Undefined where the kernels do not take the operands: they want a gradient, the GPU (where built and on),
+/// projected bf16 (bf16 autocast or a bf16 model) with unit column stride, d <= 128 (padded to a multiple of 8), and
+/// tail_gradient_by_kernels to say so.
 torch::Tensor trainable_tail_log_prob(const torch::Tensor & projected, const torch::Tensor & weight, const torch::Tensor & bias,
                                       const torch::Tensor & column);
 

@@ -88,7 +88,6 @@ std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & 
     return launch_segment_norm_into_new(memory, x, norm->weight, norm->bias, norm->eps);
 }
 
-
 /// The same with gradients (training under bf16 autocast): the gradients of x, weight and bias from both outputs in
 /// one backward launch, where LibTorch took two layer norms, a concatenation and three casts forward, and backward
 /// two layer-norm backwards, the casts' gradients back to fp32 and their sums. The memory gets no gradient: it is
