@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include "content_attention.h"
 #include "device.h"          // environment_is, rows_16_byte_aligned, current_cuda_stream, check_kernel_launch
 #include "rel_attention.h"   // own_kernels_enabled
 
@@ -241,53 +242,70 @@ Part persistent_training_forward(const torch::Tensor & rows, const torch::Tensor
 }
 #endif
 
-/// Batch-major operands: q and content_q (B,H,T,dh), k/val (B,H,S,dh), content_bias (B,H,T,S). The model's projections are laid
-/// out (B,L,H,dh), so in this order the memory-efficient kernel's own layout (B,L,H,dh) is the projections', and so is
+/// Batch-major operands: q and content_q (B,H,T,dh), k/val (B,H,S,dh), content_bias (B,H,T,S); or, `own`, the position
+/// term for our kernels (content_attention.h): position_q (B,H,T,dh) and position_keys
+/// (H,S-first_position,dh). The model's projections are laid out (B,L,H,dh), so in this order the memory-efficient kernel's own layout (B,L,H,dh) is the projections', and so is
 /// the flash kernel's for the persistent rows: both outputs, the joined one and every gradient come and go as views,
 /// where a head-major call made the kernels lay them out (H,L,B,dh) and cost four copies a layer.
 struct TrainableApartAttention : public torch::autograd::Function<TrainableApartAttention> {
     static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & q, const torch::Tensor & content_q,
                                  const torch::Tensor & k, const torch::Tensor & val, const torch::Tensor & content_bias,
-                                 const torch::Tensor & persistent_keys,
-                                 const torch::Tensor & persistent_values, double scale, double dropout, bool kernels) {
+                                 const torch::Tensor & position_q, const torch::Tensor & position_keys, const torch::Tensor & persistent_keys,
+                                 const torch::Tensor & persistent_values, double scale, double dropout, bool kernels, bool own,
+                                 int64_t first_position) {
         const int64_t B = q.size(0), T = q.size(2);
         auto rows = batch_major_as_rows(q);                                                            // (1,H,B*T,dh)
         auto keys = persistent_keys.unsqueeze(0), values = persistent_values.unsqueeze(0);            // (1,H,N,dh)
+        TORCH_CHECK(!own || kernels, "apart attention: the position term without a bias needs our kernels");
         Part content, persistent;
+        torch::Tensor out, joined_lse;
 #if TORCH_VERSION_MAJOR >= 2
         if (kernels) {
-            content = content_kernel_forward(content_q, k, val, content_bias, scale, dropout);
+            if (!own) content = content_kernel_forward(content_q, k, val, content_bias, scale, dropout);
             persistent = persistent_training_forward(rows, keys, values, dropout);
         }
 #endif
+        if (own) {
+            // Our kernel starts its softmax from the persistent part's: its output and log-sum-exp are the joined ones.
+            auto joined = content_attention_forward(content_q, position_q, k, val, position_keys, first_position, persistent.out,
+                                                    persistent.lse, scale, dropout);
+            out = joined.out;
+            joined_lse = joined.lse;                                                                   // (B,H,T)
+            content.seed = joined.rng;
+        }
         if (!kernels) {
             content = math_forward(content_q, k, val, content_bias, scale, dropout);
             persistent = math_forward(rows, keys, values, {}, 1.0, dropout);   // q . key unscaled, as the reference
         }
-        auto content_lse = content.lse.narrow(-1, 0, T);                                               // (B,H,T)
-        auto persistent_lse = rows_as_batch_major(persistent.lse, B, T);                               // (B,H,T)
-        // Laid out as the content part's own output: its kernel's backward reads the output (for the joined
-        // softmax's correction) assuming the layout its forward wrote.
-        auto out = merge_attention_parts(content.out, content_lse, rows_as_batch_major(persistent.out, B, T), persistent_lse); // (B,H,T,dh)
-        if (out.strides() != content.out.strides()) out = torch::empty_like(content.out).copy_(out);
-        // The joined log-sum-exp, in the content kernel's (padded) layout, which its backward reads.
-        auto joined_lse = content.lse.clone();                                                         // (B,H,T')
-        joined_lse.narrow(-1, 0, T).copy_(torch::logaddexp(content_lse, persistent_lse));
+        if (!own) {
+            auto content_lse = content.lse.narrow(-1, 0, T);                                           // (B,H,T)
+            auto persistent_lse = rows_as_batch_major(persistent.lse, B, T);                           // (B,H,T)
+            // Laid out as the content part's own output: its kernel's backward reads the output (for the joined
+            // softmax's correction) assuming the layout its forward wrote.
+            out = merge_attention_parts(content.out, content_lse, rows_as_batch_major(persistent.out, B, T), persistent_lse); // (B,H,T,dh)
+            if (out.strides() != content.out.strides()) out = torch::empty_like(content.out).copy_(out);
+            // The joined log-sum-exp, in the content kernel's (padded) layout, which its backward reads.
+            joined_lse = content.lse.clone();                                                          // (B,H,T')
+            joined_lse.narrow(-1, 0, T).copy_(torch::logaddexp(content_lse, persistent_lse));
+        }
         ctx->save_for_backward({q, k, val, content_bias, persistent_keys, persistent_values, out, joined_lse, content.seed,
                                 content.offset, persistent.seed, persistent.offset, content.dropped, persistent.dropped,
-                                persistent.cum_q, persistent.cum_k, content_q});
+                                persistent.cum_q, persistent.cum_k, content_q, position_q, position_keys});
+        ctx->saved_data["first_position"] = first_position;
+        ctx->saved_data["own"] = own;
         ctx->saved_data["persistent_cudnn"] = persistent.cudnn;
         ctx->saved_data["scale"] = scale;
         ctx->saved_data["dropout"] = dropout;
         ctx->saved_data["kernels"] = kernels;
-        ctx->saved_data["bias_grad"] = content_bias.requires_grad();
+        ctx->saved_data["bias_grad"] = !own && content_bias.requires_grad();
         return out;
     }
 
     static torch::autograd::variable_list backward(torch::autograd::AutogradContext * ctx, torch::autograd::variable_list grads) {
         const auto saved = ctx->get_saved_variables();
         const auto & q = saved[0], & k = saved[1], & val = saved[2], & bias = saved[3], & persistent_keys = saved[4],
-                   & persistent_values = saved[5], & out = saved[6], & joined_lse = saved[7], & content_q = saved[16];
+                   & persistent_values = saved[5], & out = saved[6], & joined_lse = saved[7], & content_q = saved[16],
+                   & position_q = saved[17], & position_keys = saved[18];
         const double scale = ctx->saved_data["scale"].toDouble(), dropout = ctx->saved_data["dropout"].toDouble();
         const bool kernels = ctx->saved_data["kernels"].toBool(), bias_grad = ctx->saved_data["bias_grad"].toBool();
         const int64_t B = q.size(0), H = q.size(1), T = q.size(2), N = persistent_keys.size(1);
@@ -296,9 +314,24 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
         auto rows_lse = joined_lse.narrow(-1, 0, T).transpose(0, 1).contiguous().view({1, H, B * T});           // (1,H,B*T)
         auto keys = persistent_keys.unsqueeze(0), values = persistent_values.unsqueeze(0);            // (1,H,N,dh)
         PartGradients content, persistent;
+        torch::Tensor grad_position_q, grad_position_keys;
+        const bool own = ctx->saved_data["own"].toBool();
+        if (own) {
+            const int64_t dh = q.size(3), P = position_keys.size(1);
+            auto grads = content_attention_backward(grad, content_q, position_q, k, val, position_keys, ctx->saved_data["first_position"].toInt(),
+                                                    ContentAttention{out, joined_lse, saved[8]}, scale, dropout);
+            content.q = grads.q_u;
+            content.k = grads.k;
+            content.v = grads.v;
+            // (q+v).r's gradient, before the shift, to its two operands by two products.
+            auto position_grad = grads.position.view({H, B * T, P});                                  // (H,B*T,P)
+            grad_position_q = torch::matmul(position_grad, position_keys).view({H, B, T, dh}).transpose(0, 1);        // (B,H,T,dh)
+            grad_position_keys = torch::matmul(position_grad.transpose(1, 2), position_q.transpose(0, 1).reshape({H, B * T, dh})); // (H,P,dh)
+        }
 #if TORCH_VERSION_MAJOR >= 2
         if (kernels) {
-            content = content_kernel_backward(grad, content_q, k, val, bias, out, joined_lse, saved[8], saved[9], scale, dropout, bias_grad);
+            if (!own)
+                content = content_kernel_backward(grad, content_q, k, val, bias, out, joined_lse, saved[8], saved[9], scale, dropout, bias_grad);
             if (ctx->saved_data["persistent_cudnn"].toBool())
                 std::tie(persistent.q, persistent.k, persistent.v) = at::_scaled_dot_product_cudnn_attention_backward(
                     batch_major_as_rows(grad), batch_major_as_rows(q), keys, values, batch_major_as_rows(out), rows_lse.unsqueeze(-1),
@@ -316,7 +349,8 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
         }
         // Where content_q is q itself, autograd adds the two query gradients.
         return {rows_as_batch_major(persistent.q, B, T), content.q, content.k, content.v, bias_grad ? content.bias : torch::Tensor(),
-                persistent.k.squeeze(0), persistent.v.squeeze(0), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+                grad_position_q, grad_position_keys, persistent.k.squeeze(0), persistent.v.squeeze(0), torch::Tensor(), torch::Tensor(),
+                torch::Tensor(), torch::Tensor(), torch::Tensor()};
     }
 };
 
@@ -399,13 +433,19 @@ bool apart_attention_kernels_take(const torch::Tensor & q, const torch::Tensor &
 
 torch::Tensor trainable_apart_attention(const torch::Tensor & q, const torch::Tensor & content_q, const torch::Tensor & k,
                                         const torch::Tensor & val, const torch::Tensor & content_bias, const torch::Tensor & persistent_keys,
-                                        const torch::Tensor & persistent_values, double scale, double dropout, AttentionParts parts) {
+                                        const torch::Tensor & persistent_values, double scale, double dropout, AttentionParts parts,
+                                        const PositionTerm & position) {
     TORCH_CHECK(parts == AttentionParts::math || apart_attention_kernels_take(q, k),
                 "apart attention: the kernels do not take these operands (", q.scalar_type(), " on ", q.device(), ")");
+    TORCH_CHECK(content_bias.defined() != position.queries.defined(), "apart attention: give the content columns a bias or a position term");
+    // Autograd's functions take no undefined inputs (LibTorch 2): an empty tensor holds the place of the one not given.
+    auto batch_major = [&](const torch::Tensor & t) { return t.defined() ? t.transpose(0, 1) : torch::empty({0}, q.options()); };
     // Views both ways: (H,B,...) in, batch-major through the kernels, (H,B,T,dh) out.
     return TrainableApartAttention::apply(q.transpose(0, 1), content_q.transpose(0, 1), k.transpose(0, 1), val.transpose(0, 1),
-                                          content_bias.transpose(0, 1), persistent_keys, persistent_values, scale, dropout,
-                                          parts == AttentionParts::kernels)
+                                          batch_major(content_bias), batch_major(position.queries),
+                                          position.keys.defined() ? position.keys : torch::empty({0}, q.options()), persistent_keys,
+                                          persistent_values, scale, dropout, parts == AttentionParts::kernels, !content_bias.defined(),
+                                          position.first)
         .transpose(0, 1);                                                    // (H,B,T,dh)
 }
 

@@ -66,6 +66,13 @@ enum class AttentionParts {
 /// up to 256).
 bool apart_attention_kernels_take(const torch::Tensor & q, const torch::Tensor & k);
 
+/// The content columns' position term for our training kernels (content_attention.h), in place of a bias:
+/// queries q + v (H,B,T,dh), keys r (H,S-first,dh), rows first .. S-1 of the layer's (first <= T-1).
+struct PositionTerm {
+    torch::Tensor queries, keys;
+    int64_t first = 0;
+};
+
 /// Attention with gradients and attention dropout (training). q (H,B,T,dh) the persistent columns' query, content_q
 /// (H,B,T,dh) the content columns' (the model passes q + u, so that u . k_j needs no place in the bias; q itself
 /// where the bias holds it), k/val (H,B,S,dh), content_bias (H,B,T,S) scaled and masked (may require a gradient;
@@ -73,10 +80,11 @@ bool apart_attention_kernels_take(const torch::Tensor & q, const torch::Tensor &
 /// gradient is defined on the kept entries only),
 /// persistent_keys/values (H,N,dh) in q's dtype, already in the form the scores use (q . key unscaled; values x
 /// sqrt(N)). Returns (H,B,T,dh). Each part drops its own probabilities with probability dropout (independent masks,
-/// as one dropout over the joined probabilities would).
+/// as one dropout over the joined probabilities would). With content_bias undefined, `position` gives the position
+/// term, and our kernels form the bias on chip (AttentionParts::kernels, where content_attention_kernels_take).
 torch::Tensor trainable_apart_attention(const torch::Tensor & q, const torch::Tensor & content_q, const torch::Tensor & k,
                                         const torch::Tensor & val, const torch::Tensor & content_bias, const torch::Tensor & persistent_keys,
                                         const torch::Tensor & persistent_values, double scale, double dropout,
-                                        AttentionParts parts = AttentionParts::kernels);
+                                        AttentionParts parts = AttentionParts::kernels, const PositionTerm & position = {});
 
 } // namespace studio

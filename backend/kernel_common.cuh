@@ -179,6 +179,32 @@ __device__ inline void warp_product_from_accumulators(float (&acc)[N][4], const 
     }
 }
 
+/// A (16x16) as the transpose of a 16x16 block of a row-major bf16 tile (pitch ld): A's rows are the block's columns.
+__device__ inline void load_a_transposed(uint32_t (&a)[4], const bf16 * tile, int ld, int lane) {
+    const bf16 * p = tile + (lane % 8 + 8 * (lane / 16)) * ld + 8 * ((lane / 8) % 2);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(shared_address(p)));
+}
+
+/// acc (16 x 8N) += A . B over k (a multiple of 16), where A's 16 rows are columns 0..15 of a_tile's rows 0..k-1 and
+/// B's k rows are rows 0..k-1 of b_tile, its n columns their columns 0..8N-1; both row-major bf16 in shared memory
+/// with pitches a_ld and b_ld: probabilities or score gradients (queries x keys) turned to the keys' side.
+template <int N>
+__device__ inline void warp_product_transposed(float (&acc)[N][4], const bf16 * a_tile, int a_ld, const bf16 * b_tile, int b_ld, int k,
+                                               int lane) {
+#pragma unroll
+    for (int kk = 0; kk < k; kk += 16) {
+        uint32_t a[4];
+        load_a_transposed(a, a_tile + kk * a_ld, a_ld, lane);
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            uint32_t b[2];
+            load_b_transposed(b, b_tile + kk * b_ld + n * 8, b_ld, lane);
+            mma(acc[n], a, b);
+        }
+    }
+}
+
 /// Whether p is 16-byte aligned and each of byte_strides a multiple of 16: every row of a strided layout from p then
 /// starts 16-byte aligned, so a launcher may choose 16-byte accesses.
 inline bool aligned_16(const void * p, std::initializer_list<int64_t> byte_strides = {}) {

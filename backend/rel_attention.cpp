@@ -9,6 +9,7 @@
 
 #include "apart_attention.h"
 #include "biased_product.h"
+#include "content_attention.h"
 #include "content_bias.h"
 #include "device.h"
 #include "gated_weight.h"
@@ -415,9 +416,19 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         // With same_length, row i keeps keys i .. i+M, which read shifted columns T-1 .. S-1 only: the position
         // scores are formed from column T-1 on (rounded down to a multiple of 8 for aligned rows), about half of them.
         const int64_t first_column = options.same_length() && position_columns_trimmed ? (T - 1) / 8 * 8 : 0;
-        auto content_bias = studio::content_bias(unshifted_position_scores(first_column), u_k, keep, scale);      // (H,B,T,S)
+        // Training's content columns by our kernels where they take them: the position term goes in as q + v and the
+        // position keys, and no bias is formed.
+        const bool own_content = trainable_apart && !u_in_bias && content_attention_kernels_take(q, k, options.same_length());
+        torch::Tensor content_bias;
+        if (!own_content) content_bias = studio::content_bias(unshifted_position_scores(first_column), u_k, keep, scale);  // (H,B,T,S)
         auto bias = content_bias, keys = k, values = val;
-        if (apart) {
+        if (own_content) {
+            const PositionTerm position{plus_head_bias(q, vb.view({H, 1, 1, dh}).to(q.dtype())), r.narrow(1, first_column, S - first_column),
+                                        first_column};
+            heads = trainable_apart_attention(q, content_q, k, val, torch::Tensor(), mem_k.to(q.dtype()),
+                                              (mem_v * std::sqrt((double) N)).to(q.dtype()), scale, is_training() ? options.attn_drop() : 0.0,
+                                              AttentionParts::kernels, position);
+        } else if (apart) {
             heads = persistent_apart_attention(q, content_q, k, val, content_bias, mem_k, mem_v, scale);
         } else if (trainable_apart) {
             heads = trainable_apart_attention(q, content_q, k, val, content_bias.to(q.dtype()), mem_k.to(q.dtype()),

@@ -1,8 +1,9 @@
-// Relative attention at inference, one thread block per (query tile of 64, batch row, head); see
-// rel_attention_kernel.h. Four warps each own 16 query rows. For every tile of 64 keys a warp forms, on the tensor
-// cores (mma.sync m16n8k16, operands by ldmatrix), the position scores of the 80 distances its rows and keys span
-// ((q+v).r, 16x80), which go to shared memory, and its content scores (q+u).k (16x64), which stay in registers; the
-// relative shift is then an index into the band, row by row. An online softmax (log2 domain) carries the running
+// Relative attention at inference and training's forward, one thread block per (query tile of 64, batch row, head);
+// see rel_attention_kernel.h. Four warps each own 16 query rows. For every tile of 64 keys a warp forms its scores as
+// rel_attention_tile.cuh's warp_scores does: on the tensor cores (mma.sync m16n8k16, operands by ldmatrix), the
+// position scores of the 80 distances its rows and keys span ((q+v).r, 16x80), which go to shared memory, and its
+// content scores (q+u).k (16x64), which stay in registers; the relative shift is then an index into the band, row by
+// row. An online softmax (log2 domain) carries the running
 // maximum, sum and output in registers, and the probabilities become the next product's operand without leaving
 // them (the accumulator's layout is the operand's). It starts from the persistent columns' softmax when there are
 // any, which is exactly the log-sum-exp merge of the two parts.
@@ -12,63 +13,26 @@
 #include <cuda_runtime.h>
 
 #include "kernel_common.cuh"
+#include "rel_attention_tile.cuh"
 
 namespace studio {
 
 namespace {
 
-using bf16 = __nv_bfloat16;
+using namespace attention_tile;
 using kernels::pack_bf16;
 using kernels::warp_product_from_accumulators;
-using kernels::warp_product;
 
-constexpr int kWarps = 4;
-constexpr int kThreads = 32 * kWarps;
-constexpr int kQueryRows = 16 * kWarps;          // query rows of a block
-constexpr int kKeys = 64;                        // keys of a tile
-constexpr int kBand = kQueryRows + kKeys;        // position rows a block's tile spans (127, rounded to 128)
-constexpr int kWarpBand = 16 + kKeys;            // position rows a warp's tile spans (79, rounded to 80)
-constexpr float kLog2e = 1.4426950408889634f;
-
-/// Shared-memory plan. bf16 rows are padded by 16 bytes, so that the 8 rows an ldmatrix reads fall in distinct banks
-/// and stay 16-byte aligned.
+/// Shared-memory plan: q+u, q+v, a tile's keys and values, the block's position band, each warp's position scores.
 template <int DH> struct Plan {
-    static constexpr int ld = DH + 8;                                  // bf16 tiles: q+u, q+v, k, v, r band
-    static constexpr int ld_pos = kWarpBand + 4;                       // fp32: a warp's position band
-    static constexpr size_t q_bytes = size_t(kQueryRows) * ld * 2;
-    static constexpr size_t kv_bytes = size_t(kKeys) * ld * 2;
-    static constexpr size_t band_bytes = size_t(kBand) * ld * 2;
-    static constexpr size_t pos_bytes = size_t(16) * ld_pos * 4;
-    static constexpr size_t total = 2 * q_bytes + 2 * kv_bytes + band_bytes + kWarps * pos_bytes;
-    static_assert(q_bytes % 16 == 0 && kv_bytes % 16 == 0 && band_bytes % 16 == 0 && pos_bytes % 16 == 0,
+    using P = Pitch<DH>;
+    static constexpr size_t q_bytes = P::rows_bytes(kQueryRows);
+    static constexpr size_t kv_bytes = P::rows_bytes(kKeys);
+    static constexpr size_t band_bytes = P::rows_bytes(kBand);
+    static constexpr size_t total = 2 * q_bytes + 2 * kv_bytes + band_bytes + kWarps * P::warp_band_bytes;
+    static_assert(q_bytes % 16 == 0 && kv_bytes % 16 == 0 && band_bytes % 16 == 0 && P::warp_band_bytes % 16 == 0,
                   "regions must stay 16-byte aligned");
 };
-
-/// Rows first_row .. first_row+rows-1 of a strided bf16 matrix into shared memory (pitch ld), 16 bytes a thread
-/// at a time; rows outside [0, limit) read as zeros.
-template <int DH>
-__device__ void load_rows(bf16 * dst, const bf16 * src, int64_t row_stride, int first_row, int rows, int limit) {
-    constexpr int chunks = DH / 8;
-    for (int idx = threadIdx.x; idx < rows * chunks; idx += kThreads) {
-        const int r = idx / chunks, c = (idx % chunks) * 8, row = first_row + r;
-        uint4 value = make_uint4(0, 0, 0, 0);
-        if (row >= 0 && row < limit) value = *reinterpret_cast<const uint4 *>(src + int64_t(row) * row_stride + c);
-        *reinterpret_cast<uint4 *>(dst + r * Plan<DH>::ld + c) = value;
-    }
-}
-
-/// Key or value rows first_row .. first_row+rows-1 of the S = M+T: those before `split` from `memory`, the others
-/// from `segment` (row - split). split = 0: all from segment, which then holds all S. The source is chosen once for
-/// each side of the split that the tile covers (one side only when M is a multiple of 64): a choice per element made
-/// the kernel a quarter slower.
-template <int DH>
-__device__ void load_key_rows(bf16 * dst, const bf16 * memory, int64_t memory_stride, const bf16 * segment, int64_t segment_stride,
-                              int split, int first_row, int rows, int limit) {
-    const int memory_rows = first_row >= split ? 0 : min(rows, split - first_row);
-    if (memory_rows > 0) load_rows<DH>(dst, memory, memory_stride, first_row, memory_rows, split);
-    if (memory_rows < rows)
-        load_rows<DH>(dst + memory_rows * Plan<DH>::ld, segment, segment_stride, first_row + memory_rows - split, rows - memory_rows, limit - split);
-}
 
 /// Eight bias values from offset on, bf16 or fp32.
 __device__ inline void load_bias(const void * bias, bool bf16_bias, int offset, float * out) {
@@ -77,9 +41,12 @@ __device__ inline void load_bias(const void * bias, bool bf16_bias, int offset, 
         out[e] = bf16_bias ? __bfloat162float(static_cast<const bf16 *>(bias)[offset + e]) : static_cast<const float *>(bias)[offset + e];
 }
 
-template <int DH>
+/// kTraining: q + u and q + v come formed (q, q_position), the probabilities are dropped after the row's sum has
+/// taken them, and each row's log-sum-exp is written for the backward.
+template <int DH, bool kTraining>
 __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const RelativeAttentionKernelArgs args) {
     using P = Plan<DH>;
+    constexpr int ld = Pitch<DH>::ld;
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 * q_u = reinterpret_cast<bf16 *>(smem);                                  // (64, DH) q + u
     bf16 * q_v = reinterpret_cast<bf16 *>(smem + P::q_bytes);                     // (64, DH) q + v
@@ -87,7 +54,7 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
     bf16 * values = reinterpret_cast<bf16 *>(smem + 2 * P::q_bytes + P::kv_bytes);
     bf16 * band = reinterpret_cast<bf16 *>(smem + 2 * P::q_bytes + 2 * P::kv_bytes); // (128, DH) position rows
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float * pos_scores = reinterpret_cast<float *>(smem + 2 * P::q_bytes + 2 * P::kv_bytes + P::band_bytes + warp * P::pos_bytes); // (16, 80)
+    float * pos_scores = reinterpret_cast<float *>(smem + 2 * P::q_bytes + 2 * P::kv_bytes + P::band_bytes + warp * Pitch<DH>::warp_band_bytes);
 
     const int T = int(args.tgt_len), M = int(args.mem_len), S = T + M;
     const int first_query = blockIdx.x * kQueryRows, b = blockIdx.y, h = blockIdx.z;
@@ -101,8 +68,12 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
     const bf16 * k_memory = args.k_memory ? static_cast<const bf16 *>(args.k_memory) + h * args.k_memory_stride[0] + b * args.k_memory_stride[1] : k;
     const bf16 * v_memory = args.v_memory ? static_cast<const bf16 *>(args.v_memory) + h * args.v_memory_stride[0] + b * args.v_memory_stride[1] : v;
 
-    // q + u and q + v, rounded to bf16 once for the tensor cores.
-    {
+    if constexpr (kTraining) {
+        const bf16 * q_position = static_cast<const bf16 *>(args.q_position) + h * args.q_stride[0] + b * args.q_stride[1];
+        load_rows<DH>(q_u, q, args.q_stride[2], first_query, kQueryRows, T);
+        load_rows<DH>(q_v, q_position, args.q_stride[2], first_query, kQueryRows, T);
+    } else {
+        // q + u and q + v, rounded to bf16 once for the tensor cores.
         constexpr int chunks = DH / 8;
         float u_bias[8], v_bias[8];
         for (int idx = threadIdx.x; idx < kQueryRows * chunks; idx += kThreads) {
@@ -122,11 +93,10 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
                     xv[e] = __float2bfloat16(value + v_bias[e]);
                 }
             }
-            *reinterpret_cast<uint4 *>(q_u + row * P::ld + c) = with_u;
-            *reinterpret_cast<uint4 *>(q_v + row * P::ld + c) = with_v;
+            *reinterpret_cast<uint4 *>(q_u + row * ld + c) = with_u;
+            *reinterpret_cast<uint4 *>(q_v + row * ld + c) = with_v;
         }
     }
-
     // The lane's rows: g and g+8 of the warp's 16 (queries[0], queries[1]); its columns: 2c and 2c+1 of every 8.
     const int g = lane / 4, c = lane % 4;
     const int queries[2] = {first_query + warp * 16 + g, first_query + warp * 16 + g + 8};
@@ -181,49 +151,37 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
     const int last_query = first_query + rows - 1;
     const int first_key = args.same_length ? first_query : 0;
     const int last_key = min(S - 1, last_query + M);
-    const bf16 * warp_q_u = q_u + warp * 16 * P::ld;
-    const bf16 * warp_q_v = q_v + warp * 16 * P::ld;
-    const bf16 * warp_band = band + (kQueryRows - 16 - 16 * warp) * P::ld;   // warp w's rows span band rows 48-16w .. 127-16w
+    const bf16 * warp_q_u = q_u + warp * 16 * ld;
+    const bf16 * warp_q_v = q_v + warp * 16 * ld;
+    const bf16 * warp_band = band + (kQueryRows - 16 - 16 * warp) * ld;   // warp w's rows span band rows 48-16w .. 127-16w
+    const Visibility visible{T, M, args.same_length};
+    uint64_t seed = 0, offset = 0;
+    if constexpr (kTraining) {
+        if (args.dropout.enabled) {
+            dropout_seed_offset(args.dropout, seed, offset);
+            if (args.dropout.rng_out && blockIdx.x == 0 && b == 0 && h == 0 && threadIdx.x == 0) {
+                args.dropout.rng_out[0] = int64_t(seed);
+                args.dropout.rng_out[1] = int64_t(offset);
+            }
+        }
+    }
     for (int key0 = first_key; key0 <= last_key; key0 += kKeys) {
         __syncthreads();   // every warp is done with the previous tile
         load_key_rows<DH>(keys, k_memory, args.k_memory_stride[2], k, args.k_stride[2], split, key0, kKeys, S);
         load_key_rows<DH>(values, v_memory, args.v_memory_stride[2], v, args.v_stride[2], split, key0, kKeys, S);
-        // Position rows key0+T-1-i for the block's queries i and keys key0..key0+63: 127 rows from key0+T-64-first_query.
-        const int band_start = key0 + T - kQueryRows - first_query;
-        load_rows<DH>(band, r, args.r_stride[1], band_start, kBand, S);
+        // Position rows key0+T-1-i for the block's queries i and keys key0..key0+63: 127 rows.
+        load_rows<DH>(band, r, args.r_stride[1], band_start(key0, first_query, T, int(args.first_position)), kBand, S - int(args.first_position));
         __syncthreads();
 
-        // This warp's position band (16 x 80) into shared memory, for the shift's per-row reads.
-        {
-            float position[kWarpBand / 8][4];
-            warp_product(position, warp_q_v, warp_band, P::ld, DH, lane);
-#pragma unroll
-            for (int n = 0; n < kWarpBand / 8; ++n) {
-                *reinterpret_cast<float2 *>(pos_scores + g * P::ld_pos + n * 8 + 2 * c) = make_float2(position[n][0], position[n][1]);
-                *reinterpret_cast<float2 *>(pos_scores + (g + 8) * P::ld_pos + n * 8 + 2 * c) = make_float2(position[n][2], position[n][3]);
-            }
-        }
-        __syncwarp();
-
-        // Content scores (16 x 64), in registers.
         float scores[kKeys / 8][4];
-        warp_product(scores, warp_q_u, keys, P::ld, DH, lane);
+        warp_scores<DH>(scores, warp_q_u, warp_q_v, keys, warp_band, pos_scores, queries, key0, visible, scale, lane);
 
-        // Relative shift, mask and online softmax: row i's key column j sits at band column j - i + 15.
+        // Online softmax.
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const int i = g + 8 * half, query = queries[half];
             float tile_max = -INFINITY;
 #pragma unroll
-            for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int column = n * 8 + 2 * c + e, key = key0 + column;
-                    const bool visible = query < T && key < S && key <= query + M && (!args.same_length || key >= query);
-                    const float value = visible ? (scores[n][2 * half + e] + pos_scores[i * P::ld_pos + column - i + 15]) * scale : -INFINITY;
-                    scores[n][2 * half + e] = value;
-                    tile_max = fmaxf(tile_max, value);
-                }
+            for (int n = 0; n < kKeys / 8; ++n) tile_max = fmaxf(tile_max, fmaxf(scores[n][2 * half], scores[n][2 * half + 1]));
             tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
             tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
             const float new_max = fmaxf(running_max[half], tile_max);
@@ -245,10 +203,21 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
                 out[n][2 * half] *= rescale;
                 out[n][2 * half + 1] *= rescale;
             }
+            if constexpr (kTraining) {
+                // Dropped after the sum has taken them: the softmax is of all entries, its output of the kept.
+                if (args.dropout.enabled) {
+                    const uint64_t row = (uint64_t(b) * args.heads + h) * T + queries[half];
+                    const uint32_t keep = keep_bits(seed, offset, row, (S + kKeys - 1) / kKeys, key0 / kKeys, c, args.dropout.keep_threshold);
+#pragma unroll
+                    for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e)
+                            scores[n][2 * half + e] = (keep >> (2 * n + e)) & 1u ? scores[n][2 * half + e] * args.dropout.keep_scale : 0.0f;
+                }
+            }
         }
 
-        warp_product_from_accumulators(out, scores, values, P::ld, lane);   // probabilities (16 x 64) . values (64 x DH)
-        __syncwarp();   // the band's reads are done before the next tile's writes
+        warp_product_from_accumulators(out, scores, values, ld, lane);   // probabilities (16 x 64) . values (64 x DH)
     }
 
 #pragma unroll
@@ -262,16 +231,36 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
 #pragma unroll
         for (int n = 0; n < DH / 8; ++n)
             *reinterpret_cast<uint32_t *>(o + n * 8 + 2 * c) = pack_bf16(out[n][2 * half] * inverse, out[n][2 * half + 1] * inverse);
+        if constexpr (kTraining) {
+            if (c == 0)
+                args.lse[h * args.lse_stride[0] + b * args.lse_stride[1] + int64_t(queries[half]) * args.lse_stride[2]] =
+                    (running_max[half] + __log2f(sum)) / kLog2e;
+        }
     }
 }
 
-template <int DH>
+/// One byte per entry (1 = kept) of the keep mask a training call drew: keep_bits per entry, a thread an entry.
+__global__ void attention_keep_mask_kernel(const AttentionDropout dropout, int heads, int batch, int tgt_len, int mem_len, unsigned char * keep) {
+    const int S = tgt_len + mem_len, tiles = (S + kKeys - 1) / kKeys;
+    const int64_t total = int64_t(batch) * heads * tgt_len * S;
+    uint64_t seed = 0, offset = 0;
+    dropout_seed_offset(dropout, seed, offset);
+    for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x) {
+        const int key = int(idx % S);
+        const uint64_t row = uint64_t(idx / S);                                  // (b x H + h) x T + i
+        const int column = key % kKeys, n = column / 8, c = (column % 8) / 2, e = column % 2;
+        keep[idx] = (keep_bits(seed, offset, row, tiles, key / kKeys, c, dropout.keep_threshold) >> (2 * n + e)) & 1u;
+    }
+}
+
+template <int DH, bool kTraining>
 cudaError_t launch(const RelativeAttentionKernelArgs & args, cudaStream_t stream) {
     // Over 48 KB of shared memory needs the function's limit raised (a host-side attribute, cheap to repeat).
-    cudaError_t status = cudaFuncSetAttribute(relative_attention_kernel<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Plan<DH>::total));
+    cudaError_t status =
+        cudaFuncSetAttribute(relative_attention_kernel<DH, kTraining>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Plan<DH>::total));
     if (status != cudaSuccess) return status;
     const dim3 grid(unsigned((args.tgt_len + kQueryRows - 1) / kQueryRows), unsigned(args.batch), unsigned(args.heads));
-    relative_attention_kernel<DH><<<grid, kThreads, Plan<DH>::total, stream>>>(args);
+    relative_attention_kernel<DH, kTraining><<<grid, kThreads, Plan<DH>::total, stream>>>(args);
     return cudaGetLastError();
 }
 
@@ -284,14 +273,29 @@ bool relative_attention_kernel_supports(int64_t head_dim) {
 const char * launch_relative_attention(const RelativeAttentionKernelArgs & args, void * stream_handle) {
     auto stream = static_cast<cudaStream_t>(stream_handle);
     cudaError_t status = cudaErrorInvalidValue;
+    if (args.q_position) {
+        switch (args.head_dim) {
+        case 16: status = launch<16, true>(args, stream); break;
+        case 32: status = launch<32, true>(args, stream); break;
+        case 64: status = launch<64, true>(args, stream); break;
+        default: return "relative attention kernel: training's head_dim must be 16, 32 or 64";
+        }
+        return kernels::error_text(status);
+    }
     switch (args.head_dim) {
-    case 16: status = launch<16>(args, stream); break;
-    case 32: status = launch<32>(args, stream); break;
-    case 64: status = launch<64>(args, stream); break;
-    case 128: status = launch<128>(args, stream); break;
+    case 16: status = launch<16, false>(args, stream); break;
+    case 32: status = launch<32, false>(args, stream); break;
+    case 64: status = launch<64, false>(args, stream); break;
+    case 128: status = launch<128, false>(args, stream); break;
     default: return "relative attention kernel: head_dim must be 16, 32, 64 or 128";
     }
     return kernels::error_text(status);
+}
+
+const char * launch_attention_keep_mask(const AttentionDropout & dropout, int64_t heads, int64_t batch, int64_t tgt_len, int64_t mem_len,
+                                        unsigned char * keep, void * stream) {
+    attention_keep_mask_kernel<<<256, 256, 0, static_cast<cudaStream_t>(stream)>>>(dropout, int(heads), int(batch), int(tgt_len), int(mem_len), keep);
+    return kernels::launch_error();
 }
 
 } // namespace studio

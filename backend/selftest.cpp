@@ -12,6 +12,7 @@
 
 #include "apart_attention.h"
 #include "commands.h"
+#include "content_attention.h"
 #include "device.h"
 #include "language_model.h"
 #include "rel_attention.h"
@@ -34,7 +35,7 @@ double worst_error(const Outputs & a, const Outputs & reference) {
 KernelSwitchesGuard::KernelSwitchesGuard()
     : fused_(fused_attention_enabled()), own_(own_kernels_enabled()), cudnn_min_rows_(persistent_cudnn_min_rows()),
       inference_cudnn_from_(persistent_inference_cudnn_from()), inference_splits_(persistent_inference_forced_splits()),
-      key_value_cache_(key_value_cache_enabled()) {}
+      key_value_cache_(key_value_cache_enabled()), content_kernels_(content_attention_kernels_enabled()) {}
 
 KernelSwitchesGuard::~KernelSwitchesGuard() {
     set_fused_attention(fused_);
@@ -43,6 +44,7 @@ KernelSwitchesGuard::~KernelSwitchesGuard() {
     set_persistent_inference_cudnn_from(inference_cudnn_from_);
     set_persistent_inference_splits(inference_splits_);
     set_key_value_cache(key_value_cache_);
+    set_content_attention_kernels(content_kernels_);
 }
 
 namespace {
@@ -409,6 +411,7 @@ int selftest_command(const std::string & device_name) {
             ok = check_trainable_tail(device) && ok;
             ok = check_lamb_kernels(device) && ok;
             ok = check_content_bias(device) && ok;
+            ok = check_content_attention(device) && ok;
             ok = check_gated_weight(device) && ok;
             ok = check_biased_product(device) && ok;
             ok = check_plus_head_bias(device) && ok;

@@ -28,7 +28,7 @@ public:
 private:
     bool fused_, own_;
     int64_t cudnn_min_rows_, inference_cudnn_from_, inference_splits_;
-    bool key_value_cache_;
+    bool key_value_cache_, content_kernels_;
 };
 
 /// Largest error of a tensor relative to the reference's largest magnitude.
@@ -58,6 +58,11 @@ bool check_lamb_kernels(const torch::Device & device);
 /// the bias, -inf off the kept band, and the gradients; fp32 and bf16, with and without same_length, without a key
 /// bias, and from position scores without the columns no kept entry reads.
 bool check_content_bias(const torch::Device & device);
+/// Training's content columns by our kernels (content_attention.h) against float64: the forward seeded by a persistent
+/// part, every gradient, with and without dropout (the reference draws the kernels' own keep mask); and training
+/// attention with the position term through them against the memory-efficient path with its bias. CUDA builds with our
+/// kernels on LibTorch 2.
+bool check_content_attention(const torch::Device & device);
 /// A gated layer's output weight by our CUDA kernels (gated_weight.h) under bf16 autocast against LibTorch's
 /// operations in float64: the bf16 weight and the gradients of the weight and of the gates.
 bool check_gated_weight(const torch::Device & device);
