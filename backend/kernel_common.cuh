@@ -186,16 +186,20 @@ __device__ inline void load_a_transposed(uint32_t (&a)[4], const bf16 * tile, in
                  : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(shared_address(p)));
 }
 
-/// acc (16 x 8N) += A . B over k (a multiple of 16), where A's 16 rows are columns 0..15 of a_tile's rows 0..k-1 and
-/// B's k rows are rows 0..k-1 of b_tile, its n columns their columns 0..8N-1; both row-major bf16 in shared memory
-/// with pitches a_ld and b_ld: probabilities or score gradients (queries x keys) turned to the keys' side.
-template <int N>
-__device__ inline void warp_product_transposed(float (&acc)[N][4], const bf16 * a_tile, int a_ld, const bf16 * b_tile, int b_ld, int k,
-                                               int lane) {
+/// acc (16 x 8N) += A . B over k (a multiple of 16), where B's k rows are rows 0..k-1 of b_tile and its n columns
+/// their columns 0..8N-1, and A is rows 0..15 of a_tile (16 x k), or with kTransposedA the transpose of its columns
+/// 0..15 over rows 0..k-1; both row-major bf16 in shared memory with pitches a_ld and b_ld. With kTransposedA:
+/// probabilities or score gradients (queries x keys) turned to the keys' side.
+template <bool kTransposedA, int N>
+__device__ inline void warp_product_by_rows(float (&acc)[N][4], const bf16 * a_tile, int a_ld, const bf16 * b_tile, int b_ld, int k,
+                                            int lane) {
 #pragma unroll
     for (int kk = 0; kk < k; kk += 16) {
         uint32_t a[4];
-        load_a_transposed(a, a_tile + kk * a_ld, a_ld, lane);
+        if constexpr (kTransposedA)
+            load_a_transposed(a, a_tile + kk * a_ld, a_ld, lane);
+        else
+            load_a(a, a_tile + kk, a_ld, lane);
 #pragma unroll
         for (int n = 0; n < N; ++n) {
             uint32_t b[2];

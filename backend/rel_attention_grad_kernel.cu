@@ -1,12 +1,14 @@
-// The backward of training's relative attention (rel_attention_grad_kernel.h). Both kernels form a tile's scores as
-// the forward does (rel_attention_tile.cuh: four warps of 16 query rows against 64 keys, the position term shifted
-// into place), then the probabilities from the forward's log-sum-exp, the same keep bits, and the scores' gradient
-//   ds = p x (kept x dp / keep - rowsum(out x grad_out)),   dp = grad_out . v,
-// which, scaled, is the gradient of both terms of the score. The query kernel also forms rowsum(out x grad_out) for
-// both (the key kernel runs after it on the same stream). It keeps ds in registers as the operand of
-// ds . k (the gradient of q + u) and writes it, shifted back, as the position scores' gradient. The key kernel puts
-// the dropped probabilities and ds in shared memory, where each warp reads its 16 keys' columns as a transposed
-// operand: p' . grad_out (the values' gradient) and ds' . (q + u) (the keys').
+// The backward of training's relative attention (rel_attention_grad_kernel.h), in three launches:
+// 1. rowsum(out x grad_out) of every query row, and zeros in the position gradient's columns that no kept entry reads;
+// 2. by key tiles, the tile's scores as the forward forms them (rel_attention_tile.cuh: four warps of 16 query rows
+//    against 64 keys, the position term shifted into place), the probabilities from the forward's log-sum-exp, the
+//    same keep bits, and the scores' gradient
+//      ds = p x (kept x dp / keep - rowsum(out x grad_out)),   dp = grad_out . v,
+//    which, scaled, is the gradient of both terms of each score: it is written, shifted back, as the position scores'
+//    gradient, and with the dropped probabilities it goes through shared memory, where each warp reads its 16 keys'
+//    columns as a transposed operand: p' . grad_out (the values' gradient) and ds' . (q + u) (the keys');
+// 3. by query tiles, ds . k (the gradient of q + u), reading ds back from the position gradient: row i's entry for key j
+//    is its column j + T-1-i-first_position, so nothing is formed twice.
 #include "rel_attention_grad_kernel.h"
 
 #include <cuda_bf16.h>
@@ -22,37 +24,63 @@ namespace {
 using namespace attention_tile;
 using kernels::pack_bf16;
 
-/// Shared memory of both kernels: q+u, q+v, the output's gradient and a tile's keys and values (64 rows each), the
-/// position band, each warp's position scores; the key kernel also the tile's dropped probabilities and score gradients.
-template <int DH, bool kKeySide> struct GradPlan {
+constexpr int kLdKeys = kKeys + 8;                                           // pitch of a (64 queries, 64 keys) tile
+constexpr size_t kKeysTileBytes = size_t(kQueryRows) * kLdKeys * 2;
+
+/// Shared memory of the key kernel: q+u, q+v, the output's gradient and the tile's keys and values (64 rows each), the
+/// tile's dropped probabilities and score gradients, the position band, each warp's position scores.
+template <int DH> struct KeyPlan {
     using P = Pitch<DH>;
     static constexpr size_t rows64 = P::rows_bytes(64);
-    static constexpr int ld_keys = kKeys + 8;                                      // a (64 queries, 64 keys) tile's pitch
-    static constexpr size_t keys_tile_bytes = size_t(kQueryRows) * ld_keys * 2;
-    static constexpr size_t band_offset = 5 * rows64 + (kKeySide ? 2 * keys_tile_bytes : 0);
+    static constexpr size_t band_offset = 5 * rows64 + 2 * kKeysTileBytes;
     static constexpr size_t pos_offset = band_offset + P::rows_bytes(kBand);
     static constexpr size_t total = pos_offset + kWarps * P::warp_band_bytes;
-    static_assert(rows64 % 16 == 0 && keys_tile_bytes % 16 == 0 && P::warp_band_bytes % 16 == 0, "regions must stay 16-byte aligned");
+    static_assert(rows64 % 16 == 0 && kKeysTileBytes % 16 == 0 && P::warp_band_bytes % 16 == 0, "regions must stay 16-byte aligned");
 };
 
-/// What both kernels read of one (batch row, head): base pointers and the per-row statistics.
-struct GradOperands {
-    const bf16 *q_u, *q_v, *k, *v, *r, *grad_out;
-    int T, M, S, first_position;
-    __device__ GradOperands(const RelativeAttentionGradKernelArgs & args, int b, int h) {
+/// The position gradient of query row `query` of (batch row b, head h), and its width P and leading zeros.
+struct PositionGradient {
+    bf16 * base;
+    int64_t row_stride;
+    int width, lead;
+    __device__ PositionGradient(const RelativeAttentionGradKernelArgs & args, int b, int h) {
         const auto & f = args.forward;
-        q_u = static_cast<const bf16 *>(f.q) + h * f.q_stride[0] + b * f.q_stride[1];
-        q_v = static_cast<const bf16 *>(f.q_position) + h * f.q_stride[0] + b * f.q_stride[1];
-        k = static_cast<const bf16 *>(f.k) + h * f.k_stride[0] + b * f.k_stride[1];
-        v = static_cast<const bf16 *>(f.v) + h * f.v_stride[0] + b * f.v_stride[1];
-        r = static_cast<const bf16 *>(f.r) + h * f.r_stride[0];
-        grad_out = static_cast<const bf16 *>(args.grad_out) + h * args.grad_out_stride[0] + b * args.grad_out_stride[1];
-        T = int(f.tgt_len);
-        M = int(f.mem_len);
-        S = T + M;
-        first_position = int(f.first_position);
+        base = static_cast<bf16 *>(args.grad_position) + h * args.grad_position_stride[0] + b * args.grad_position_stride[1];
+        row_stride = args.grad_position_stride[2];
+        width = int(f.tgt_len + f.mem_len - f.first_position);
+        lead = int(f.tgt_len - 1 - f.first_position);
     }
+    /// Column of key j in row i (valid where 0 <= column < width).
+    __device__ int column(int query, int key) const { return key + lead - query; }
+    __device__ bf16 * row(int query) const { return base + int64_t(query) * row_stride; }
 };
+
+/// Launch 1: a thread per 8 dimensions of a row (rows in lse's (H,B,T) order).
+template <int DH>
+__global__ void out_dot_grad_kernel(const RelativeAttentionGradKernelArgs args) {
+    constexpr int kChunks = DH / 8;   // threads of one row: 2, 4 or 8, whole groups of a warp
+    const auto & f = args.forward;
+    const int64_t thread = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, rows = f.heads * f.batch * f.tgt_len;
+    const int64_t row = thread / kChunks;
+    const int chunk = int(thread % kChunks);
+    const bool live = row < rows;
+    const int i = int(row % f.tgt_len), b = int(row / f.tgt_len % f.batch), h = int(row / f.tgt_len / f.batch);
+    float sum = 0.0f;
+    if (live) {
+        float o[8], g[8];
+        kernels::load8(static_cast<const bf16 *>(args.out) + h * f.out_stride[0] + b * f.out_stride[1] + int64_t(i) * f.out_stride[2] + chunk * 8, o);
+        kernels::load8(static_cast<const bf16 *>(args.grad_out) + h * args.grad_out_stride[0] + b * args.grad_out_stride[1]
+                           + int64_t(i) * args.grad_out_stride[2] + chunk * 8, g);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) sum += o[e] * g[e];
+    }
+#pragma unroll
+    for (int offset = kChunks / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (!live) return;
+    if (chunk == 0) args.out_dot_grad[h * f.lse_stride[0] + b * f.lse_stride[1] + int64_t(i) * f.lse_stride[2]] = sum;
+    const PositionGradient position(args, b, h);
+    for (int column = chunk; column < position.lead; column += kChunks) position.row(i)[column] = __float2bfloat16(0.0f);
+}
 
 /// A lane's two rows' log-sum-exp (log2 domain) and rowsum(out x grad_out); zeros for rows past T.
 __device__ inline void row_statistics(const RelativeAttentionGradKernelArgs & args, int b, int h, const int (&queries)[2], int T,
@@ -66,149 +94,10 @@ __device__ inline void row_statistics(const RelativeAttentionGradKernelArgs & ar
     }
 }
 
-/// scores (log2 domain, -inf where hidden) and dp = grad_out . v of a warp's tile become the scores' gradient ds in
-/// place; dropped (where given) receives the dropped probabilities. keep_bits of the lane's rows (all ones: no dropout).
-__device__ inline void score_gradients(float (&scores)[kKeys / 8][4], const float (&dp)[kKeys / 8][4], const float (&lse2)[2],
-                                       const float (&out_dot_grad)[2], const uint32_t (&keep)[2], float keep_scale,
-                                       float (*dropped)[4] = nullptr) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-#pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const float p = exp2f(scores[n][2 * half + e] - lse2[half]);
-                const bool kept = (keep[half] >> (2 * n + e)) & 1u;
-                if (dropped) dropped[n][2 * half + e] = kept ? p * keep_scale : 0.0f;
-                scores[n][2 * half + e] = p * ((kept ? dp[n][2 * half + e] * keep_scale : 0.0f) - out_dot_grad[half]);
-            }
-}
-
-/// The keep bits of a lane's two rows in the tile from key0.
-__device__ inline void tile_keep_bits(uint32_t (&keep)[2], const AttentionDropout & dropout, uint64_t seed, uint64_t offset, int b, int h,
-                                      int heads, const int (&queries)[2], int T, int S, int key0, int c) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-        keep[half] = dropout.enabled ? keep_bits(seed, offset, (uint64_t(b) * heads + h) * T + queries[half], (S + kKeys - 1) / kKeys,
-                                                 key0 / kKeys, c, dropout.keep_threshold)
-                                     : 0xFFFFFFFFu;
-}
-
-/// One block per (query tile, batch row, head): the gradient of q + u and the position scores' gradient.
-template <int DH>
-__global__ void __launch_bounds__(kThreads) query_gradient_kernel(const RelativeAttentionGradKernelArgs args) {
-    using Plan = GradPlan<DH, false>;
-    constexpr int ld = Pitch<DH>::ld;
-    extern __shared__ __align__(128) unsigned char smem[];
-    bf16 * q_u = reinterpret_cast<bf16 *>(smem);
-    bf16 * q_v = reinterpret_cast<bf16 *>(smem + Plan::rows64);
-    bf16 * grad_out = reinterpret_cast<bf16 *>(smem + 2 * Plan::rows64);
-    bf16 * keys = reinterpret_cast<bf16 *>(smem + 3 * Plan::rows64);
-    bf16 * values = reinterpret_cast<bf16 *>(smem + 4 * Plan::rows64);
-    bf16 * band = reinterpret_cast<bf16 *>(smem + Plan::band_offset);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    float * pos_scores = reinterpret_cast<float *>(smem + Plan::pos_offset + warp * Pitch<DH>::warp_band_bytes);
-    const auto & f = args.forward;
-    const int first_query = blockIdx.x * kQueryRows, b = blockIdx.y, h = blockIdx.z;
-    const GradOperands in(args, b, h);
-    const int T = in.T, M = in.M, S = in.S;
-    load_rows<DH>(q_u, in.q_u, f.q_stride[2], first_query, kQueryRows, T);
-    load_rows<DH>(q_v, in.q_v, f.q_stride[2], first_query, kQueryRows, T);
-    load_rows<DH>(grad_out, in.grad_out, args.grad_out_stride[2], first_query, kQueryRows, T);
-    __syncthreads();
-
-    // Row i's position gradient: columns j + lead - i for its keys j; those below `lead` no kept entry reads.
-    const int P = S - in.first_position, lead = T - 1 - in.first_position;
-    bf16 * grad_position = static_cast<bf16 *>(args.grad_position) + h * args.grad_position_stride[0] + b * args.grad_position_stride[1];
-    for (int idx = threadIdx.x; idx < kQueryRows * lead; idx += kThreads) {
-        const int query = first_query + idx / lead;
-        if (query < T) grad_position[int64_t(query) * args.grad_position_stride[2] + idx % lead] = __float2bfloat16(0.0f);
-    }
-
-    const int queries[2] = {first_query + warp * 16 + g, first_query + warp * 16 + g + 8};
-    // rowsum(out x grad_out) of the lane's rows, for this kernel and the key kernel after it.
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        float sum = 0.0f;
-        if (queries[half] < T) {
-            const bf16 * out_row = static_cast<const bf16 *>(args.out) + h * f.out_stride[0] + b * f.out_stride[1] + int64_t(queries[half]) * f.out_stride[2];
-            const bf16 * grad_row = grad_out + (warp * 16 + g + 8 * half) * ld;
-#pragma unroll
-            for (int n = 0; n < DH / 8; ++n) {
-                const float2 o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(out_row + n * 8 + 2 * c));
-                const float2 d = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(grad_row + n * 8 + 2 * c));
-                sum += o.x * d.x + o.y * d.y;
-            }
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        if (queries[half] < T && c == 0)
-            args.out_dot_grad[h * f.lse_stride[0] + b * f.lse_stride[1] + int64_t(queries[half]) * f.lse_stride[2]] = sum;
-    }
-    __syncwarp();
-    float lse2[2], out_dot_grad[2];
-    row_statistics(args, b, h, queries, T, lse2, out_dot_grad);
-    uint64_t seed = 0, offset = 0;
-    if (f.dropout.enabled) dropout_seed_offset(f.dropout, seed, offset);
-    float grad_q[DH / 8][4];
-#pragma unroll
-    for (int n = 0; n < DH / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) grad_q[n][e] = 0.0f;
-
-    const float scale = f.scale * kLog2e;
-    const int last_query = min(T, first_query + kQueryRows) - 1;
-    const int first_key = f.same_length ? first_query : 0;
-    const int last_key = min(S - 1, last_query + M);
-    const bf16 * warp_q_u = q_u + warp * 16 * ld;
-    const bf16 * warp_q_v = q_v + warp * 16 * ld;
-    const bf16 * warp_grad_out = grad_out + warp * 16 * ld;
-    const bf16 * warp_band = band + (kQueryRows - 16 - 16 * warp) * ld;
-    const Visibility visible{T, M, f.same_length};
-    for (int key0 = first_key; key0 <= last_key; key0 += kKeys) {
-        __syncthreads();
-        load_rows<DH>(keys, in.k, f.k_stride[2], key0, kKeys, S);
-        load_rows<DH>(values, in.v, f.v_stride[2], key0, kKeys, S);
-        load_rows<DH>(band, in.r, f.r_stride[1], band_start(key0, first_query, T, in.first_position), kBand, P);
-        __syncthreads();
-
-        float scores[kKeys / 8][4], dp[kKeys / 8][4];
-        warp_scores<DH>(scores, warp_q_u, warp_q_v, keys, warp_band, pos_scores, queries, key0, visible, scale, lane);
-        kernels::warp_product(dp, warp_grad_out, values, ld, DH, lane);
-        uint32_t keep[2];
-        tile_keep_bits(keep, f.dropout, seed, offset, b, h, int(f.heads), queries, T, S, key0, c);
-        score_gradients(scores, dp, lse2, out_dot_grad, keep, f.dropout.keep_scale);
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            if (queries[half] >= T) continue;
-            bf16 * row = grad_position + int64_t(queries[half]) * args.grad_position_stride[2];
-#pragma unroll
-            for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int column = key0 + n * 8 + 2 * c + e + lead - queries[half];
-                    if (column >= 0 && column < P) row[column] = __float2bfloat16(scores[n][2 * half + e] * f.scale);
-                }
-        }
-        kernels::warp_product_from_accumulators(grad_q, scores, keys, ld, lane);   // ds (16 x 64) . keys (64 x DH)
-    }
-
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        if (queries[half] >= T) continue;
-        bf16 * row = static_cast<bf16 *>(args.grad_q) + h * args.grad_q_stride[0] + b * args.grad_q_stride[1]
-                    + int64_t(queries[half]) * args.grad_q_stride[2];
-#pragma unroll
-        for (int n = 0; n < DH / 8; ++n)
-            *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * c) = pack_bf16(grad_q[n][2 * half] * f.scale, grad_q[n][2 * half + 1] * f.scale);
-    }
-}
-
-/// One block per (key tile, batch row, head): the gradients of the keys and the values, over the query tiles that see
-/// the tile.
+/// Launch 2: one block per (key tile, batch row, head), over the query tiles that see the tile.
 template <int DH>
 __global__ void __launch_bounds__(kThreads) key_gradient_kernel(const RelativeAttentionGradKernelArgs args) {
-    using Plan = GradPlan<DH, true>;
+    using Plan = KeyPlan<DH>;
     constexpr int ld = Pitch<DH>::ld;
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 * q_u = reinterpret_cast<bf16 *>(smem);
@@ -216,18 +105,23 @@ __global__ void __launch_bounds__(kThreads) key_gradient_kernel(const RelativeAt
     bf16 * grad_out = reinterpret_cast<bf16 *>(smem + 2 * Plan::rows64);
     bf16 * keys = reinterpret_cast<bf16 *>(smem + 3 * Plan::rows64);
     bf16 * values = reinterpret_cast<bf16 *>(smem + 4 * Plan::rows64);
-    constexpr int ld_keys = Plan::ld_keys;
-    bf16 * dropped = reinterpret_cast<bf16 *>(smem + 5 * Plan::rows64);                           // (64 queries, 64 keys)
-    bf16 * score_grads = reinterpret_cast<bf16 *>(smem + 5 * Plan::rows64 + Plan::keys_tile_bytes); // (64 queries, 64 keys)
+    bf16 * dropped = reinterpret_cast<bf16 *>(smem + 5 * Plan::rows64);                     // (64 queries, 64 keys)
+    bf16 * score_grads = reinterpret_cast<bf16 *>(smem + 5 * Plan::rows64 + kKeysTileBytes); // (64 queries, 64 keys)
     bf16 * band = reinterpret_cast<bf16 *>(smem + Plan::band_offset);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     float * pos_scores = reinterpret_cast<float *>(smem + Plan::pos_offset + warp * Pitch<DH>::warp_band_bytes);
     const auto & f = args.forward;
     const int key0 = blockIdx.x * kKeys, b = blockIdx.y, h = blockIdx.z;
-    const GradOperands in(args, b, h);
-    const int T = in.T, M = in.M, S = in.S, P = S - in.first_position;
-    load_rows<DH>(keys, in.k, f.k_stride[2], key0, kKeys, S);
-    load_rows<DH>(values, in.v, f.v_stride[2], key0, kKeys, S);
+    const int T = int(f.tgt_len), M = int(f.mem_len), S = T + M;
+    const bf16 * in_q_u = static_cast<const bf16 *>(f.q) + h * f.q_stride[0] + b * f.q_stride[1];
+    const bf16 * in_q_v = static_cast<const bf16 *>(f.q_position) + h * f.q_stride[0] + b * f.q_stride[1];
+    const bf16 * in_k = static_cast<const bf16 *>(f.k) + h * f.k_stride[0] + b * f.k_stride[1];
+    const bf16 * in_v = static_cast<const bf16 *>(f.v) + h * f.v_stride[0] + b * f.v_stride[1];
+    const bf16 * in_r = static_cast<const bf16 *>(f.r) + h * f.r_stride[0];
+    const bf16 * in_grad_out = static_cast<const bf16 *>(args.grad_out) + h * args.grad_out_stride[0] + b * args.grad_out_stride[1];
+    const PositionGradient position(args, b, h);
+    load_rows<DH>(keys, in_k, f.k_stride[2], key0, kKeys, S);
+    load_rows<DH>(values, in_v, f.v_stride[2], key0, kKeys, S);
 
     uint64_t seed = 0, offset = 0;
     if (f.dropout.enabled) dropout_seed_offset(f.dropout, seed, offset);
@@ -248,34 +142,45 @@ __global__ void __launch_bounds__(kThreads) key_gradient_kernel(const RelativeAt
     const Visibility visible{T, M, f.same_length};
     for (int first_query = first_tile_query; first_query <= last_tile_query; first_query += kQueryRows) {
         __syncthreads();   // the previous tile's operands are read
-        load_rows<DH>(q_u, in.q_u, f.q_stride[2], first_query, kQueryRows, T);
-        load_rows<DH>(q_v, in.q_v, f.q_stride[2], first_query, kQueryRows, T);
-        load_rows<DH>(grad_out, in.grad_out, args.grad_out_stride[2], first_query, kQueryRows, T);
-        load_rows<DH>(band, in.r, f.r_stride[1], band_start(key0, first_query, T, in.first_position), kBand, P);
+        load_rows<DH>(q_u, in_q_u, f.q_stride[2], first_query, kQueryRows, T);
+        load_rows<DH>(q_v, in_q_v, f.q_stride[2], first_query, kQueryRows, T);
+        load_rows<DH>(grad_out, in_grad_out, args.grad_out_stride[2], first_query, kQueryRows, T);
+        load_rows<DH>(band, in_r, f.r_stride[1], band_start(key0, first_query, T, int(f.first_position)), kBand, position.width);
         __syncthreads();
 
         const int queries[2] = {first_query + warp * 16 + g, first_query + warp * 16 + g + 8};
         float lse2[2], out_dot_grad[2];
         row_statistics(args, b, h, queries, T, lse2, out_dot_grad);
-        float scores[kKeys / 8][4], dp[kKeys / 8][4], kept_probs[kKeys / 8][4];
+        float scores[kKeys / 8][4], dp[kKeys / 8][4];
         warp_scores<DH>(scores, warp_q_u, warp_q_v, keys, warp_band, pos_scores, queries, key0, visible, scale, lane);
         kernels::warp_product(dp, warp_grad_out, values, ld, DH, lane);
-        uint32_t keep[2];
-        tile_keep_bits(keep, f.dropout, seed, offset, b, h, int(f.heads), queries, T, S, key0, c);
-        score_gradients(scores, dp, lse2, out_dot_grad, keep, f.dropout.keep_scale, kept_probs);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
+            const uint32_t keep = f.dropout.enabled ? keep_bits(seed, offset, (uint64_t(b) * f.heads + h) * T + queries[half], (S + kKeys - 1) / kKeys,
+                                                                key0 / kKeys, c, f.dropout.keep_threshold)
+                                                    : 0xFFFFFFFFu;
             const int row = warp * 16 + g + 8 * half;
+            bf16 * position_row = position.row(queries[half]);
 #pragma unroll
             for (int n = 0; n < kKeys / 8; ++n) {
-                *reinterpret_cast<uint32_t *>(dropped + row * ld_keys + n * 8 + 2 * c) = pack_bf16(kept_probs[n][2 * half], kept_probs[n][2 * half + 1]);
-                *reinterpret_cast<uint32_t *>(score_grads + row * ld_keys + n * 8 + 2 * c) = pack_bf16(scores[n][2 * half], scores[n][2 * half + 1]);
+                float kept[2], ds[2];
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const float p = exp2f(scores[n][2 * half + e] - lse2[half]);
+                    const bool is_kept = (keep >> (2 * n + e)) & 1u;
+                    kept[e] = is_kept ? p * f.dropout.keep_scale : 0.0f;
+                    ds[e] = p * ((is_kept ? dp[n][2 * half + e] * f.dropout.keep_scale : 0.0f) - out_dot_grad[half]);
+                    const int column = position.column(queries[half], key0 + n * 8 + 2 * c + e);
+                    if (queries[half] < T && column >= 0 && column < position.width) position_row[column] = __float2bfloat16(ds[e] * f.scale);
+                }
+                *reinterpret_cast<uint32_t *>(dropped + row * kLdKeys + n * 8 + 2 * c) = pack_bf16(kept[0], kept[1]);
+                *reinterpret_cast<uint32_t *>(score_grads + row * kLdKeys + n * 8 + 2 * c) = pack_bf16(ds[0], ds[1]);
             }
         }
         __syncthreads();
         // This warp's 16 keys: columns 16w .. 16w+15 of both tiles, against all 64 query rows.
-        kernels::warp_product_transposed(grad_v, dropped + warp * 16, ld_keys, grad_out, ld, kQueryRows, lane);
-        kernels::warp_product_transposed(grad_k, score_grads + warp * 16, ld_keys, q_u, ld, kQueryRows, lane);
+        kernels::warp_product_by_rows<true>(grad_v, dropped + warp * 16, kLdKeys, grad_out, ld, kQueryRows, lane);
+        kernels::warp_product_by_rows<true>(grad_k, score_grads + warp * 16, kLdKeys, q_u, ld, kQueryRows, lane);
     }
 
 #pragma unroll
@@ -293,19 +198,61 @@ __global__ void __launch_bounds__(kThreads) key_gradient_kernel(const RelativeAt
     }
 }
 
+/// Launch 3: one block per (query tile, batch row, head): (scale x ds) . k over the key tiles, ds read from the
+/// position gradient.
+template <int DH>
+__global__ void __launch_bounds__(kThreads) query_gradient_kernel(const RelativeAttentionGradKernelArgs args) {
+    constexpr int ld = Pitch<DH>::ld;
+    __shared__ __align__(16) bf16 score_grads[kQueryRows * kLdKeys];   // (64 queries, 64 keys)
+    __shared__ __align__(16) bf16 keys[kKeys * ld];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const auto & f = args.forward;
+    const int first_query = blockIdx.x * kQueryRows, b = blockIdx.y, h = blockIdx.z;
+    const int T = int(f.tgt_len), M = int(f.mem_len), S = T + M;
+    const bf16 * in_k = static_cast<const bf16 *>(f.k) + h * f.k_stride[0] + b * f.k_stride[1];
+    const PositionGradient position(args, b, h);
+    float grad_q[DH / 8][4];
+#pragma unroll
+    for (int n = 0; n < DH / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) grad_q[n][e] = 0.0f;
+    const int last_query = min(T, first_query + kQueryRows) - 1;
+    const int first_key = f.same_length ? first_query : 0;
+    const int last_key = min(S - 1, last_query + M);
+    for (int key0 = first_key; key0 <= last_key; key0 += kKeys) {
+        __syncthreads();
+        load_rows<DH>(keys, in_k, f.k_stride[2], key0, kKeys, S);
+        // Rows start at any column: element by element, consecutive threads on consecutive columns.
+        for (int idx = threadIdx.x; idx < kQueryRows * kKeys; idx += kThreads) {
+            const int row = idx / kKeys, key = key0 + idx % kKeys, query = first_query + row;
+            const int column = position.column(query, key);
+            score_grads[row * kLdKeys + idx % kKeys] =
+                query < T && column >= 0 && column < position.width ? position.row(query)[column] : __float2bfloat16(0.0f);
+        }
+        __syncthreads();
+        kernels::warp_product_by_rows<false>(grad_q, score_grads + warp * 16 * kLdKeys, kLdKeys, keys, ld, kKeys, lane);
+    }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int query = first_query + warp * 16 + g + 8 * half;
+        if (query >= T) continue;
+        bf16 * row = static_cast<bf16 *>(args.grad_q) + h * args.grad_q_stride[0] + b * args.grad_q_stride[1] + int64_t(query) * args.grad_q_stride[2];
+#pragma unroll
+        for (int n = 0; n < DH / 8; ++n) *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * c) = pack_bf16(grad_q[n][2 * half], grad_q[n][2 * half + 1]);
+    }
+}
+
 template <int DH>
 cudaError_t launch(const RelativeAttentionGradKernelArgs & args, cudaStream_t stream) {
-    using QueryPlan = GradPlan<DH, false>;
-    using KeyPlan = GradPlan<DH, true>;
     const auto & f = args.forward;
-    cudaError_t status = cudaFuncSetAttribute(query_gradient_kernel<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(QueryPlan::total));
-    if (status == cudaSuccess)
-        status = cudaFuncSetAttribute(key_gradient_kernel<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(KeyPlan::total));
+    cudaError_t status = cudaFuncSetAttribute(key_gradient_kernel<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(KeyPlan<DH>::total));
     if (status != cudaSuccess) return status;
-    const dim3 query_grid(unsigned((f.tgt_len + kQueryRows - 1) / kQueryRows), unsigned(f.batch), unsigned(f.heads));
-    query_gradient_kernel<DH><<<query_grid, kThreads, QueryPlan::total, stream>>>(args);
+    const int64_t threads = f.heads * f.batch * f.tgt_len * (DH / 8);
+    out_dot_grad_kernel<DH><<<unsigned((threads + 255) / 256), 256, 0, stream>>>(args);
     const dim3 key_grid(unsigned((f.tgt_len + f.mem_len + kKeys - 1) / kKeys), unsigned(f.batch), unsigned(f.heads));
-    key_gradient_kernel<DH><<<key_grid, kThreads, KeyPlan::total, stream>>>(args);
+    key_gradient_kernel<DH><<<key_grid, kThreads, KeyPlan<DH>::total, stream>>>(args);
+    const dim3 query_grid(unsigned((f.tgt_len + kQueryRows - 1) / kQueryRows), unsigned(f.batch), unsigned(f.heads));
+    query_gradient_kernel<DH><<<query_grid, kThreads, 0, stream>>>(args);
     return cudaGetLastError();
 }
 

@@ -1,9 +1,11 @@
-// The backward of training's relative-attention kernel (rel_attention_kernel.h with q_position): two CUDA kernels
-// that form each tile's scores, probabilities and dropout bits again from the forward's log-sum-exp and generator
-// state, so that neither the (H,B,T,S) probabilities nor their bias ever reach device memory.
-// - by query tiles: the gradient of q + u, and the position scores' gradient (H,B,T,P) in the layout before the
-//   relative shift, which two products outside turn into the gradients of q + v and of the position keys;
-// - by key tiles: the gradients of the keys and the values.
+// The backward of training's relative-attention kernel (rel_attention_kernel.h with q_position): CUDA kernels that
+// form each tile's scores, probabilities and dropout bits again from the forward's log-sum-exp and generator state,
+// so that neither the (H,B,T,S) probabilities nor their bias ever reach device memory. Three launches:
+// - rowsum(out x grad_out) of every row;
+// - by key tiles: the gradients of the keys and the values, and the position scores' gradient (H,B,T,P) in the
+//   layout before the relative shift, which two products outside turn into the gradients of q + v and of the
+//   position keys;
+// - by query tiles: the gradient of q + u, from the position scores' gradient (the same values, shifted).
 // Plain C++ like rel_attention_kernel.h: neither LibTorch nor CUDA headers.
 #pragma once
 
@@ -20,7 +22,7 @@ struct RelativeAttentionGradKernelArgs {
     const void * out = nullptr;                 ///< (H,B,T,dh) bf16, the joined output, forward.out_stride's strides
     const void * grad_out = nullptr;            ///< (H,B,T,dh) bf16, out's gradient, grad_out_stride
     const float * lse = nullptr;                ///< (H,B,T) the forward's joined log-sum-exp, forward.lse_stride
-    float * out_dot_grad = nullptr;             ///< (H,B,T) fp32 scratch, forward.lse_stride's strides: rowsum(out x grad_out)
+    float * out_dot_grad = nullptr;             ///< (H,B,T) fp32 scratch, forward.lse_stride's strides: rowsum(out x grad_out), by the first launch
     int64_t grad_out_stride[3] = {0, 0, 0};
     void * grad_q = nullptr;                    ///< (H,B,T,dh) bf16: of q + u, grad_q_stride
     int64_t grad_q_stride[3] = {0, 0, 0};
@@ -33,7 +35,7 @@ struct RelativeAttentionGradKernelArgs {
     int64_t grad_position_stride[3] = {0, 0, 0};
 };
 
-/// Launches both kernels on the given cudaStream_t; nullptr on success, else CUDA's error text. head_dim 16, 32 or 64;
+/// Launches the three kernels on the given cudaStream_t; nullptr on success, else CUDA's error text. head_dim 16, 32 or 64;
 /// forward.same_length must hold and forward.first_position must be at most T-1.
 const char * launch_relative_attention_backward(const RelativeAttentionGradKernelArgs & args, void * stream);
 
