@@ -4,9 +4,9 @@
 //    against 64 keys, the position term shifted into place), the probabilities from the forward's log-sum-exp, the
 //    same keep bits, and the scores' gradient
 //      ds = p x (kept x dp / keep - rowsum(out x grad_out)),   dp = grad_out . v,
-//    which, scaled, is the gradient of both terms of each score: it is written, shifted back, as the position scores'
-//    gradient, and with the dropped probabilities it goes through shared memory, where each warp reads its 16 keys'
-//    columns as a transposed operand: p' . grad_out (the values' gradient) and ds' . (q + u) (the keys');
+//    which, scaled, is the gradient of both terms of each score. With the dropped probabilities it goes through shared
+//    memory, where each warp reads its 16 keys' columns as a transposed operand: p' . grad_out (the values' gradient)
+//    and ds' . (q + u) (the keys'), and from where the block writes it, shifted back, as the position scores' gradient;
 // 3. by query tiles, ds . k (the gradient of q + u), reading ds back from the position gradient: row i's entry for key j
 //    is its column j + T-1-i-first_position, so nothing is formed twice.
 #include "rel_attention_grad_kernel.h"
@@ -160,18 +160,15 @@ __global__ void __launch_bounds__(kThreads) key_gradient_kernel(const RelativeAt
                                                                 key0 / kKeys, c, f.dropout.keep_threshold)
                                                     : 0xFFFFFFFFu;
             const int row = warp * 16 + g + 8 * half;
-            bf16 * position_row = position.row(queries[half]);
 #pragma unroll
             for (int n = 0; n < kKeys / 8; ++n) {
-                float kept[2], ds[2];
+                float kept[2], ds[2];   // ds scaled: the gradient of both terms of the score
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const float p = exp2f(scores[n][2 * half + e] - lse2[half]);
                     const bool is_kept = (keep >> (2 * n + e)) & 1u;
                     kept[e] = is_kept ? p * f.dropout.keep_scale : 0.0f;
-                    ds[e] = p * ((is_kept ? dp[n][2 * half + e] * f.dropout.keep_scale : 0.0f) - out_dot_grad[half]);
-                    const int column = position.column(queries[half], key0 + n * 8 + 2 * c + e);
-                    if (queries[half] < T && column >= 0 && column < position.width) position_row[column] = __float2bfloat16(ds[e] * f.scale);
+                    ds[e] = p * ((is_kept ? dp[n][2 * half + e] * f.dropout.keep_scale : 0.0f) - out_dot_grad[half]) * f.scale;
                 }
                 *reinterpret_cast<uint32_t *>(dropped + row * kLdKeys + n * 8 + 2 * c) = pack_bf16(kept[0], kept[1]);
                 *reinterpret_cast<uint32_t *>(score_grads + row * kLdKeys + n * 8 + 2 * c) = pack_bf16(ds[0], ds[1]);
@@ -181,6 +178,12 @@ __global__ void __launch_bounds__(kThreads) key_gradient_kernel(const RelativeAt
         // This warp's 16 keys: columns 16w .. 16w+15 of both tiles, against all 64 query rows.
         kernels::warp_product_by_rows<true>(grad_v, dropped + warp * 16, kLdKeys, grad_out, ld, kQueryRows, lane);
         kernels::warp_product_by_rows<true>(grad_k, score_grads + warp * 16, kLdKeys, q_u, ld, kQueryRows, lane);
+        // ds to the position gradient, shifted back: each row's 64 entries are 64 consecutive columns.
+        for (int idx = threadIdx.x; idx < kQueryRows * kKeys; idx += kThreads) {
+            const int row = idx / kKeys, query = first_query + row;
+            const int column = position.column(query, key0 + idx % kKeys);
+            if (query < T && column >= 0 && column < position.width) position.row(query)[column] = score_grads[row * kLdKeys + idx % kKeys];
+        }
     }
 
 #pragma unroll
@@ -192,18 +195,18 @@ __global__ void __launch_bounds__(kThreads) key_gradient_kernel(const RelativeAt
         bf16 * v_row = static_cast<bf16 *>(args.grad_v) + at;
 #pragma unroll
         for (int n = 0; n < DH / 8; ++n) {
-            *reinterpret_cast<uint32_t *>(k_row + n * 8 + 2 * c) = pack_bf16(grad_k[n][2 * half] * f.scale, grad_k[n][2 * half + 1] * f.scale);
+            *reinterpret_cast<uint32_t *>(k_row + n * 8 + 2 * c) = pack_bf16(grad_k[n][2 * half], grad_k[n][2 * half + 1]);
             *reinterpret_cast<uint32_t *>(v_row + n * 8 + 2 * c) = pack_bf16(grad_v[n][2 * half], grad_v[n][2 * half + 1]);
         }
     }
 }
 
-/// Launch 3: one block per (query tile, batch row, head): (scale x ds) . k over the key tiles, ds read from the
-/// position gradient.
+/// Launch 3: one block per (query tile, batch row, head): (scale x ds) . k over the key tiles. Each warp reads its
+/// 16 rows of ds from the position gradient straight into the product's operand registers (row i's entry for key j
+/// at column j + T-1-i-first_position: rows start at any column, so element by element); the block shares the keys.
 template <int DH>
 __global__ void __launch_bounds__(kThreads) query_gradient_kernel(const RelativeAttentionGradKernelArgs args) {
     constexpr int ld = Pitch<DH>::ld;
-    __shared__ __align__(16) bf16 score_grads[kQueryRows * kLdKeys];   // (64 queries, 64 keys)
     __shared__ __align__(16) bf16 keys[kKeys * ld];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const auto & f = args.forward;
@@ -211,6 +214,8 @@ __global__ void __launch_bounds__(kThreads) query_gradient_kernel(const Relative
     const int T = int(f.tgt_len), M = int(f.mem_len), S = T + M;
     const bf16 * in_k = static_cast<const bf16 *>(f.k) + h * f.k_stride[0] + b * f.k_stride[1];
     const PositionGradient position(args, b, h);
+    const int queries[2] = {first_query + warp * 16 + g, first_query + warp * 16 + g + 8};
+    const bf16 * rows[2] = {position.row(min(queries[0], T - 1)), position.row(min(queries[1], T - 1))};
     float grad_q[DH / 8][4];
 #pragma unroll
     for (int n = 0; n < DH / 8; ++n)
@@ -220,23 +225,37 @@ __global__ void __launch_bounds__(kThreads) query_gradient_kernel(const Relative
     const int first_key = f.same_length ? first_query : 0;
     const int last_key = min(S - 1, last_query + M);
     for (int key0 = first_key; key0 <= last_key; key0 += kKeys) {
+        // The A operands of the four 16-key steps: rows g and g+8 at keys 2c, 2c+1 and 2c+8, 2c+9 of each step.
+        uint32_t a[kKeys / 16][4];
+#pragma unroll
+        for (int step = 0; step < kKeys / 16; ++step)
+#pragma unroll
+            for (int part = 0; part < 4; ++part) {
+                const int half = part % 2, key = key0 + step * 16 + 2 * c + 8 * (part / 2);
+                const int column = position.column(queries[half], key);
+                const bool live = queries[half] < T;
+                const bf16 low = live && column >= 0 && column < position.width ? rows[half][column] : __float2bfloat16(0.0f);
+                const bf16 high = live && column + 1 >= 0 && column + 1 < position.width ? rows[half][column + 1] : __float2bfloat16(0.0f);
+                const __nv_bfloat162 pair = __halves2bfloat162(low, high);
+                a[step][part] = *reinterpret_cast<const uint32_t *>(&pair);
+            }
         __syncthreads();
         load_rows<DH>(keys, in_k, f.k_stride[2], key0, kKeys, S);
-        // Rows start at any column: element by element, consecutive threads on consecutive columns.
-        for (int idx = threadIdx.x; idx < kQueryRows * kKeys; idx += kThreads) {
-            const int row = idx / kKeys, key = key0 + idx % kKeys, query = first_query + row;
-            const int column = position.column(query, key);
-            score_grads[row * kLdKeys + idx % kKeys] =
-                query < T && column >= 0 && column < position.width ? position.row(query)[column] : __float2bfloat16(0.0f);
-        }
         __syncthreads();
-        kernels::warp_product_by_rows<false>(grad_q, score_grads + warp * 16 * kLdKeys, kLdKeys, keys, ld, kKeys, lane);
+#pragma unroll
+        for (int step = 0; step < kKeys / 16; ++step)
+#pragma unroll
+            for (int n = 0; n < DH / 8; ++n) {
+                uint32_t bfrag[2];
+                kernels::load_b_transposed(bfrag, keys + step * 16 * ld + n * 8, ld, lane);
+                kernels::mma(grad_q[n], a[step], bfrag);
+            }
     }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-        const int query = first_query + warp * 16 + g + 8 * half;
-        if (query >= T) continue;
-        bf16 * row = static_cast<bf16 *>(args.grad_q) + h * args.grad_q_stride[0] + b * args.grad_q_stride[1] + int64_t(query) * args.grad_q_stride[2];
+        if (queries[half] >= T) continue;
+        bf16 * row = static_cast<bf16 *>(args.grad_q) + h * args.grad_q_stride[0] + b * args.grad_q_stride[1]
+                     + int64_t(queries[half]) * args.grad_q_stride[2];
 #pragma unroll
         for (int n = 0; n < DH / 8; ++n) *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * c) = pack_bf16(grad_q[n][2 * half], grad_q[n][2 * half + 1]);
     }
