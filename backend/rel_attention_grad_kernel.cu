@@ -178,11 +178,20 @@ __global__ void __launch_bounds__(kThreads) key_gradient_kernel(const RelativeAt
         // This warp's 16 keys: columns 16w .. 16w+15 of both tiles, against all 64 query rows.
         kernels::warp_product_by_rows<true>(grad_v, dropped + warp * 16, kLdKeys, grad_out, ld, kQueryRows, lane);
         kernels::warp_product_by_rows<true>(grad_k, score_grads + warp * 16, kLdKeys, q_u, ld, kQueryRows, lane);
-        // ds to the position gradient, shifted back: each row's 64 entries are 64 consecutive columns.
-        for (int idx = threadIdx.x; idx < kQueryRows * kKeys; idx += kThreads) {
-            const int row = idx / kKeys, query = first_query + row;
-            const int column = position.column(query, key0 + idx % kKeys);
-            if (query < T && column >= 0 && column < position.width) position.row(query)[column] = score_grads[row * kLdKeys + idx % kKeys];
+        // This warp's rows of ds to the position gradient, shifted back: a row's 64 entries are 64 consecutive
+        // columns, two a lane, in one 4-byte store where aligned (alike for the whole row: the lanes' columns are even apart).
+        for (int r = 0; r < 16; ++r) {
+            const int row = warp * 16 + r, query = first_query + row;
+            if (query >= T) break;
+            const int column = position.column(query, key0 + 2 * lane);
+            const __nv_bfloat162 pair = *reinterpret_cast<const __nv_bfloat162 *>(score_grads + row * kLdKeys + 2 * lane);
+            bf16 * out = position.row(query) + column;
+            if (reinterpret_cast<uintptr_t>(out) % 4 == 0 && column >= 0 && column + 1 < position.width) {
+                *reinterpret_cast<__nv_bfloat162 *>(out) = pair;
+            } else {
+                if (column >= 0 && column < position.width) out[0] = pair.x;
+                if (column + 1 >= 0 && column + 1 < position.width) out[1] = pair.y;
+            }
         }
     }
 

@@ -150,9 +150,10 @@ bool check_content_attention(const torch::Device & device) {
         return true;
     }
     bool ok = true;
-    // Partial tiles at both ends (T not a multiple of 64, M not either), and the model's shape at dh 64 and 32.
+    // Partial tiles at both ends (T not a multiple of 64, M not either), the model's shape, dh 64, 32 and 16, no memory,
+    // and position gradient rows of an odd width (P = 31: rows start at odd elements).
     for (const ContentCase & c : {ContentCase{2, 3, 64, 80, 56, 0.0}, ContentCase{2, 3, 64, 80, 56, 0.2}, ContentCase{2, 2, 64, 192, 192, 0.2},
-                                  ContentCase{3, 2, 32, 64, 0, 0.0}, ContentCase{1, 2, 16, 100, 130, 0.2}})
+                                  ContentCase{3, 2, 32, 64, 0, 0.0}, ContentCase{1, 2, 16, 100, 130, 0.2}, ContentCase{2, 2, 32, 65, 30, 0.2}})
         ok = check_kernels_case(device, c) && ok;
     return check_position_term_path(device) && ok;
 }
