@@ -120,8 +120,8 @@ __global__ void __launch_bounds__(kThreads) key_gradient_kernel(const RelativeAt
     const bf16 * in_r = static_cast<const bf16 *>(f.r) + h * f.r_stride[0];
     const bf16 * in_grad_out = static_cast<const bf16 *>(args.grad_out) + h * args.grad_out_stride[0] + b * args.grad_out_stride[1];
     const PositionGradient position(args, b, h);
-    load_rows<DH>(keys, in_k, f.k_stride[2], key0, kKeys, S);
-    load_rows<DH>(values, in_v, f.v_stride[2], key0, kKeys, S);
+    load_rows_async<DH>(keys, in_k, f.k_stride[2], key0, kKeys, S);
+    load_rows_async<DH>(values, in_v, f.v_stride[2], key0, kKeys, S);
 
     uint64_t seed = 0, offset = 0;
     if (f.dropout.enabled) dropout_seed_offset(f.dropout, seed, offset);
@@ -142,10 +142,12 @@ __global__ void __launch_bounds__(kThreads) key_gradient_kernel(const RelativeAt
     const Visibility visible{T, M, f.same_length};
     for (int first_query = first_tile_query; first_query <= last_tile_query; first_query += kQueryRows) {
         __syncthreads();   // the previous tile's operands are read
-        load_rows<DH>(q_u, in_q_u, f.q_stride[2], first_query, kQueryRows, T);
-        load_rows<DH>(q_v, in_q_v, f.q_stride[2], first_query, kQueryRows, T);
-        load_rows<DH>(grad_out, in_grad_out, args.grad_out_stride[2], first_query, kQueryRows, T);
-        load_rows<DH>(band, in_r, f.r_stride[1], band_start(key0, first_query, T, int(f.first_position)), kBand, position.width);
+        load_rows_async<DH>(q_u, in_q_u, f.q_stride[2], first_query, kQueryRows, T);
+        load_rows_async<DH>(q_v, in_q_v, f.q_stride[2], first_query, kQueryRows, T);
+        load_rows_async<DH>(grad_out, in_grad_out, args.grad_out_stride[2], first_query, kQueryRows, T);
+        load_rows_async<DH>(band, in_r, f.r_stride[1], band_start(key0, first_query, T, int(f.first_position)), kBand, position.width);
+        kernels::commit_async();
+        kernels::wait_async<0>();
         __syncthreads();
 
         const int queries[2] = {first_query + warp * 16 + g, first_query + warp * 16 + g + 8};

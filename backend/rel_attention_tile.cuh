@@ -50,6 +50,18 @@ __device__ void load_rows(bf16 * dst, const bf16 * src, int64_t row_stride, int 
     }
 }
 
+/// load_rows by cp.async: every copy of the call in flight at once, none through registers; the rows are there after
+/// kernels::commit_async(), kernels::wait_async<0>() and a barrier. src's rows must be 16-byte aligned.
+template <int DH>
+__device__ void load_rows_async(bf16 * dst, const bf16 * src, int64_t row_stride, int first_row, int rows, int limit) {
+    constexpr int chunks = DH / 8;
+    for (int idx = threadIdx.x; idx < rows * chunks; idx += kThreads) {
+        const int r = idx / chunks, c = (idx % chunks) * 8, row = first_row + r;
+        const bool inside = row >= 0 && row < limit;   // else 16 zero bytes, read from nowhere
+        kernels::copy_16_async(dst + r * Pitch<DH>::ld + c, inside ? src + int64_t(row) * row_stride + c : src, inside ? 16 : 0);
+    }
+}
+
 /// Key or value rows first_row .. first_row+rows-1 of the S = M+T: those before `split` from `memory`, the others
 /// from `segment` (row - split). split = 0: all from segment, which then holds all S. The source is chosen once for
 /// each side of the split that the tile covers (one side only when M is a multiple of 64): a choice per element made

@@ -12,6 +12,7 @@
 
 #include "apart_attention.h"
 #include "biased_product.h"
+#include "content_attention.h"
 #include "content_bias.h"
 #include "device.h"
 #include "language_model.h"
@@ -248,6 +249,36 @@ private Q_SLOTS:
         torch::NoGradGuard no_grad;
         auto undropped = trainable_apart_attention(q, q, k, v, bias, keys, values, 0.5, 0.0, AttentionParts::math);
         QVERIFY((out - undropped).abs().max().item<double>() > 1e-3);                          // dropout did act
+    }
+
+    // The content columns take a bias or a position term, never both or neither; the position term needs our CUDA
+    // training kernels (content_attention.h), which a CPU build has not, and which say so instead of computing.
+    void apart_attention_position_term_is_checked() {
+        const int64_t H = 2, B = 1, T = 4, S = 8, N = 3, dh = 4;
+        auto q = torch::randn({H, B, T, dh}), k = torch::randn({H, B, S, dh}), keys = torch::randn({H, N, dh});
+        auto bias = torch::zeros({H, B, T, S});
+        const PositionTerm position{torch::randn({H, B, T, dh}), torch::randn({H, S, dh}), 0};
+        auto message = [&](const torch::Tensor & content_bias, const PositionTerm & term, AttentionParts parts) {
+            try {
+                trainable_apart_attention(q, q, k, k, content_bias, keys, keys, 0.5, 0.0, parts, term);
+            } catch (const std::exception & error) {
+                const std::string text = error.what();
+                return text.substr(0, text.find('\n'));
+            }
+            return std::string("no error");
+        };
+        QCOMPARE(message(bias, position, AttentionParts::math), std::string("apart attention: give the content columns a bias or a position term"));
+        QCOMPARE(message(torch::Tensor(), {}, AttentionParts::math), std::string("apart attention: give the content columns a bias or a position term"));
+        QCOMPARE(message(torch::Tensor(), position, AttentionParts::math),
+                 std::string("apart attention: the position term without a bias needs our kernels"));
+        QVERIFY(!content_attention_kernels_take(q.transpose(0, 1), k.transpose(0, 1), true));
+        try {
+            content_attention_forward(q, q, k, k, keys, 0, {}, {}, 0.5, 0.0);
+            QFAIL("content_attention_forward ran without its kernels");
+        } catch (const std::exception & error) {
+            QCOMPARE(std::string(error.what()).substr(0, 80),
+                     std::string("content attention: our training kernels are not built (a CUDA build on LibTorch 2)").substr(0, 80));
+        }
     }
 
     void attention_in_head_chunks_equals_whole() {
