@@ -243,10 +243,11 @@ Part persistent_training_forward(const torch::Tensor & rows, const torch::Tensor
 #endif
 
 /// Batch-major operands: q and content_q (B,H,T,dh), k/val (B,H,S,dh), content_bias (B,H,T,S); or, `own`, the position
-/// term for our kernels (content_attention.h): position_q (B,H,T,dh) and position_keys
-/// (H,S-first_position,dh). The model's projections are laid out (B,L,H,dh), so in this order the memory-efficient kernel's own layout (B,L,H,dh) is the projections', and so is
-/// the flash kernel's for the persistent rows: both outputs, the joined one and every gradient come and go as views,
-/// where a head-major call made the kernels lay them out (H,L,B,dh) and cost four copies a layer.
+/// term for our kernels (content_attention.h): position_q (B,H,T,dh) and position_keys (H,S-first_position,dh). The
+/// model's projections are laid out (B,L,H,dh), so in this order the memory-efficient kernel's own layout (B,L,H,dh) is
+/// the projections', and so is the flash kernel's for the persistent rows: both outputs, the joined one and every
+/// gradient come and go as views, where a head-major call made the kernels lay them out (H,L,B,dh) and cost four
+/// copies a layer.
 struct TrainableApartAttention : public torch::autograd::Function<TrainableApartAttention> {
     static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & q, const torch::Tensor & content_q,
                                  const torch::Tensor & k, const torch::Tensor & val, const torch::Tensor & content_bias,
