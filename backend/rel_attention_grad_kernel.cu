@@ -158,8 +158,8 @@ __global__ void __launch_bounds__(kThreads) key_gradient_kernel(const RelativeAt
         kernels::warp_product(dp, warp_grad_out, values, ld, DH, lane);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const uint32_t keep = f.dropout.enabled ? keep_bits(seed, offset, (uint64_t(b) * f.heads + h) * T + queries[half], (S + kKeys - 1) / kKeys,
-                                                                key0 / kKeys, c, f.dropout.keep_threshold)
+            const uint32_t keep = f.dropout.enabled ? keep_bits(seed, offset, dropout_row(b, h, f.heads, queries[half], T), S, key0, c,
+                                                                f.dropout.keep_threshold)
                                                     : 0xFFFFFFFFu;
             const int row = warp * 16 + g + 8 * half;
 #pragma unroll

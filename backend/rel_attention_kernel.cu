@@ -206,8 +206,8 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
             if constexpr (kTraining) {
                 // Dropped after the sum has taken them: the softmax is of all entries, its output of the kept.
                 if (args.dropout.enabled) {
-                    const uint64_t row = (uint64_t(b) * args.heads + h) * T + queries[half];
-                    const uint32_t keep = keep_bits(seed, offset, row, (S + kKeys - 1) / kKeys, key0 / kKeys, c, args.dropout.keep_threshold);
+                    const uint32_t keep = keep_bits(seed, offset, dropout_row(b, h, args.heads, queries[half], T), S, key0, c,
+                                                    args.dropout.keep_threshold);
 #pragma unroll
                     for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
@@ -241,15 +241,15 @@ __global__ void __launch_bounds__(kThreads) relative_attention_kernel(const Rela
 
 /// One byte per entry (1 = kept) of the keep mask a training call drew: keep_bits per entry, a thread an entry.
 __global__ void attention_keep_mask_kernel(const AttentionDropout dropout, int heads, int batch, int tgt_len, int mem_len, unsigned char * keep) {
-    const int S = tgt_len + mem_len, tiles = (S + kKeys - 1) / kKeys;
+    const int S = tgt_len + mem_len;
     const int64_t total = int64_t(batch) * heads * tgt_len * S;
     uint64_t seed = 0, offset = 0;
     dropout_seed_offset(dropout, seed, offset);
     for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x) {
         const int key = int(idx % S);
-        const uint64_t row = uint64_t(idx / S);                                  // (b x H + h) x T + i
+        const uint64_t row = uint64_t(idx / S);                                  // dropout_row: the (B,H,T,S) layout's
         const int column = key % kKeys, n = column / 8, c = (column % 8) / 2, e = column % 2;
-        keep[idx] = (keep_bits(seed, offset, row, tiles, key / kKeys, c, dropout.keep_threshold) >> (2 * n + e)) & 1u;
+        keep[idx] = (keep_bits(seed, offset, row, S, key, c, dropout.keep_threshold) >> (2 * n + e)) & 1u;
     }
 }
 

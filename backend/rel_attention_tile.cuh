@@ -160,13 +160,20 @@ __device__ inline void dropout_seed_offset(const AttentionDropout & dropout, uin
     }
 }
 
-/// The keep bits of one lane's 16 entries of a query row in the 64-key tile `tile` (keys tile*64 ..): bit 2n+e for the
-/// tile's column 8n + 2c + e, c = lane % 4 (the accumulators' layout). Each entry draws 16 bits, kept below
-/// `threshold`. The counter is the call's offset / 4 (the generator reserves 4 per call) and the entry's place:
-/// (row, tile, c, half), with row = (b x H + h) x T + i, so that no two entries of any call share a draw.
-__device__ inline uint32_t keep_bits(uint64_t seed, uint64_t offset, uint64_t row, int tiles, int tile, int c, uint32_t threshold) {
+/// The row whose entries query i of (batch row b, head h) draws: (b x H + h) x T + i, the row's place in a (B,H,T,S)
+/// layout.
+__device__ inline uint64_t dropout_row(int b, int h, int64_t heads, int query, int tgt_len) {
+    return (uint64_t(b) * uint64_t(heads) + uint64_t(h)) * uint64_t(tgt_len) + uint64_t(query);
+}
+
+/// The keep bits of one lane's 16 entries of a query row (dropout_row) of `keys` keys, in the tile of 64 keys that
+/// holds `key`: bit 2n+e for the tile's column 8n + 2c + e, c = lane % 4 (the accumulators' layout). Each entry draws
+/// 16 bits, kept below `threshold`. The counter is the call's offset / 4 (the generator reserves 4 per call) and the
+/// entry's place (row, tile, c, half), so that no two entries of any call share a draw.
+__device__ inline uint32_t keep_bits(uint64_t seed, uint64_t offset, uint64_t row, int keys, int key, int c, uint32_t threshold) {
+    const uint64_t tiles = uint64_t((keys + kKeys - 1) / kKeys), tile = uint64_t(key / kKeys);
     uint32_t bits = 0;
-    const uint64_t place = ((row * uint64_t(tiles) + uint64_t(tile)) * 4 + uint64_t(c)) * 2;
+    const uint64_t place = ((row * tiles + tile) * 4 + uint64_t(c)) * 2;
     const uint64_t call = offset / 4;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
