@@ -390,8 +390,9 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     }
     // first_column: the position scores from distance S-1-first_column down; content_bias takes them without the
     // columns before (the explicit path's rel_shift wants all S).
+    auto position_queries = [&] { return plus_head_bias(q, vb.view({H, 1, 1, dh}).to(q.dtype())); };    // (H,B,T,dh) q + v
     auto unshifted_position_scores = [&](int64_t first_column) {
-        auto q_rows = plus_head_bias(q, vb.view({H, 1, 1, dh}).to(q.dtype())).reshape({H, B * T, dh});    // (H,B*T,dh)
+        auto q_rows = position_queries().reshape({H, B * T, dh});                                         // (H,B*T,dh)
         auto rows_of_r = r.narrow(1, first_column, S - first_column);                                     // (H,P,dh)
         return torch::matmul(q_rows, rows_of_r.transpose(-1, -2)).view({H, B, T, S - first_column});      // (H,B,T,P)
     };
@@ -422,18 +423,14 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         torch::Tensor content_bias;
         if (!own_content) content_bias = studio::content_bias(unshifted_position_scores(first_column), u_k, keep, scale);  // (H,B,T,S)
         auto bias = content_bias, keys = k, values = val;
-        if (own_content) {
-            const PositionTerm position{plus_head_bias(q, vb.view({H, 1, 1, dh}).to(q.dtype())), r.narrow(1, first_column, S - first_column),
-                                        first_column};
-            heads = trainable_apart_attention(q, content_q, k, val, torch::Tensor(), mem_k.to(q.dtype()),
-                                              (mem_v * std::sqrt((double) N)).to(q.dtype()), scale, is_training() ? options.attn_drop() : 0.0,
-                                              AttentionParts::kernels, position);
-        } else if (apart) {
+        if (apart) {
             heads = persistent_apart_attention(q, content_q, k, val, content_bias, mem_k, mem_v, scale);
         } else if (trainable_apart) {
-            heads = trainable_apart_attention(q, content_q, k, val, content_bias.to(q.dtype()), mem_k.to(q.dtype()),
+            PositionTerm position;   // our kernels' operands, in place of the bias
+            if (own_content) position = {position_queries(), r.narrow(1, first_column, S - first_column), first_column};
+            heads = trainable_apart_attention(q, content_q, k, val, own_content ? content_bias : content_bias.to(q.dtype()), mem_k.to(q.dtype()),
                                               (mem_v * std::sqrt((double) N)).to(q.dtype()), scale,
-                                              is_training() ? options.attn_drop() : 0.0);
+                                              is_training() ? options.attn_drop() : 0.0, AttentionParts::kernels, position);
         } else if (N > 0) {
             // Only contiguous operands: the persistent block is B copies of one (H,1,N,dh) tensor joined along the
             // batch, because copying from a broadcast (expanded) view takes a slow generic strided kernel.
