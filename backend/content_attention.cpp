@@ -7,7 +7,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
-#include "device.h"   // environment_is, rows_16_byte_aligned, current_cuda_stream, check_kernel_launch
+#include "device.h"          // environment_is, rows_16_byte_aligned, current_cuda_stream, check_kernel_launch
 #include "rel_attention.h"   // own_kernels_enabled
 
 #if defined(STUDIO_CUDA_KERNELS) && TORCH_VERSION_MAJOR >= 2
@@ -45,14 +45,15 @@ bool content_attention_kernels_take(const torch::Tensor & q, const torch::Tensor
 #ifdef STUDIO_CONTENT_KERNELS
 namespace {
 
-/// A (B,H,L,X) tensor's strides as the kernels take them: head, batch, position.
+/// A (B,H,L,...) tensor's strides as the kernels take them: head, batch, position.
 void head_batch_position(int64_t (&stride)[3], const torch::Tensor & t) {
     stride[0] = t.stride(1);
     stride[1] = t.stride(0);
     stride[2] = t.stride(2);
 }
 
-/// The dropout's keep threshold and scale; the generator's state for a new call where `fresh`, else the forward's.
+/// The dropout's keep threshold and scale, and the generator's state: the forward's record where rng_in is given (the
+/// backward, the keep mask), else a new call's.
 AttentionDropout dropout_args(double dropout, const torch::Device & device, const torch::Tensor & rng_in) {
     AttentionDropout args;
     if (dropout <= 0) return args;
@@ -125,9 +126,7 @@ ContentAttention content_attention_forward(const torch::Tensor & q_u, const torc
     head_batch_position(args.out_stride, result.out);
     args.out = result.out.data_ptr();
     args.lse = result.lse.data_ptr<float>();
-    args.lse_stride[0] = result.lse.stride(1);
-    args.lse_stride[1] = result.lse.stride(0);
-    args.lse_stride[2] = result.lse.stride(2);
+    head_batch_position(args.lse_stride, result.lse);
     if (persistent_out.defined()) {
         args.persistent_out = persistent_out.data_ptr();
         args.persistent_lse = persistent_lse.data_ptr<float>();
@@ -151,9 +150,7 @@ ContentAttentionGradients content_attention_backward(const torch::Tensor & grad,
     RelativeAttentionGradKernelArgs args;
     args.forward = forward_args(q_u, q_v, k, val, position_keys, first_position, scale);
     head_batch_position(args.forward.out_stride, forward.out);
-    args.forward.lse_stride[0] = forward.lse.stride(1);
-    args.forward.lse_stride[1] = forward.lse.stride(0);
-    args.forward.lse_stride[2] = forward.lse.stride(2);
+    head_batch_position(args.forward.lse_stride, forward.lse);
     args.forward.dropout = dropout_args(dropout, q_u.device(), forward.rng);
     args.out = forward.out.data_ptr();
     args.lse = forward.lse.data_ptr<float>();

@@ -43,6 +43,8 @@ bool check_kernels_case(const torch::Device & device, const ContentCase & c) {
     auto upstream = model_rows(c.B, c.H, c.T, c.dh, device);
 
     auto joined = content_attention_forward(q_u, q_v, k, val, r, first, persistent_out, persistent_lse, scale, c.dropout);
+    torch::Tensor keep;                                                                          // (B,H,T,S): the mask it drew
+    if (c.dropout > 0) keep = content_attention_keep_mask(joined.rng, c.B, c.H, c.T, S, c.dropout);
     auto grads = content_attention_backward(upstream, q_u, q_v, k, val, r, first, joined, scale, c.dropout);
     auto grad_position = grads.position.view({c.H, c.B * c.T, P}).to(torch::kDouble);
     auto rows_of = [&](const torch::Tensor & t) { return t.transpose(0, 1).reshape({c.H, c.B * c.T, c.dh}).to(torch::kDouble); };
@@ -61,7 +63,7 @@ bool check_kernels_case(const torch::Device & device, const ContentCase & c) {
     auto content_lse = torch::logsumexp(scores, -1);                                             // (B,H,T)
     auto probs = torch::exp(scores - content_lse.unsqueeze(-1));
     if (c.dropout > 0)
-        probs = probs * content_attention_keep_mask(joined.rng, c.B, c.H, c.T, S, c.dropout).to(torch::kDouble) / (1 - c.dropout);
+        probs = probs * keep.to(torch::kDouble) / (1 - c.dropout);
     auto content_out = torch::matmul(probs, v64);
     auto p_out = persistent_out.to(torch::kDouble).view({c.H, c.B, c.T, c.dh}).transpose(0, 1);
     auto p_lse = persistent_lse.to(torch::kDouble).view({c.H, c.B, c.T}).transpose(0, 1);
@@ -89,10 +91,9 @@ bool check_kernels_case(const torch::Device & device, const ContentCase & c) {
     // The mask drops about `dropout` of the entries, and differs from call to call.
     bool mask_ok = true;
     if (c.dropout > 0) {
-        const double dropped = 1 - content_attention_keep_mask(joined.rng, c.B, c.H, c.T, S, c.dropout).to(torch::kDouble).mean().item<double>();
+        const double dropped = 1 - keep.to(torch::kDouble).mean().item<double>();
         auto again = content_attention_forward(q_u, q_v, k, val, r, first, persistent_out, persistent_lse, scale, c.dropout);
-        const bool fresh = !torch::equal(content_attention_keep_mask(again.rng, c.B, c.H, c.T, S, c.dropout),
-                                         content_attention_keep_mask(joined.rng, c.B, c.H, c.T, S, c.dropout));
+        const bool fresh = !torch::equal(content_attention_keep_mask(again.rng, c.B, c.H, c.T, S, c.dropout), keep);
         mask_ok = std::abs(dropped - c.dropout) < 0.01 && fresh;
         std::printf("selftest: content kernels' dropout %.2f: dropped %.4f of the entries, a fresh mask each call: %s %s\n", c.dropout, dropped,
                     fresh ? "yes" : "no", mask_ok ? "ok" : "FAIL");
