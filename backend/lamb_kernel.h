@@ -32,7 +32,7 @@ struct LambMomentsKernelArgs {
     float * partial_squares = nullptr;
 };
 
-/// Each tensor's step size from the chunks' sums, summed in chunk order: step[t] = lr[0] x lr_scale x r where
+/// Each tensor's step size from the chunks' sums, summed by a warp in a fixed order: step[t] = lr[0] x lr_scale x r where
 /// r = min(||p||, 10) / (||update|| + eps), or 1 where either norm is 0 (LAMB's trust ratio, as the LibTorch path
 /// forms it). Tensor t owns chunks first_chunk[t] .. first_chunk[t+1]-1.
 struct LambTrustKernelArgs {
