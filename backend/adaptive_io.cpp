@@ -65,7 +65,15 @@ torch::Tensor AdaptiveIOImpl::tail_projection(size_t cluster) const {
 
 void AdaptiveIOImpl::train(bool on) {
     projected_tables.clear();
+    for (auto & kept : tail_words) kept.clear();
     torch::nn::Module::train(on);
+}
+
+torch::Tensor AdaptiveIOImpl::tail_words_kept(size_t cluster) {
+    if (!tail_kernel_applies(out_weight[cluster], out_weight[cluster], out_bias[cluster])) return {};   // training, the CPU
+    if (tail_words.size() < out_weight.size()) tail_words.resize(out_weight.size());
+    return tail_words[cluster].get({out_weight[cluster], out_bias[cluster]}, 0,
+                                   [&] { return tail_words_for_kernels(out_weight[cluster], out_bias[cluster]); });
 }
 
 torch::Tensor AdaptiveIOImpl::projected_table() {
@@ -230,7 +238,7 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
         auto ranges = torch::stack({counts.cumsum(0) - counts, counts}, 1).contiguous();                    // (C,2)
         for (int64_t i = 1; i < C; ++i) {
             auto projected = F::linear(hidden, tail_projection(i));                    // (N, d_i): only cluster i's rows are read
-            auto tail_lp = tail_log_prob_by_kernel(projected, out_weight[i], out_bias[i], target - bounds[i], order, ranges[i]);
+            auto tail_lp = tail_log_prob_by_kernel(projected, out_weight[i], out_bias[i], target - bounds[i], order, ranges[i], tail_words_kept(i));
             result = torch::where(cluster == i, result + tail_lp, result);            // tail_lp is written at cluster i's rows
         }
         return result;
@@ -248,7 +256,7 @@ torch::Tensor AdaptiveIOImpl::target_log_prob_rows(const torch::Tensor & hidden,
         auto h = hidden.index_select(0, index);
         auto projected = F::linear(h, tail_projection(i));                             // (n, d_i)
         auto column = target.index_select(0, index) - bounds[i];                       // (n,)
-        auto tail_lp = tail_log_prob_by_kernel(projected, out_weight[i], out_bias[i], column);
+        auto tail_lp = tail_log_prob_by_kernel(projected, out_weight[i], out_bias[i], column, {}, {}, tail_words_kept(i));
         // Training in bf16 on the GPU: the logits are formed again in the gradient's kernels instead of being kept.
         if (!tail_lp.defined()) tail_lp = trainable_tail_log_prob(projected, out_weight[i], out_bias[i], column);
         if (!tail_lp.defined()) tail_lp = log_softmax_at(tail_logits(projected, out_weight[i], out_bias[i]), column); // (n,)

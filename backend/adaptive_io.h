@@ -73,6 +73,9 @@ public:
 
 private:
     DerivedWeight projected_tables;              ///< projected_table's
+    std::vector<DerivedWeight> tail_words;       ///< each tail's words as our inference kernel reads them
+    /// Tail `cluster`'s words laid out for our inference kernel, kept while its weight and bias stay as they are.
+    torch::Tensor tail_words_kept(size_t cluster);
     torch::Tensor tail_projection(size_t cluster) const; // (d_i, D) weight for linear(): D -> d_i
     /// target_log_prob of a block of rows, given the head's joined weight and bias (shortlist + cluster logits).
     torch::Tensor target_log_prob_rows(const torch::Tensor & hidden, const torch::Tensor & target, const torch::Tensor & head_weight,

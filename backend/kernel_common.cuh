@@ -63,6 +63,14 @@ template <typename T> __device__ inline void store8(T * p, const float (&v)[8]) 
     for (int e = 0; e < 8; e += lanes) Vec<T>::store(p + e, *reinterpret_cast<const float (*)[lanes]>(v + e));
 }
 
+/// 2^x by the special-function unit alone (ex2.approx.ftz: relative error about 2^-22, subnormal results flushed to 0),
+/// where exp2f adds range handling around it: for the inner loops of softmaxes whose arguments are <= 0 or nearly.
+__device__ inline float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 /// (max, sum) pairs of a running log-sum-exp joined: sum is relative to max; (-inf, 0) is the empty pair.
 __device__ inline void join(float & m, float & s, float m2, float s2) {
     const float top = fmaxf(m, m2);

@@ -169,7 +169,7 @@ bool check_trainable_tail(const torch::Device & device) {
         const std::string previous = tail_gradient_setting();
         ~SettingRestored() { set_tail_gradient_setting(previous); }
     } restore;
-    set_tail_gradient_setting("kernels");   // at these sizes "auto" would take the logits' path
+    set_tail_gradient_setting("kernels");   // whatever STUDIO_TAIL_GRADIENT says
     auto options = torch::TensorOptions().device(device);
     for (const Shape & shape : shapes) {
         auto rows = (torch::randn({shape.rows, shape.dim}, options) * 2).to(torch::kBFloat16).requires_grad_(true);

@@ -1,17 +1,25 @@
 // One kernel, launched twice with the roles of its two matrices swapped. A block owns a tile of 64 items of one side
-// (hidden rows, or words) and walks tiles of 64 of the other; each of its 4 warps owns 16 items. For every pair it
-// forms the logit z = h . w + b on the tensor cores (mma.sync m16n8k16, fp32 accumulation, the inner dimension
-// zero-padded to kDim), then the logit's gradient g = grad_out(row) x ([w is the row's target] - exp(z - lse(row))),
-// rounds g to bf16 as the unfused path's bf16 logit gradient was, and adds g . (the other side's tile) into the owned
-// items' fp32 gradients in registers: the accumulator fragments of two 8-column tiles of g are exactly the A operand
-// of the next product. Word-owning blocks also sum g into the bias's gradient. The walk is split over blocks when the
-// owned tiles alone would not fill the GPU; split blocks add their results atomically, whole walks store them.
+// (hidden rows, or words) and walks tiles of 64 of the other; each of its 4 warps owns 16 items. The host lays both
+// sides out with one more column (tail_laid_out_columns): ones beside the hidden rows, each word's bias beside its
+// weights, so the tensor cores form each logit z = h . w + b whole (mma.sync m16n8k16, fp32 accumulation). Of the
+// logit's gradient g = grad_out(row) x ([word is the row's target] - p), p = exp(z - lse(row)), the kernels form the
+// dense part only, at one fused multiply-add and one exp2 a logit: p, rounded to bf16, times the other side's tile
+// into the owned items' fp32 sums in registers (the accumulator fragments of two 8-column tiles of p are exactly the A
+// operand of the next product). The rest goes around the loop:
+// - rows-owning: dh(row) = grad_out(row) x (w(target) - sum_w p w): the sum is scaled at the end, and split 0 adds the
+//   target's word;
+// - words-owning: each walked row's p is scaled by its grad_out, and the column of ones gives the bias's gradient
+//   in the same product; the targets' own terms (grad_out(row) x [h(row), 1] at each row's target word) are put in
+//   the gradients by the host before the launch.
+// The walk is split over blocks when the owned tiles alone would not fill the GPU; split blocks add their results
+// atomically. (The first form took the target's term, the bias and grad_out per logit: about 3.4 logits a clock per SM.)
 #include "tail_log_prob_grad_kernel.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "kernel_common.cuh"
+#include "tail_log_prob_kernel.h"   // the layout
 
 namespace studio {
 
@@ -22,6 +30,7 @@ using namespace kernels;
 constexpr int kTile = 64;                 // items of a tile, either side
 constexpr int kThreads = 128;             // 4 warps x 16 owned items
 constexpr int64_t kTargetBlocks = 2048;
+constexpr float kLog2e = 1.4426950408889634f;
 
 int64_t splits_for(int64_t owned_tiles, int64_t walked_tiles) {
     const int64_t wanted = (kTargetBlocks + owned_tiles - 1) / owned_tiles;
@@ -29,11 +38,12 @@ int64_t splits_for(int64_t owned_tiles, int64_t walked_tiles) {
 }
 
 /// Shared memory of one block: the owned tile, two buffers of the walked side's tiles (one read while the next one
-/// arrives by cp.async) and of their items' own values.
+/// arrives by cp.async) and of the walked rows' log-sum-exps and upstream gradients (words-owning).
 template <int kDim> struct Plan {
-    static constexpr int kPitch = kDim + 8;                                      // bf16 elements, 16-byte multiple
+    static constexpr int kColumns = int(tail_laid_out_columns(kDim));          // the rows, then ones or the bias at kDim
+    static constexpr int kPitch = kColumns + 8;                                 // bf16 elements, 16-byte multiple
     static constexpr int kTileBytes = kTile * kPitch * 2;
-    static constexpr int kItemBytes = kTile * (8 + 4 + 4);                       // rows walked: target, lse, upstream
+    static constexpr int kItemBytes = kTile * (4 + 4);
     static constexpr int kBytes = 3 * kTileBytes + 2 * kItemBytes;
 };
 
@@ -42,15 +52,15 @@ template <int kDim> struct Plan {
 template <int kDim, bool kOwnWords>
 __global__ void __launch_bounds__(kThreads) grad_kernel(const TailLogProbGradKernelArgs args, int64_t splits) {
     using P = Plan<kDim>;
-    constexpr int kPitch = P::kPitch;
+    constexpr int kPitch = P::kPitch, kColumns = P::kColumns;
+    constexpr int kOut = kOwnWords ? kDim / 8 + 1 : kDim / 8;                   // 8-column tiles of the owned sums
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 * owned_tile = reinterpret_cast<bf16 *>(smem);
     bf16 * walked_tiles = owned_tile + kTile * kPitch;                           // [2][kTile * kPitch]
-    unsigned char * items = smem + 3 * P::kTileBytes;                            // [2][kItemBytes]
+    float * items = reinterpret_cast<float *>(smem + 3 * P::kTileBytes);         // [2][lse kTile, upstream kTile]
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const bf16 * hidden = static_cast<const bf16 *>(args.hidden);
     const bf16 * weight = static_cast<const bf16 *>(args.weight);
-    const bf16 * bias = static_cast<const bf16 *>(args.bias);
     const int64_t owned_count = kOwnWords ? args.words : args.rows, walked_count = kOwnWords ? args.rows : args.words;
     const int64_t first_owned = int64_t(blockIdx.x) * kTile;
     const int64_t walked_tiles_count = (walked_count + kTile - 1) / kTile, per_split = (walked_tiles_count + splits - 1) / splits * kTile;
@@ -58,68 +68,47 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(const TailLogProbGradKer
     const int64_t walk_end = walk_begin + per_split < walked_count ? walk_begin + per_split : walked_count;
     if (first_owned >= owned_count || walk_begin >= walk_end) return;
 
-    // Rows first .. first+63 of a side into a tile by cp.async, zero past the side's count; columns past dim are
-    // zeroed once, below, and never written again.
+    // Rows first .. first+63 of a side into a tile by cp.async, zero past the side's count.
     auto issue_rows = [&](bf16 * tile, bool words, int64_t first) {
         const bf16 * src = words ? weight : hidden;
-        const int64_t stride = words ? args.dim : args.hidden_stride, limit = words ? args.words : args.rows;
-        for (int idx = threadIdx.x; idx < kTile * (kDim / 8); idx += kThreads) {
-            const int r = idx / (kDim / 8), k = (idx % (kDim / 8)) * 8;
-            if (k >= args.dim) continue;
+        const int64_t limit = words ? args.words : args.rows;
+        for (int idx = threadIdx.x; idx < kTile * (kColumns / 8); idx += kThreads) {
+            const int r = idx / (kColumns / 8), k = (idx % (kColumns / 8)) * 8;
             const bool present = first + r < limit;
-            copy_16_async(tile + r * kPitch + k, present ? src + (first + r) * stride + k : src, present ? 16 : 0);
+            copy_16_async(tile + r * kPitch + k, present ? src + (first + r) * kColumns + k : src, present ? 16 : 0);
         }
     };
-    // The walked items' own values, 16 bytes a copy, zero past the side's count: rows-owning, the words' bf16
-    // biases; words-owning, the rows' int64 targets, fp32 log-sum-exps and upstream gradients.
-    auto issue_items = [&](unsigned char * dst, int64_t first) {
-        auto chunks = [&](unsigned char * to, const void * from, int element_bytes) {
-            const int per_chunk = 16 / element_bytes;
-            for (int chunk = threadIdx.x; chunk < kTile / per_chunk; chunk += kThreads) {
-                const int64_t item = first + int64_t(chunk) * per_chunk, left = walked_count - item;
-                const int bytes = left <= 0 ? 0 : left >= per_chunk ? 16 : int(left) * element_bytes;
-                copy_16_async(to + chunk * 16, bytes ? static_cast<const unsigned char *>(from) + item * element_bytes : from, bytes);
+    // Words-owning: the walked rows' log-sum-exps and upstream gradients, 16 bytes a copy, zero past the rows' count
+    // (a zero upstream gradient drops those rows).
+    auto issue_items = [&](float * dst, int64_t first) {
+        if constexpr (kOwnWords) {
+            for (int chunk = threadIdx.x; chunk < 2 * kTile / 4; chunk += kThreads) {
+                const bool upstream = chunk >= kTile / 4;
+                const int64_t item = first + int64_t(chunk % (kTile / 4)) * 4, left = walked_count - item;
+                const int bytes = left <= 0 ? 0 : left >= 4 ? 16 : int(left) * 4;
+                const float * from = upstream ? args.grad_out : args.lse;
+                copy_16_async(dst + chunk * 4, bytes ? from + item : from, bytes);
             }
-        };
-        if (kOwnWords) {
-            chunks(dst, args.target, 8);
-            chunks(dst + kTile * 8, args.lse, 4);
-            chunks(dst + kTile * 12, args.grad_out, 4);
-        } else {
-            chunks(dst, args.bias, 2);
         }
     };
-    if (args.dim < kDim) {
-        for (int idx = threadIdx.x; idx < 3 * kTile * (kDim / 8); idx += kThreads) {
-            const int tile = idx / (kTile * (kDim / 8)), r = (idx / (kDim / 8)) % kTile, k = (idx % (kDim / 8)) * 8;
-            if (k >= args.dim) *reinterpret_cast<uint4 *>(owned_tile + tile * kTile * kPitch + r * kPitch + k) = make_uint4(0, 0, 0, 0);
-        }
-    }
     issue_rows(owned_tile, kOwnWords, first_owned);
     issue_rows(walked_tiles, !kOwnWords, walk_begin);
     issue_items(items, walk_begin);
     commit_async();
 
-    // The lane's two owned items: rows g and g+8 of its warp's 16.
-    int64_t owned[2], owned_target[2] = {-1, -1};
+    // Rows-owning: the lane's two owned rows (g and g+8 of its warp's 16), their log-sum-exps in log2 units.
+    int64_t owned[2];
     bool owned_valid[2];
-    float owned_lse[2] = {0.0f, 0.0f}, owned_grad[2] = {0.0f, 0.0f}, owned_bias[2] = {0.0f, 0.0f}, bias_grad[2] = {0.0f, 0.0f};
+    float owned_lse2[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         owned[half] = first_owned + warp * 16 + g + 8 * half;
         owned_valid[half] = owned[half] < owned_count;
-        if (!owned_valid[half]) continue;
-        if (kOwnWords) {
-            owned_bias[half] = __bfloat162float(bias[owned[half]]);
-        } else {
-            owned_target[half] = args.target[owned[half]];
-            owned_lse[half] = args.lse[owned[half]];
-            owned_grad[half] = args.grad_out[owned[half]];
-        }
+        if (!kOwnWords && owned_valid[half]) owned_lse2[half] = args.lse[owned[half]] * kLog2e;
     }
-    float acc[kDim / 8][4];
+    float acc[kOut][4];
 #pragma unroll
-    for (int n = 0; n < kDim / 8; ++n)
+    for (int n = 0; n < kOut; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
 
@@ -127,7 +116,7 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(const TailLogProbGradKer
     for (int64_t first_walked = walk_begin; first_walked < walk_end; first_walked += kTile, buffer ^= 1) {
         if (first_walked + kTile < walk_end) {
             issue_rows(walked_tiles + (buffer ^ 1) * kTile * kPitch, !kOwnWords, first_walked + kTile);
-            issue_items(items + (buffer ^ 1) * P::kItemBytes, first_walked + kTile);
+            issue_items(items + (buffer ^ 1) * 2 * kTile, first_walked + kTile);
             commit_async();
             wait_async<1>();
         } else {
@@ -135,62 +124,67 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(const TailLogProbGradKer
         }
         __syncthreads();
         const bf16 * walked_tile = walked_tiles + buffer * kTile * kPitch;
-        const unsigned char * walked_items = items + buffer * P::kItemBytes;
-        const int64_t * walked_target = reinterpret_cast<const int64_t *>(walked_items);
-        const float * walked_lse = reinterpret_cast<const float *>(walked_items + kTile * 8);
-        const float * walked_grad = reinterpret_cast<const float *>(walked_items + kTile * 12);
-        const bf16 * walked_bias = reinterpret_cast<const bf16 *>(walked_items);
-        // In 32-bit indices within the tiles: the walked items present, and where each owned row's target lies.
-        const int walked_here = walk_end - first_walked < kTile ? int(walk_end - first_walked) : kTile;
-        int target_of_owned[2];   // rows-owning: the walked word that is the owned row's target, or -1
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int64_t target = owned_target[half] - first_walked;
-            target_of_owned[half] = !kOwnWords && target >= 0 && target < kTile ? int(target) : -1;
-        }
         float z[kTile / 8][4];
-        warp_product(z, owned_tile + warp * 16 * kPitch, walked_tile, kPitch, kDim, lane);   // (16 owned, 64 walked)
+        warp_product(z, owned_tile + warp * 16 * kPitch, walked_tile, kPitch, kColumns, lane);   // (16 owned, 64 walked)
+        if constexpr (kOwnWords) {
+            // Column j of the tile is walked row j: its log-sum-exp and upstream gradient, one pair for both halves.
+            const float * walked_lse = items + buffer * 2 * kTile, * walked_upstream = walked_lse + kTile;
 #pragma unroll
-        for (int n = 0; n < kTile / 8; ++n)
+            for (int n = 0; n < kTile / 8; ++n) {
+                const float2 lse = *reinterpret_cast<const float2 *>(walked_lse + n * 8 + 2 * c);
+                const float2 upstream = *reinterpret_cast<const float2 *>(walked_upstream + n * 8 + 2 * c);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int half = e / 2, j = n * 8 + 2 * c + e % 2;             // owned item `half`, walked item j
-                const bool hit = kOwnWords ? walked_target[j] == owned[half] : j == target_of_owned[half];
-                const float lse = kOwnWords ? walked_lse[j] : owned_lse[half];
-                const float upstream = kOwnWords ? walked_grad[j] : owned_grad[half];
-                const float logit = z[n][e] + (kOwnWords ? owned_bias[half] : __bfloat162float(walked_bias[j]));
-                const float grad = upstream * ((hit ? 1.0f : 0.0f) - __expf(logit - lse));
-                z[n][e] = owned_valid[half] && j < walked_here ? grad : 0.0f;
-                if (kOwnWords) bias_grad[half] += z[n][e];
+                for (int e = 0; e < 4; ++e)
+                    z[n][e] = fast_exp2(fmaf(z[n][e], kLog2e, -(e % 2 ? lse.y : lse.x) * kLog2e)) * (e % 2 ? upstream.y : upstream.x);
             }
-        warp_product_from_accumulators(acc, z, walked_tile, kPitch, lane);   // acc (16 owned x kDim) += g (16 x 64) . walked (64 x kDim)
+        } else {
+#pragma unroll
+            for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) z[n][e] = fast_exp2(fmaf(z[n][e], kLog2e, -owned_lse2[e / 2]));
+            // Past the words the tile's rows are zero, and so would be their products; but exp(0 - lse) can be
+            // infinite where every logit is very negative, and infinity x 0 is not.
+            const int walked_here = walk_end - first_walked < kTile ? int(walk_end - first_walked) : kTile;
+            if (walked_here < kTile) {
+#pragma unroll
+                for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        if (n * 8 + 2 * c + e % 2 >= walked_here) z[n][e] = 0.0f;
+            }
+        }
+        warp_product_from_accumulators(acc, z, walked_tile, kPitch, lane);   // acc (16 owned x 8 kOut) += p (16 x 64) . walked (64 x 8 kOut)
         __syncthreads();   // the next copies overwrite this buffer
     }
 
-    float * out = kOwnWords ? args.grad_weight : args.grad_hidden;
+    // The owned items' gradients: rows-owning, grad_out x (w(target) - sum); words-owning, minus the sums (the
+    // targets' terms are there already). Split blocks add atomically; a whole walk is the only writer of its items.
+    auto add = [&](float * slot, float value) {
+        if (splits > 1) atomicAdd(slot, value);
+        else if (kOwnWords) *slot += value;
+        else *slot = value;
+    };
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         if (!owned_valid[half]) continue;
+        float upstream = 0.0f;
+        const bf16 * target_word = nullptr;
+        if (!kOwnWords) {
+            upstream = args.grad_out[owned[half]];
+            const int64_t target = args.target[owned[half]];
+            if (blockIdx.y == 0 && target >= 0 && target < args.words) target_word = weight + target * kColumns;
+        }
+        float * out = (kOwnWords ? args.grad_weight : args.grad_hidden) + owned[half] * args.dim;
 #pragma unroll
         for (int n = 0; n < kDim / 8; ++n)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int column = n * 8 + 2 * c + e;
                 if (column >= args.dim) continue;
-                float * slot = out + owned[half] * args.dim + column;
-                if (splits > 1) atomicAdd(slot, acc[n][2 * half + e]);
-                else *slot = acc[n][2 * half + e];
+                const float sum = acc[n][2 * half + e];
+                add(out + column, kOwnWords ? -sum : upstream * ((target_word ? __bfloat162float(target_word[column]) : 0.0f) - sum));
             }
-    }
-    if (kOwnWords) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            for (int offset = 1; offset < 4; offset *= 2) bias_grad[half] += __shfl_xor_sync(0xffffffffu, bias_grad[half], offset);
-            if (c == 0 && owned_valid[half]) {
-                if (splits > 1) atomicAdd(args.grad_bias + owned[half], bias_grad[half]);
-                else args.grad_bias[owned[half]] = bias_grad[half];
-            }
-        }
+        if (kOwnWords && c == 0) add(args.grad_bias + owned[half], -acc[kOut - 1][2 * half]);   // column kDim: the ones'
     }
 }
 
@@ -212,15 +206,16 @@ cudaError_t launch_both(const TailLogProbGradKernelArgs & args, cudaStream_t str
 
 bool tail_log_prob_grad_kernel_supports(int64_t dim) { return dim > 0 && dim <= 128 && dim % 8 == 0; }
 
+
 const char * launch_tail_log_prob_grad(const TailLogProbGradKernelArgs & args, void * stream_handle) {
     if (args.rows == 0 || args.words == 0) return nullptr;
     if (!tail_log_prob_grad_kernel_supports(args.dim)) return "tail log-prob gradient kernel: dim must be a multiple of 8 up to 128";
-    if (!aligned_16(args.hidden, {args.hidden_stride * 2}) || !aligned_16(args.weight) || !aligned_16(args.bias) || !aligned_16(args.target)
-        || !aligned_16(args.lse) || !aligned_16(args.grad_out))
+    if (!aligned_16(args.hidden) || !aligned_16(args.weight) || !aligned_16(args.lse) || !aligned_16(args.grad_out))
         return "tail log-prob gradient kernel: every array and hidden row must start 16-byte aligned";
     auto stream = static_cast<cudaStream_t>(stream_handle);
-    cudaError_t status = args.dim <= 16 ? launch_both<16>(args, stream) : args.dim <= 32 ? launch_both<32>(args, stream)
-                         : args.dim <= 64 ? launch_both<64>(args, stream) : launch_both<128>(args, stream);
+    const int64_t width = tail_width(args.dim);
+    cudaError_t status = width == 16 ? launch_both<16>(args, stream) : width == 32 ? launch_both<32>(args, stream)
+                         : width == 64 ? launch_both<64>(args, stream) : launch_both<128>(args, stream);
     return error_text(status);
 }
 

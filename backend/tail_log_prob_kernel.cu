@@ -2,8 +2,8 @@
 // logits per 128-column tile from fp32 copies of the hidden rows and weight columns in shared memory (stored
 // k-major, so a thread's four rows are one 16-byte read), folds them into a running max and sum for its four rows,
 // and notes its row's target logit when it meets that column. A warp then joins its 32 threads' partial sums per row.
-// (bf16 operands take the tensor-core kernel below instead.) The second launch joins the splits and subtracts:
-// log p = target logit - log-sum-exp.
+// (bf16 operands take the tensor-core kernel below instead, and leave the target's logit to the second launch.) The
+// second launch joins the splits and subtracts: log p = target logit - log-sum-exp.
 #include "tail_log_prob_kernel.h"
 
 #include <cuda_bf16.h>
@@ -130,100 +130,52 @@ __global__ void __launch_bounds__(kThreads) partial_kernel(const TailLogProbKern
 }
 
 // bf16 hidden rows and weights: the logits on the tensor cores (fp32 accumulation, as cuBLAS forms them from the
-// same bf16 operands; mma.sync m16n8k16). 4 warps, 16 rows each, 64 columns a tile; the inner dimension padded with
-// zeros to a multiple of 16 in shared memory. The logits stay in the accumulators: lane 4g + c holds rows g and g+8
-// of the warp's 16 at columns 2c and 2c+1 of every 8, keeps a running max and sum for each of its two rows, and the
-// four lanes of a row join theirs at the end.
+// same bf16 operands; mma.sync m16n8k16). 4 warps, 16 rows each, 64 columns a tile. In shared memory each row is one
+// column wider than its values, a one beside the hidden rows and the bias beside each word's weights, then zeros to a
+// multiple of 16: the tensor cores form the logits with their biases. The logits stay in the accumulators: lane
+// 4g + c holds rows g and g+8 of the warp's 16 at columns 2c and 2c+1 of every 8, keeps a running max and sum for each
+// of its two rows (log2 units: a multiply-add and an exp2 a logit), and the four lanes of a row join theirs at the
+// end. The target's logit is left to the combining launch. Two forms: widths up to 128 read the words as the host laid
+// them out (tail_laid_out_columns), the next tile arriving by cp.async while this one is used; wider rows are laid out
+// here, a tile at a time.
 constexpr int kTensorRows = 64, kTensorCols = 64, kTensorThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
 
-__global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(const TailLogProbKernelArgs args, int64_t splits,
-                                                                             int inner_padded, bool vector_loads) {
-    extern __shared__ __align__(128) unsigned char smem[];
-    const int pitch = inner_padded + 8;                                           // bf16 elements, 16-byte multiple
-    bf16 * hidden_tile = reinterpret_cast<bf16 *>(smem);                          // (64, inner_padded)
-    bf16 * weight_tile = hidden_tile + kTensorRows * pitch;                       // (64, inner_padded)
-    float * bias_tile = reinterpret_cast<float *>(weight_tile + kTensorCols * pitch); // (64,) the tile's biases
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    const int64_t first_row = int64_t(blockIdx.x) * kTensorRows;
-    const int64_t split = blockIdx.y, col_tiles = (args.words + kTensorCols - 1) / kTensorCols;
-    const int64_t per_split = (col_tiles + splits - 1) / splits * kTensorCols;
-    const int64_t first_col = split * per_split, end_col = first_col + per_split < args.words ? first_col + per_split : args.words;
-    const bf16 * hidden = static_cast<const bf16 *>(args.hidden);
-    const bf16 * weight = static_cast<const bf16 *>(args.weight);
-    const bf16 * bias = static_cast<const bf16 *>(args.bias);
-    const int chunks = inner_padded / 8;
-    const Rows rows(args);
-    if (first_row >= rows.count) return;
+/// The general kernel's inner dimension: dim and the bias's column, rounded up to the mma's 16.
+int tensor_inner(int64_t dim) { return int((dim + 1 + 15) / 16 * 16); }
 
-    // Rows (zero past the end and past dim), 8 bf16 at a time when dim allows, else one by one.
-    // gather: whether tile row r is logical row first + r of this call (else row first + r of src itself).
-    auto load_tile = [&](bf16 * tile, const bf16 * src, int64_t stride, int64_t first, int64_t limit, bool gather) {
-        for (int idx = threadIdx.x; idx < 64 * chunks; idx += kTensorThreads) {
-            const int r = idx / chunks, k = (idx % chunks) * 8;
-            const int64_t row = first + r;
-            uint4 value = make_uint4(0, 0, 0, 0);
-            bf16 * e = reinterpret_cast<bf16 *>(&value);
-            if (row < limit) {
-                const bf16 * line = src + (gather ? rows.physical(row) : row) * stride;
-                if (vector_loads && k + 8 <= args.dim) value = *reinterpret_cast<const uint4 *>(line + k);
-                else for (int i = 0; i < 8; ++i) e[i] = k + i < args.dim ? line[k + i] : __float2bfloat16(0.0f);
-            }
-            *reinterpret_cast<uint4 *>(tile + r * pitch + k) = value;
-        }
-    };
-    load_tile(hidden_tile, hidden, args.hidden_stride, first_row, rows.count, true);
-
-    int64_t row[2], my_target[2];
-    float run_max[2] = {-INFINITY, -INFINITY}, run_sum[2] = {0.0f, 0.0f};
+/// A lane's 16 logits of each of its two rows in one tile folded into the rows' running max and sum: the max first,
+/// then one rescale of the sum (no branch a logit). Columns from columns_here on (a partial tile's zero rows past the
+/// words) count for nothing.
+__device__ inline void fold_tile(float (&logits)[kTensorCols / 8][4], int columns_here, int c, float (&run_max)[2], float (&run_sum)[2]) {
+    if (columns_here < kTensorCols) {
+#pragma unroll
+        for (int n = 0; n < kTensorCols / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                if (n * 8 + 2 * c + e % 2 >= columns_here) logits[n][e] = -INFINITY;
+    }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-        row[half] = first_row + warp * 16 + g + 8 * half;
-        my_target[half] = row[half] < rows.count ? args.target[rows.physical(row[half])] : -1;
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < kTensorCols / 8; ++n) tile_max = fmaxf(tile_max, fmaxf(logits[n][2 * half], logits[n][2 * half + 1]));
+        const float new_max = fmaxf(run_max[half], tile_max);
+        if (new_max == -INFINITY) continue;   // this lane has seen no column yet
+        const float shift = new_max * kLog2e;
+        float tile_sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < kTensorCols / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) tile_sum += fast_exp2(fmaf(logits[n][2 * half + e], kLog2e, -shift));
+        run_sum[half] = run_sum[half] * fast_exp2(run_max[half] * kLog2e - shift) + tile_sum;   // exp2(-inf) = 0
+        run_max[half] = new_max;
     }
-    const bf16 * warp_hidden = hidden_tile + warp * 16 * pitch;
-    for (int64_t col0 = first_col; col0 < end_col; col0 += kTensorCols) {
-        __syncthreads();
-        load_tile(weight_tile, weight, args.dim, col0, end_col, false);
-        if (threadIdx.x < kTensorCols) bias_tile[threadIdx.x] = col0 + threadIdx.x < end_col ? __bfloat162float(bias[col0 + threadIdx.x]) : 0.0f;
-        __syncthreads();
-        float logits[kTensorCols / 8][4];
-        warp_product(logits, warp_hidden, weight_tile, pitch, inner_padded, lane);
-        // In 32-bit indices within the tile: the columns present and each row's target column (or -1).
-        const int columns_here = end_col - col0 < kTensorCols ? int(end_col - col0) : kTensorCols;
-        int target_column[2];
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int64_t target = my_target[half] - col0;
-            target_column[half] = target >= 0 && target < kTensorCols ? int(target) : -1;
-        }
-        // Each of the lane's two rows: its 16 logits of this tile, their max first, then one rescale of the running
-        // sum (no branch a logit); and the target's logit, if this lane holds it. A column past end_col is never the
-        // target: a split's tiles end at the next split's first column (per_split is whole tiles) or past the words.
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            float tile_max = -INFINITY;
-#pragma unroll
-            for (int n = 0; n < kTensorCols / 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int column = n * 8 + 2 * c + e;
-                    const float z = column < columns_here ? logits[n][2 * half + e] + bias_tile[column] : -INFINITY;
-                    logits[n][2 * half + e] = z;
-                    tile_max = fmaxf(tile_max, z);
-                    if (column == target_column[half]) args.workspace[2 * args.rows * splits + row[half]] = z;
-                }
-            const float new_max = fmaxf(run_max[half], tile_max);
-            if (new_max != -INFINITY) {   // else this lane has seen no column yet
-                float tile_sum = 0.0f;
-#pragma unroll
-                for (int n = 0; n < kTensorCols / 8; ++n)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) tile_sum += __expf(logits[n][2 * half + e] - new_max);
-                run_sum[half] = (run_max[half] == -INFINITY ? 0.0f : run_sum[half] * __expf(run_max[half] - new_max)) + tile_sum;
-                run_max[half] = new_max;
-            }
-        }
-    }
+}
+
+/// The four lanes of each of a lane's two rows joined; lane c = 0 writes the rows' (max, sum) of this split.
+__device__ inline void write_partials(const TailLogProbKernelArgs & args, int64_t splits, int64_t split, const int64_t (&row)[2], int64_t count,
+                                      int c, float (&run_max)[2], float (&run_sum)[2]) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
 #pragma unroll
@@ -232,36 +184,195 @@ __global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(con
             const float other_sum = __shfl_xor_sync(0xffffffffu, run_sum[half], offset);
             join(run_max[half], run_sum[half], other_max, other_sum);
         }
-        if (c == 0 && row[half] < rows.count) {
+        if (c == 0 && row[half] < count) {
             args.workspace[row[half] * splits + split] = run_max[half];
             args.workspace[args.rows * splits + row[half] * splits + split] = run_sum[half];
         }
     }
 }
 
-__global__ void combine_kernel(const TailLogProbKernelArgs args, int64_t splits) {
+/// The hidden rows first_row .. first_row+63 of this call into a tile of `inner` columns (pitch `pitch`): gathered
+/// through the row index where there is one, 8 bf16 at a time where rows allow, zero past the rows; column
+/// `one_column` holds a one, the columns past dim other than it zeros.
+__device__ inline void load_hidden_rows(bf16 * tile, const TailLogProbKernelArgs & args, const Rows & rows, int64_t first_row, int inner, int pitch,
+                                        int one_column, bool vector_loads) {
+    const bf16 * hidden = static_cast<const bf16 *>(args.hidden);
+    for (int idx = threadIdx.x; idx < kTensorRows * (inner / 8); idx += kTensorThreads) {
+        const int r = idx / (inner / 8), k = (idx % (inner / 8)) * 8;
+        uint4 value = make_uint4(0, 0, 0, 0);
+        bf16 * e = reinterpret_cast<bf16 *>(&value);
+        if (first_row + r < rows.count) {
+            const bf16 * line = hidden + rows.physical(first_row + r) * args.hidden_stride;
+            if (vector_loads && k + 8 <= args.dim) value = *reinterpret_cast<const uint4 *>(line + k);
+            else
+                for (int i = 0; i < 8; ++i)
+                    e[i] = k + i < args.dim ? line[k + i] : __float2bfloat16(k + i == one_column ? 1.0f : 0.0f);
+        }
+        *reinterpret_cast<uint4 *>(tile + r * pitch + k) = value;
+    }
+}
+
+/// The grid's ranges: this block's first row, and its split's columns [first_col, end_col).
+struct TensorSplit {
+    int64_t first_row, split, first_col, end_col;
+    __device__ TensorSplit(const TailLogProbKernelArgs & args, int64_t splits) {
+        first_row = int64_t(blockIdx.x) * kTensorRows;
+        split = blockIdx.y;
+        const int64_t col_tiles = (args.words + kTensorCols - 1) / kTensorCols, per_split = (col_tiles + splits - 1) / splits * kTensorCols;
+        first_col = split * per_split;
+        end_col = first_col + per_split < args.words ? first_col + per_split : args.words;
+    }
+};
+
+/// Widths up to 128 (kDim 16, 32, 64, 128): the words laid out by the host, tiles by cp.async, double-buffered.
+template <int kDim>
+__global__ void __launch_bounds__(kTensorThreads) laid_out_partial_kernel(const TailLogProbKernelArgs args, int64_t splits, bool vector_loads) {
+    constexpr int kColumns = kDim + 16, kPitch = kColumns + 8;                    // bf16 elements, 16-byte multiple
+    extern __shared__ __align__(128) unsigned char smem[];
+    bf16 * hidden_tile = reinterpret_cast<bf16 *>(smem);                          // (64, kPitch)
+    bf16 * word_tiles = hidden_tile + kTensorRows * kPitch;                       // [2] (64, kPitch)
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const TensorSplit at(args, splits);
+    const Rows rows(args);
+    if (at.first_row >= rows.count) return;
+    const bf16 * words = static_cast<const bf16 *>(args.laid_out_weight);
+    auto issue_words = [&](bf16 * tile, int64_t first) {
+        for (int idx = threadIdx.x; idx < kTensorCols * (kColumns / 8); idx += kTensorThreads) {
+            const int r = idx / (kColumns / 8), k = (idx % (kColumns / 8)) * 8;
+            const bool present = first + r < at.end_col;
+            copy_16_async(tile + r * kPitch + k, present ? words + (first + r) * kColumns + k : words, present ? 16 : 0);
+        }
+    };
+    issue_words(word_tiles, at.first_col);
+    commit_async();
+    load_hidden_rows(hidden_tile, args, rows, at.first_row, kColumns, kPitch, kDim, vector_loads);
+
+    const int64_t row[2] = {at.first_row + warp * 16 + g, at.first_row + warp * 16 + g + 8};
+    float run_max[2] = {-INFINITY, -INFINITY}, run_sum[2] = {0.0f, 0.0f};
+    int buffer = 0;
+    for (int64_t col0 = at.first_col; col0 < at.end_col; col0 += kTensorCols, buffer ^= 1) {
+        if (col0 + kTensorCols < at.end_col) {
+            issue_words(word_tiles + (buffer ^ 1) * kTensorCols * kPitch, col0 + kTensorCols);
+            commit_async();
+            wait_async<1>();
+        } else {
+            wait_async<0>();
+        }
+        __syncthreads();
+        float logits[kTensorCols / 8][4];
+        warp_product(logits, hidden_tile + warp * 16 * kPitch, word_tiles + buffer * kTensorCols * kPitch, kPitch, kColumns, lane);
+        fold_tile(logits, at.end_col - col0 < kTensorCols ? int(at.end_col - col0) : kTensorCols, c, run_max, run_sum);
+        __syncthreads();   // the next copies overwrite this buffer
+    }
+    write_partials(args, splits, at.split, row, rows.count, c, run_max, run_sum);
+}
+
+/// Wider rows: the words' tiles laid out here, one at a time.
+__global__ void __launch_bounds__(kTensorThreads) tensor_core_partial_kernel(const TailLogProbKernelArgs args, int64_t splits,
+                                                                             int inner_padded, bool vector_loads) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int pitch = inner_padded + 8;                                           // bf16 elements, 16-byte multiple
+    bf16 * hidden_tile = reinterpret_cast<bf16 *>(smem);                          // (64, inner_padded)
+    bf16 * weight_tile = hidden_tile + kTensorRows * pitch;                       // (64, inner_padded)
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const TensorSplit at(args, splits);
+    const Rows rows(args);
+    if (at.first_row >= rows.count) return;
+    const bf16 * weight = static_cast<const bf16 *>(args.weight);
+    const bf16 * bias = static_cast<const bf16 *>(args.bias);
+    load_hidden_rows(hidden_tile, args, rows, at.first_row, inner_padded, pitch, int(args.dim), vector_loads);
+
+    const int64_t row[2] = {at.first_row + warp * 16 + g, at.first_row + warp * 16 + g + 8};
+    float run_max[2] = {-INFINITY, -INFINITY}, run_sum[2] = {0.0f, 0.0f};
+    for (int64_t col0 = at.first_col; col0 < at.end_col; col0 += kTensorCols) {
+        __syncthreads();
+        // The words' rows (zero past the split's end), the bias at column dim.
+        for (int idx = threadIdx.x; idx < kTensorCols * (inner_padded / 8); idx += kTensorThreads) {
+            const int r = idx / (inner_padded / 8), k = (idx % (inner_padded / 8)) * 8;
+            const int64_t word = col0 + r;
+            uint4 value = make_uint4(0, 0, 0, 0);
+            bf16 * e = reinterpret_cast<bf16 *>(&value);
+            if (word < at.end_col) {
+                const bf16 * line = weight + word * args.dim;
+                if (vector_loads && k + 8 <= args.dim) value = *reinterpret_cast<const uint4 *>(line + k);
+                else if (k <= args.dim)
+                    for (int i = 0; i < 8; ++i) e[i] = k + i < args.dim ? line[k + i] : k + i == args.dim ? bias[word] : __float2bfloat16(0.0f);
+            }
+            *reinterpret_cast<uint4 *>(weight_tile + r * pitch + k) = value;
+        }
+        __syncthreads();
+        float logits[kTensorCols / 8][4];
+        warp_product(logits, hidden_tile + warp * 16 * pitch, weight_tile, pitch, inner_padded, lane);
+        fold_tile(logits, at.end_col - col0 < kTensorCols ? int(at.end_col - col0) : kTensorCols, c, run_max, run_sum);
+    }
+    write_partials(args, splits, at.split, row, rows.count, c, run_max, run_sum);
+}
+
+/// After either kernel: each row's splits joined, log p = target logit - log-sum-exp. target_logit_here: the row's
+/// target logit is formed here in fp32 from the bf16 operands (the tensor-core kernel's case), else read from the
+/// workspace where the partial kernel left it.
+__global__ void combine_kernel(const TailLogProbKernelArgs args, int64_t splits, bool target_logit_here) {
     const int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     const Rows rows(args);
     if (row >= rows.count) return;
     float m = -INFINITY, l = 0.0f;
     for (int64_t s = 0; s < splits; ++s) join(m, l, args.workspace[row * splits + s], args.workspace[args.rows * splits + row * splits + s]);
     const float lse = m + logf(l);
-    args.out[rows.physical(row)] = args.workspace[2 * args.rows * splits + row] - lse;
-    if (args.lse) args.lse[rows.physical(row)] = lse;
+    const int64_t physical = rows.physical(row);
+    float target_logit;
+    if (target_logit_here) {
+        const int64_t target = args.target[physical];
+        target_logit = NAN;
+        if (target >= 0 && target < args.words) {
+            const bf16 * h = static_cast<const bf16 *>(args.hidden) + physical * args.hidden_stride;
+            const bf16 * w;
+            if (args.laid_out_weight) {   // the word's weights and, at column tail_width(dim), its bias
+                w = static_cast<const bf16 *>(args.laid_out_weight) + target * tail_laid_out_columns(args.dim);
+                target_logit = __bfloat162float(w[tail_width(args.dim)]);
+            } else {
+                w = static_cast<const bf16 *>(args.weight) + target * args.dim;
+                target_logit = __bfloat162float(static_cast<const bf16 *>(args.bias)[target]);
+            }
+            for (int64_t k = 0; k < args.dim; ++k) target_logit = fmaf(__bfloat162float(h[k]), __bfloat162float(w[k]), target_logit);
+        }
+    } else {
+        target_logit = args.workspace[2 * args.rows * splits + row];
+    }
+    args.out[physical] = target_logit - lse;
+    if (args.lse) args.lse[physical] = lse;
+}
+
+template <int kDim>
+cudaError_t launch_laid_out(const TailLogProbKernelArgs & args, int64_t splits, bool vector_loads, cudaStream_t stream) {
+    constexpr int smem = 3 * kTensorRows * (kDim + 16 + 8) * int(sizeof(bf16));
+    const cudaError_t status = cudaFuncSetAttribute(laid_out_partial_kernel<kDim>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (status != cudaSuccess) return status;
+    laid_out_partial_kernel<kDim><<<dim3(unsigned((args.rows + kTensorRows - 1) / kTensorRows), unsigned(splits)), kTensorThreads, smem, stream>>>(
+        args, splits, vector_loads);
+    return cudaGetLastError();
 }
 
 cudaError_t launch_tensor_cores(const TailLogProbKernelArgs & args, cudaStream_t stream) {
     const int64_t splits = splits_for(args.rows, args.words, kTensorRows, kTensorCols);
-    const int inner_padded = int((args.dim + 15) / 16 * 16);
-    const size_t smem = size_t(kTensorRows + kTensorCols) * (inner_padded + 8) * sizeof(bf16) + size_t(kTensorCols) * sizeof(float);
-    cudaError_t status = cudaFuncSetAttribute(tensor_core_partial_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (status != cudaSuccess) return status;
-    const dim3 grid(unsigned((args.rows + kTensorRows - 1) / kTensorRows), unsigned(splits));
     // 16-byte loads where every row starts 16-byte aligned.
     const bool vector_loads = args.dim % 8 == 0 && args.hidden_stride % 8 == 0 && reinterpret_cast<uintptr_t>(args.hidden) % 16 == 0
-                              && reinterpret_cast<uintptr_t>(args.weight) % 16 == 0;
-    tensor_core_partial_kernel<<<grid, kTensorThreads, smem, stream>>>(args, splits, inner_padded, vector_loads);
-    combine_kernel<<<unsigned((args.rows + 255) / 256), 256, 0, stream>>>(args, splits);
+                              && (args.laid_out_weight || reinterpret_cast<uintptr_t>(args.weight) % 16 == 0);
+    cudaError_t status;
+    if (args.laid_out_weight) {
+        const int64_t width = tail_width(args.dim);
+        status = width == 16 ? launch_laid_out<16>(args, splits, vector_loads, stream) : width == 32 ? launch_laid_out<32>(args, splits, vector_loads, stream)
+                 : width == 64 ? launch_laid_out<64>(args, splits, vector_loads, stream) : launch_laid_out<128>(args, splits, vector_loads, stream);
+    } else {
+        const int inner_padded = tensor_inner(args.dim);
+        const size_t smem = size_t(kTensorRows + kTensorCols) * (inner_padded + 8) * sizeof(bf16);
+        status = cudaFuncSetAttribute(tensor_core_partial_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+        if (status == cudaSuccess) {
+            const dim3 grid(unsigned((args.rows + kTensorRows - 1) / kTensorRows), unsigned(splits));
+            tensor_core_partial_kernel<<<grid, kTensorThreads, smem, stream>>>(args, splits, inner_padded, vector_loads);
+        }
+    }
+    if (status != cudaSuccess) return status;
+    combine_kernel<<<unsigned((args.rows + 255) / 256), 256, 0, stream>>>(args, splits, true);
     return cudaGetLastError();
 }
 
@@ -270,7 +381,7 @@ cudaError_t launch(const TailLogProbKernelArgs & args, cudaStream_t stream) {
     const int64_t splits = splits_for(args.rows, args.words, kRows, kCols);
     const dim3 grid(unsigned((args.rows + kRows - 1) / kRows), unsigned(splits));
     partial_kernel<Hidden, Weight><<<grid, kThreads, 0, stream>>>(args, splits);
-    combine_kernel<<<unsigned((args.rows + 255) / 256), 256, 0, stream>>>(args, splits);
+    combine_kernel<<<unsigned((args.rows + 255) / 256), 256, 0, stream>>>(args, splits, false);
     return cudaGetLastError();
 }
 
@@ -285,9 +396,11 @@ const char * launch_tail_log_prob(const TailLogProbKernelArgs & args, void * str
     if (!tail_log_prob_kernel_supports(args.dim)) return "tail log-prob kernel: dim must be positive";
     auto stream = static_cast<cudaStream_t>(stream_handle);
     cudaError_t status;
-    // The tensor-core kernel holds a 64-row tile of the hidden rows in shared memory: up to 1024 wide.
-    if (args.hidden_bf16) status = args.weight_bf16 ? (args.dim <= 1024 ? launch_tensor_cores(args, stream) : launch<bf16, bf16>(args, stream))
-                                                    : launch<bf16, float>(args, stream);
+    if (args.laid_out_weight && (!args.hidden_bf16 || args.dim > 128)) return "tail log-prob kernel: laid-out words want bf16 rows up to 128 wide";
+    // The general tensor-core kernel holds a 64-row tile of each side in shared memory, (64 + 64) x (inner + 8) bf16
+    // of an H200's 227 KB: up to 895 wide.
+    if (args.hidden_bf16) status = args.laid_out_weight || (args.weight_bf16 && tensor_inner(args.dim) <= 896) ? launch_tensor_cores(args, stream)
+                                   : args.weight_bf16 ? launch<bf16, bf16>(args, stream) : launch<bf16, float>(args, stream);
     else status = args.weight_bf16 ? launch<float, bf16>(args, stream) : launch<float, float>(args, stream);
     return error_text(status);
 }

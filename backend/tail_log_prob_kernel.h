@@ -23,9 +23,23 @@ struct TailLogProbKernelArgs {
     const int64_t * row_index = nullptr;
     const int64_t * range = nullptr;
     float * workspace = nullptr;          ///< tail_log_prob_workspace_floats(n, words) floats
+    /// Where given (bf16 rows, dim <= 128): the words laid out as tail_laid_out_columns says, 16-byte aligned, read by
+    /// a kernel that brings each tile in while it uses the last; weight and bias are then not read.
+    const void * laid_out_weight = nullptr;
     bool hidden_bf16 = true, weight_bf16 = true; ///< each bf16, else fp32 (the bias follows the weight)
     int64_t rows = 0, words = 0, dim = 0, hidden_stride = 0;
 };
+
+/// The layout the kernels read the words in (and the training gradients the hidden rows too) for dim <= 128: each row's
+/// dim values, zeros to its width (dim rounded up to 16, 32, 64 or 128), at that column the word's bias (or a one
+/// beside a hidden row), then zeros: tail_width + 16 columns, bf16. The tensor cores then form the logits whole.
+#ifdef __CUDACC__
+#define STUDIO_TAIL_LAYOUT __host__ __device__
+#else
+#define STUDIO_TAIL_LAYOUT
+#endif
+STUDIO_TAIL_LAYOUT constexpr int64_t tail_width(int64_t dim) { return dim <= 16 ? 16 : dim <= 32 ? 32 : dim <= 64 ? 64 : 128; }
+STUDIO_TAIL_LAYOUT constexpr int64_t tail_laid_out_columns(int64_t dim) { return tail_width(dim) + 16; }
 
 /// Any positive dim.
 bool tail_log_prob_kernel_supports(int64_t dim);
