@@ -201,7 +201,9 @@ bool Optimizer::lamb_kernels_take(const FlatGroup & f) const {
 namespace {
 // STUDIO_LAMB_NORMS=ops: the trust ratios' norms by LibTorch's multi-tensor norms, a pass of their own (timing).
 const bool norms_in_moments_wanted = !environment_is("STUDIO_LAMB_NORMS", "ops");
-constexpr int64_t kLambChunk = 8192;   // elements a block of the moments kernel: a multiple of 4
+// Elements a block of the moments kernel (a multiple of 4). 2048 rather than 8192: 0.91-0.93 ms an optimizer step at
+// batch 24 on an H200 against 0.96-0.98 (the moments kernel's blocks spread more evenly over the SMs).
+constexpr int64_t kLambChunk = 2048;
 } // namespace
 
 void Optimizer::make_chunks(FlatGroup & f) {
