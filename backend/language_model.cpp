@@ -225,27 +225,36 @@ LayerStackOutput LanguageModelImpl::run_layers(const torch::Tensor & h_in, const
     }
     if (noise.defined()) out.l0 = l0();
     auto h = h_in;
-    // At inference each layer leaves its residual add to the next one's norm kernel (TransformerLayer::forward):
-    // a pass over the hidden state and a launch fewer a layer. STUDIO_RESIDUAL_IN_NORM=0: a separate add each layer.
+    // Each All-attention layer leaves its residual add to the next one's norm (TransformerLayer::forward): at
+    // inference our norm kernel adds it as it reads the hidden state; in training too, and its backward adds the
+    // gradients and casts them (a pass over the hidden state and a launch fewer a layer, each way). Elsewhere the
+    // layer adds it itself. STUDIO_RESIDUAL_IN_NORM=0: a separate add each layer.
     static const bool residual_in_norm_wanted = !environment_is("STUDIO_RESIDUAL_IN_NORM", "0");
+    const bool training = torch::GradMode::is_enabled() && is_training();
     const bool defer_residual = residual_in_norm_wanted && !torch::GradMode::is_enabled() && !is_training();
     torch::Tensor pending;                                                                // (B,T,D) still to add to h
     int64_t noise_offset = 0;
+    // The memory of layer l is its own input, carried to the next segment: its last M positions, which lie in this
+    // segment's input alone when M <= T (the reference shapes: 192 and 192), with no copy.
+    auto memory_of = [&](const torch::Tensor & input, int64_t l) {
+        return M <= T ? input.narrow(1, T - M, M).detach() : torch::cat({memory[l], input}, 1).narrow(1, T, M).detach();   // (B,M,D)
+    };
     for (int64_t l = 0; l < config.num_layers; ++l) {
-        // A memory of hidden states is this layer's whole input: the add cannot wait.
-        if (pending.defined() && memory[l].dim() != 4 && M > 0) {
+        auto & layer = layer_list[(size_t) l];
+        // In training an All-attention layer hands back its input, the pending output added: its memory is taken
+        // from that, after the layer.
+        const bool input_returned = residual_in_norm_wanted && training && layer->options.feedforward_dim() == 0;
+        // Else a memory of hidden states is this layer's whole input: the add cannot wait.
+        if (pending.defined() && memory[l].dim() != 4 && M > 0 && !input_returned) {
             h = h + pending;
             pending = torch::Tensor();
         }
-        // The memory of layer l is its own input, carried to the next segment: its last M positions, which lie in
-        // this segment's input alone when M <= T (the reference shapes: 192 and 192), with no copy. At inference
-        // with the key/value cache, the layer's keys and values of those positions take its place (below).
+        // At inference with the key/value cache, the layer's keys and values of the memory's positions take its place
+        // (below).
         torch::Tensor next_memory;
         if (M == 0) next_memory = memory[l];
         else if (memory[l].dim() == 4) next_memory = torch::Tensor();                                 // the layer's own
-        else if (M <= T) next_memory = h.narrow(1, T - M, M).detach();                                // (B,M,D)
-        else next_memory = torch::cat({memory[l], h}, 1).narrow(1, T, M).detach();                    // (B,M,D)
-        auto & layer = layer_list[(size_t) l];
+        else if (!input_returned) next_memory = memory_of(h, l);                                      // (B,M,D)
         LayerContext context;
         context.u = u_bias;
         context.v = v_bias;
@@ -261,10 +270,11 @@ LayerStackOutput LanguageModelImpl::run_layers(const torch::Tensor & h_in, const
         context.key_values_into = into;
         context.position_keys = layer_position_keys[(size_t) l];
         context.pending = pending;
-        context.defer_residual = defer_residual;
+        context.defer_residual = defer_residual || input_returned;
         LayerOutputs layer_out;
         h = layer->forward(h, memory[l], pos, keep, context, &layer_out);
         pending = layer_out.pending;
+        if (input_returned && M > 0 && memory[l].dim() != 4) next_memory = memory_of(h, l);          // (B,M,D)
         if (layer_out.closed.defined()) out.closed = out.closed.defined() ? out.closed + layer_out.closed : layer_out.closed;
         next_memory = layer_out.key_values.defined() ? layer_out.key_values : next_memory;            // (B,M,2,H*dh) | (B,M,D)
         if (into.defined() && !next_memory.is_same(into)) {

@@ -42,8 +42,10 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) segment_norm_kernel(const 
     const bool from_memory = s < args.mem_len;
     const Input * src = keys_input_row<Input>(args, b, s);
     const int64_t t = s - args.mem_len;
-    const Input * addend = from_memory || !args.addend ? nullptr
-                           : static_cast<const Input *>(args.addend) + b * args.addend_stride[0] + t * args.addend_stride[1];
+    const int64_t addend_at = b * args.addend_stride[0] + t * args.addend_stride[1];
+    const void * addend = from_memory || !args.addend ? nullptr
+                          : args.addend_bf16 ? static_cast<const void *>(static_cast<const bf16 *>(args.addend) + addend_at)
+                                             : static_cast<const void *>(static_cast<const Input *>(args.addend) + addend_at);
     Input * sum_row = addend && args.sum_out ? static_cast<Input *>(args.sum_out) + (b * args.tgt_len + t) * args.dim : nullptr;
     const int chunks = int(args.dim / 8);
     float x[CHUNKS][8];
@@ -55,7 +57,8 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) segment_norm_kernel(const 
             load8(src + chunk * 8, x[c]);
             if (addend) {
                 float a[8];
-                load8(addend + chunk * 8, a);
+                if (args.addend_bf16) load8(static_cast<const bf16 *>(addend) + chunk * 8, a);
+                else load8(static_cast<const Input *>(addend) + chunk * 8, a);
 #pragma unroll
                 for (int i = 0; i < 8; ++i) x[c][i] += a[i];
                 // Rounded to the input's dtype and read back: the very values a separate add would have written.
@@ -176,15 +179,20 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) segment_norm_backward_kern
             weighted_x_hat_sum += __shfl_xor_sync(0xffffffffu, weighted_x_hat_sum, offset);
         }
         const float weighted_mean = weighted_sum / float(forward.dim), weighted_x_hat_mean = weighted_x_hat_sum / float(forward.dim);
-        Input * grad_segment = static_cast<Input *>(args.grad_segment) + (b * forward.tgt_len + t) * forward.dim;
+        const int64_t out_row = (b * forward.tgt_len + t) * forward.dim;
+        Input * grad_segment = static_cast<Input *>(args.grad_segment) + out_row;
+        const Input * grad_sum = args.grad_sum ? static_cast<const Input *>(args.grad_sum) + out_row : nullptr;
+        bf16 * grad_addend = args.grad_addend ? static_cast<bf16 *>(args.grad_addend) + out_row : nullptr;
 #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
             const int chunk = c * 32 + lane;
             if (chunk < chunks) {
-                float dx[8];
+                float dx[8], other[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                if (grad_sum) load8(grad_sum + chunk * 8, other);
 #pragma unroll
-                for (int i = 0; i < 8; ++i) dx[i] = inverse_std * (weighted[c][i] - weighted_mean - x_hat[c][i] * weighted_x_hat_mean);
+                for (int i = 0; i < 8; ++i) dx[i] = inverse_std * (weighted[c][i] - weighted_mean - x_hat[c][i] * weighted_x_hat_mean) + other[i];
                 store8(grad_segment + chunk * 8, dx);
+                if (grad_addend) store8(grad_addend + chunk * 8, dx);
             }
         }
     }

@@ -23,9 +23,11 @@ struct SegmentNormKernelArgs {
     float eps = 1e-5f;
     float * mean_out = nullptr;           ///< optional (B*(M+T),): each row's mean, for the backward
     float * inverse_std_out = nullptr;    ///< with mean_out: each row's 1 / sqrt(variance + eps)
-    /// Optional (B,T,D) in the segment's dtype, rows unit-stride: added to the segment's rows before they are normed,
-    /// the sum rounded to that dtype first (as a separate add would leave it). Inference only: no backward takes it.
+    /// Optional (B,T,D), rows unit-stride, in the segment's dtype or bf16 (addend_bf16): added to the segment's rows
+    /// before they are normed, the sum rounded to the segment's dtype first (as a separate add would leave it). The
+    /// backward takes the sums as its segment (sum_out) and gives the addend its gradient (grad_addend).
     const void * addend = nullptr;
+    bool addend_bf16 = false;
     int64_t addend_stride[2] = {0, 0};    ///< batch, position
     void * sum_out = nullptr;             ///< with addend, optional (B,T,D) contiguous, the segment's dtype: the sums
 };
@@ -39,6 +41,10 @@ struct SegmentNormBackwardKernelArgs {
     const void * grad_keys = nullptr;     ///< (B,M+T,D) contiguous bf16, or nullptr (no gradient)
     const void * grad_queries = nullptr;  ///< (B,T,D) contiguous bf16, or nullptr
     void * grad_segment = nullptr;        ///< (B,T,D) contiguous, the segment's dtype
+    /// Optional (B,T,D) contiguous, the segment's dtype: a gradient the segment has besides the norm's (the residual
+    /// stream's, where the forward's sums went on), added into grad_segment.
+    const void * grad_sum = nullptr;
+    void * grad_addend = nullptr;         ///< optional (B,T,D) contiguous bf16: grad_segment again, rounded (an addend's)
     float * weight_partial = nullptr;     ///< (blocks, D): each block's sum of g x^ over its rows
     float * bias_partial = nullptr;       ///< (blocks, D): each block's sum of g
     int64_t blocks = 0;                   ///< segment_norm_backward_blocks(rows)

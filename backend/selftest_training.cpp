@@ -351,53 +351,77 @@ bool check_attention_merge(const torch::Device & device) {
 bool check_segment_norm_training(const torch::Device & device) {
     struct Shape { int64_t B, T, M, D; };
     bool ok = true;
-    for (const Shape & shape : {Shape{3, 64, 48, 512}, Shape{2, 17, 0, 40}, Shape{2, 5, 7, 2048}}) {
-        auto options = torch::TensorOptions().device(device);
-        // The memory as the model carries it: the last M rows of the previous input, a strided view.
-        auto memory = torch::randn({shape.B, shape.M + 5, shape.D}, options).narrow(1, 5, shape.M) * 3 + 1;
-        auto x_in = torch::randn({shape.B, shape.T, shape.D}, options) * 2 - 0.5;
-        OffsetLayerNorm norm(shape.D);
-        norm->to(device);
-        {
-            torch::NoGradGuard no_grad;
-            norm->weight.normal_(0, 0.3);
-            norm->bias.normal_(0, 0.3);
+    for (const Shape & shape : {Shape{3, 64, 48, 512}, Shape{2, 17, 0, 40}, Shape{2, 5, 7, 2048}})
+        for (const bool with_pending : {false, true}) {
+            auto options = torch::TensorOptions().device(device);
+            // The memory as the model carries it: the last M rows of the previous input, a strided view.
+            auto memory = torch::randn({shape.B, shape.M + 5, shape.D}, options).narrow(1, 5, shape.M) * 3 + 1;
+            auto x_in = torch::randn({shape.B, shape.T, shape.D}, options) * 2 - 0.5;
+            // The previous layer's output still to add (bf16, as its product and dropout leave it), and the residual
+            // stream's own gradient (fp32, from the layers above).
+            auto pending_in = (torch::randn({shape.B, shape.T, shape.D}, options) * 1.5).to(torch::kBFloat16);
+            auto grad_sum = torch::randn({shape.B, shape.T, shape.D}, options);
+            OffsetLayerNorm norm(shape.D);
+            norm->to(device);
+            {
+                torch::NoGradGuard no_grad;
+                norm->weight.normal_(0, 0.3);
+                norm->bias.normal_(0, 0.3);
+            }
+            // The upstream gradients as autocast's products hand them back: bf16.
+            auto grad_keys = torch::randn({shape.B, shape.M + shape.T, shape.D}, options).to(torch::kBFloat16);
+            auto grad_queries = torch::randn({shape.B, shape.T, shape.D}, options).to(torch::kBFloat16);
+            auto x = x_in.clone().requires_grad_(true);
+            auto pending = pending_in.clone().requires_grad_(true);
+            TrainingNorm normed;
+            {
+                KernelSwitchesGuard restore;
+                set_own_kernels(true);
+                AutocastGuard autocast(device, true);
+                normed = normalize_segment_for_training(memory, x, norm, with_pending ? pending : torch::Tensor());
+            }
+            const auto & keys = normed.keys, & queries = normed.queries;
+            const bool fused = keys.defined() && keys.scalar_type() == torch::kBFloat16 && queries.scalar_type() == torch::kBFloat16
+                               && normed.sum.defined() == with_pending;
+            // Judged apart: the outputs and the gradients.
+            Outputs kernel_outputs, kernel_gradients;
+            if (fused) {
+                if (with_pending) torch::autograd::backward({keys, queries, normed.sum}, {grad_keys, grad_queries, grad_sum});
+                else torch::autograd::backward({keys, queries}, {grad_keys, grad_queries});
+                kernel_outputs.values = {keys.to(torch::kDouble), queries.to(torch::kDouble)};
+                kernel_gradients.values = {x.grad().to(torch::kDouble), norm->weight.grad().to(torch::kDouble), norm->bias.grad().to(torch::kDouble)};
+                if (with_pending) {   // pending's gradient (bf16) is judged with the outputs, at bf16's rounding
+                    kernel_outputs.values.push_back(normed.sum.to(torch::kDouble));
+                    kernel_outputs.values.push_back(pending.grad().to(torch::kDouble));
+                }
+            }
+            // float64 operations: the layer norm of memory and segment (plus pending) joined, and of the segment alone.
+            auto x64 = x_in.to(torch::kDouble).requires_grad_(true);
+            auto pending64 = pending_in.to(torch::kDouble).requires_grad_(true);
+            auto weight64 = norm->weight.detach().to(torch::kDouble).requires_grad_(true);
+            auto bias64 = norm->bias.detach().to(torch::kDouble).requires_grad_(true);
+            auto layer_norm = [&](const torch::Tensor & t) { return torch::layer_norm(t, {shape.D}, weight64 + 1.0, bias64, norm->eps); };
+            auto sum64 = with_pending ? x64 + pending64 : x64;
+            auto keys64 = layer_norm(torch::cat({memory.to(torch::kDouble), sum64}, 1)), queries64 = layer_norm(sum64);
+            Outputs exact_outputs{{keys64, queries64}};
+            if (with_pending) {
+                torch::autograd::backward({keys64, queries64, sum64}, {grad_keys.to(torch::kDouble), grad_queries.to(torch::kDouble), grad_sum.to(torch::kDouble)});
+                exact_outputs.values.push_back(sum64);
+            } else {
+                torch::autograd::backward({keys64, queries64}, {grad_keys.to(torch::kDouble), grad_queries.to(torch::kDouble)});
+            }
+            Outputs exact_gradients{{x64.grad(), weight64.grad(), bias64.grad()}};
+            if (with_pending) exact_outputs.values.push_back(pending64.grad());
+            // The outputs carry bf16's rounding (2^-9 relative); the gradients are fp32 sums of the same bf16 gradients.
+            const double output_error = fused ? worst_error(kernel_outputs, exact_outputs) : INFINITY;
+            const double gradient_error = fused ? worst_error(kernel_gradients, exact_gradients) : INFINITY;
+            const bool pass = fused && output_error < 1e-2 && gradient_error < 1e-4;
+            std::printf("selftest: segment norm with gradients (B %ld, T %ld, M %ld, D %ld%s), our kernels under bf16 autocast vs float64 "
+                        "operations: keys and queries%s max rel. error %.2e (< 1e-2), gradients of x, weight, bias %.2e (< 1e-4) %s\n",
+                        (long) shape.B, (long) shape.T, (long) shape.M, (long) shape.D, with_pending ? ", a bf16 output pending" : "",
+                        with_pending ? ", the sum, pending's gradient" : "", output_error, gradient_error, pass ? "ok" : "FAIL");
+            ok = pass && ok;
         }
-        // The upstream gradients as autocast's products hand them back: bf16.
-        auto grad_keys = torch::randn({shape.B, shape.M + shape.T, shape.D}, options).to(torch::kBFloat16);
-        auto grad_queries = torch::randn({shape.B, shape.T, shape.D}, options).to(torch::kBFloat16);
-        auto x = x_in.clone().requires_grad_(true);
-        torch::Tensor keys, queries;
-        {
-            KernelSwitchesGuard restore;
-            set_own_kernels(true);
-            AutocastGuard autocast(device, true);
-            std::tie(keys, queries) = normalize_segment_for_training(memory, x, norm);
-        }
-        const bool fused = keys.defined() && keys.scalar_type() == torch::kBFloat16 && queries.scalar_type() == torch::kBFloat16;
-        // Judged apart: the outputs and the gradients.
-        Outputs kernel_outputs, kernel_gradients;
-        if (fused) {
-            torch::autograd::backward({keys, queries}, {grad_keys, grad_queries});
-            kernel_outputs.values = {keys.to(torch::kDouble), queries.to(torch::kDouble)};
-            kernel_gradients.values = {x.grad().to(torch::kDouble), norm->weight.grad().to(torch::kDouble), norm->bias.grad().to(torch::kDouble)};
-        }
-        // float64 operations: the layer norm of memory and segment joined, and of the segment alone.
-        auto x64 = x_in.to(torch::kDouble).requires_grad_(true);
-        auto weight64 = norm->weight.detach().to(torch::kDouble).requires_grad_(true);
-        auto bias64 = norm->bias.detach().to(torch::kDouble).requires_grad_(true);
-        auto layer_norm = [&](const torch::Tensor & t) { return torch::layer_norm(t, {shape.D}, weight64 + 1.0, bias64, norm->eps); };
-        auto keys64 = layer_norm(torch::cat({memory.to(torch::kDouble), x64}, 1)), queries64 = layer_norm(x64);
-        torch::autograd::backward({keys64, queries64}, {grad_keys.to(torch::kDouble), grad_queries.to(torch::kDouble)});
-        // The outputs carry bf16's rounding (2^-9 relative); the gradients are fp32 sums of the same bf16 gradients.
-        const double output_error = fused ? worst_error(kernel_outputs, Outputs{{keys64, queries64}}) : INFINITY;
-        const double gradient_error = fused ? worst_error(kernel_gradients, Outputs{{x64.grad(), weight64.grad(), bias64.grad()}}) : INFINITY;
-        const bool pass = fused && output_error < 1e-2 && gradient_error < 1e-4;
-        std::printf("selftest: segment norm with gradients (B %ld, T %ld, M %ld, D %ld), our kernels under bf16 autocast vs float64 "
-                    "operations: keys and queries max rel. error %.2e (< 1e-2), gradients of x, weight, bias %.2e (< 1e-4) %s\n",
-                    (long) shape.B, (long) shape.T, (long) shape.M, (long) shape.D, output_error, gradient_error, pass ? "ok" : "FAIL");
-        ok = pass && ok;
-    }
     return ok;
 }
 

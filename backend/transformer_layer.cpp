@@ -74,6 +74,7 @@ std::pair<torch::Tensor, torch::Tensor> launch_segment_norm_into_new(const torch
     if (addend.defined()) {
         *sum = torch::empty({B, T, D}, x.options().memory_format(torch::MemoryFormat::Contiguous));
         args.addend = addend.data_ptr();
+        args.addend_bf16 = addend.scalar_type() == torch::kBFloat16;
         args.addend_stride[0] = addend.stride(0);
         args.addend_stride[1] = addend.stride(1);
         args.sum_out = sum->data_ptr();
@@ -91,26 +92,38 @@ std::pair<torch::Tensor, torch::Tensor> normalize_segment(const torch::Tensor & 
 /// The same with gradients (training under bf16 autocast): the gradients of x, weight and bias from both outputs in
 /// one backward launch, where LibTorch took two layer norms, a concatenation and three casts forward, and backward
 /// two layer-norm backwards, the casts' gradients back to fp32 and their sums. The memory gets no gradient: it is
-/// carried detached.
+/// carried detached. With `pending` (the previous layer's bf16 output, not yet added: an empty tensor where there is
+/// none), x + pending is normed and given back as a third output, the residual stream; the backward adds that
+/// output's gradient into x's and writes it again in bf16 as pending's: the residual add, its gradient's add and its
+/// cast to bf16 are gone.
 struct TrainableSegmentNorm : public torch::autograd::Function<TrainableSegmentNorm> {
-    static torch::autograd::variable_list forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & x, const torch::Tensor & memory,
-                                                  const torch::Tensor & weight, const torch::Tensor & bias, double eps) {
+    static torch::autograd::variable_list forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & x, const torch::Tensor & pending,
+                                                  const torch::Tensor & memory, const torch::Tensor & weight, const torch::Tensor & bias,
+                                                  double eps) {
         const int64_t rows = x.size(0) * (memory.size(1) + x.size(1));
         auto statistics = torch::empty({2, rows}, x.options().dtype(torch::kFloat));                   // mean, 1/std per row
-        auto [keys, queries] = launch_segment_norm_into_new(memory, x, weight, bias, eps, statistics);
-        ctx->save_for_backward({x, memory, weight, bias, statistics});
+        const bool summed = pending.numel() > 0;
+        torch::Tensor sum;                                                                             // (B,T,D) x + pending
+        auto [keys, queries] = launch_segment_norm_into_new(memory, x, weight, bias, eps, statistics, true, summed ? pending : torch::Tensor(),
+                                                            summed ? &sum : nullptr);
+        ctx->save_for_backward({summed ? sum : x, memory, weight, bias, statistics});
         ctx->saved_data["eps"] = eps;
+        ctx->saved_data["summed"] = summed;
+        if (summed) return {keys, queries, sum};
         return {keys, queries};
     }
 
     static torch::autograd::variable_list backward(torch::autograd::AutogradContext * ctx, torch::autograd::variable_list grads) {
         const auto saved = ctx->get_saved_variables();
-        const auto & x = saved[0], & memory = saved[1], & weight = saved[2], & bias = saved[3], & statistics = saved[4];
+        const auto & x = saved[0], & memory = saved[1], & weight = saved[2], & bias = saved[3], & statistics = saved[4];   // x: the rows normed
         c10::cuda::CUDAGuard device_guard(x.device());
         const int64_t B = x.size(0), T = x.size(1), D = x.size(2), M = memory.size(1);
+        const bool summed = ctx->saved_data["summed"].toBool();
         auto bf16_rows = [](const torch::Tensor & g) { return g.defined() ? g.to(torch::kBFloat16).contiguous() : g; };
         const auto grad_keys = bf16_rows(grads[0]), grad_queries = bf16_rows(grads[1]);
+        const auto grad_sum = summed && grads[2].defined() ? grads[2].to(x.scalar_type()).contiguous() : torch::Tensor();   // (B,T,D)
         auto grad_x = torch::empty({B, T, D}, x.options().memory_format(torch::MemoryFormat::Contiguous));
+        auto grad_pending = summed ? torch::empty({B, T, D}, x.options().dtype(torch::kBFloat16)) : torch::Tensor();
         SegmentNormBackwardKernelArgs args;
         args.forward = segment_norm_args(memory, x, weight, bias, ctx->saved_data["eps"].toDouble());
         args.blocks = segment_norm_backward_blocks(B * (M + T));
@@ -120,11 +133,13 @@ struct TrainableSegmentNorm : public torch::autograd::Function<TrainableSegmentN
         args.grad_keys = grad_keys.defined() ? grad_keys.data_ptr() : nullptr;
         args.grad_queries = grad_queries.defined() ? grad_queries.data_ptr() : nullptr;
         args.grad_segment = grad_x.data_ptr();
+        args.grad_sum = grad_sum.defined() ? grad_sum.data_ptr() : nullptr;
+        args.grad_addend = summed ? grad_pending.data_ptr() : nullptr;
         args.weight_partial = partial[0].data_ptr<float>();
         args.bias_partial = partial[1].data_ptr<float>();
         check_kernel_launch(launch_segment_norm_backward(args, current_cuda_stream(x.device())), "segment norm backward");
         auto sums = partial.sum(1);                                                                    // (2,D)
-        return {grad_x, torch::Tensor(), sums[0].to(weight.scalar_type()), sums[1].to(bias.scalar_type()), torch::Tensor()};
+        return {grad_x, grad_pending, torch::Tensor(), sums[0].to(weight.scalar_type()), sums[1].to(bias.scalar_type()), torch::Tensor()};
     }
 };
 #endif
@@ -144,16 +159,22 @@ torch::Tensor normalize_sum(const torch::Tensor & x, const torch::Tensor & adden
 #endif
 }
 
-std::pair<torch::Tensor, torch::Tensor> normalize_segment_for_training(const torch::Tensor & memory, const torch::Tensor & x,
-                                                                       const OffsetLayerNorm & norm) {
+TrainingNorm normalize_segment_for_training(const torch::Tensor & memory, const torch::Tensor & x, const OffsetLayerNorm & norm,
+                                           const torch::Tensor & pending) {
 #ifdef STUDIO_CUDA_KERNELS
     if (training_kernels_wanted && own_kernels_enabled() && torch::GradMode::is_enabled() && !memory.requires_grad()
         && cuda_compute_dtype(x) == torch::kBFloat16 && segment_norm_takes(memory, x, norm)) {
-        auto normed = TrainableSegmentNorm::apply(x, memory, norm->weight, norm->bias, norm->eps);
-        return {normed[0], normed[1]};
+        if (!pending.defined()) {
+            auto normed = TrainableSegmentNorm::apply(x, torch::empty({0}, x.options()), memory, norm->weight, norm->bias, norm->eps);
+            return {normed[0], normed[1], torch::Tensor()};
+        }
+        if (pending.scalar_type() == torch::kBFloat16 && pending.sizes() == x.sizes() && pending.stride(2) == 1 && rows_16_byte_aligned(pending)) {
+            auto normed = TrainableSegmentNorm::apply(x, pending, memory, norm->weight, norm->bias, norm->eps);
+            return {normed[0], normed[1], normed[2]};
+        }
     }
 #else
-    (void) memory, (void) x, (void) norm;
+    (void) memory, (void) x, (void) norm, (void) pending;
 #endif
     return {};
 }
@@ -198,16 +219,27 @@ torch::Tensor TransformerLayerImpl::forward(const torch::Tensor & x_in, const to
     // which adds the previous layer's pending output in the same pass.
     if (memory.dim() == 4 && attention->own_kernel_applies(x)) x_n = normalize_sum(x_in, pending, norm, &x);
 #endif
-    if (!x_n.defined() && pending.defined()) x = x_in + pending;                 // (B,T,D)
+    if (!x_n.defined() && pending.defined()) {
+        // In training our norm kernel adds it as it reads x, and gives the sum back: the residual stream.
+        if (memory.dim() != 4) {
+            auto normed = normalize_segment_for_training(memory, x_in, norm, pending);
+            if (normed.queries.defined()) std::tie(keys_n, x_n, x) = std::tie(normed.keys, normed.queries, normed.sum);
+        }
+        if (!x_n.defined()) x = x_in + pending;                                  // (B,T,D)
+    }
     if (memory.dim() == 4) {
         memory_key_values = memory;
         if (!x_n.defined()) x_n = norm->forward(x);
     } else {
         // The same LayerNorm normalises the memory: it is this layer's input from the previous segment.
 #ifdef STUDIO_CUDA_KERNELS
-        if (attention->own_kernel_applies(x)) std::tie(keys_n, x_n) = normalize_segment(memory, x, norm);
+        if (!x_n.defined() && attention->own_kernel_applies(x)) std::tie(keys_n, x_n) = normalize_segment(memory, x, norm);
 #endif
-        if (!x_n.defined()) std::tie(keys_n, x_n) = normalize_segment_for_training(memory, x, norm);
+        if (!x_n.defined()) {
+            auto normed = normalize_segment_for_training(memory, x, norm);
+            keys_n = normed.keys;
+            x_n = normed.queries;
+        }
         if (!x_n.defined()) {
             x_n = norm->forward(x);
             mem_n = memory.size(1) > 0 ? norm->forward(memory) : memory;

@@ -30,10 +30,16 @@ TORCH_MODULE(OffsetLayerNorm);
 
 /// Training under bf16 autocast on the GPU with our kernels: LN(cat(memory, x)) as the keys' input (B,M+T,D) and LN(x)
 /// as the queries' (B,T,D), both bf16, by one kernel each way, with the gradients of x and the norm's parameters
-/// (the memory, carried detached, must not require one). Undefined tensors where the kernels do not apply
-/// (STUDIO_SEGMENT_NORM=ops turns them off): the caller then takes LibTorch's layer norms.
-std::pair<torch::Tensor, torch::Tensor> normalize_segment_for_training(const torch::Tensor & memory, const torch::Tensor & x,
-                                                                       const OffsetLayerNorm & norm);
+/// (the memory, carried detached, must not require one). With `pending` (B,T,D) bf16, the previous layer's output
+/// still to add: x + pending is normed in its place and given back as `sum` (the residual stream, x's dtype), the add
+/// made as the kernel reads x, and its gradient's add and cast to bf16 made by the backward's kernel. Undefined
+/// tensors where the kernels do not apply (STUDIO_SEGMENT_NORM=ops turns them off): the caller then adds and takes
+/// LibTorch's layer norms.
+struct TrainingNorm {
+    torch::Tensor keys, queries, sum;
+};
+TrainingNorm normalize_segment_for_training(const torch::Tensor & memory, const torch::Tensor & x, const OffsetLayerNorm & norm,
+                                           const torch::Tensor & pending = {});
 /// Inference on the GPU with our kernels: LN(x + addend) (B,T,D) bf16 by one kernel, with the sum, rounded to x's
 /// dtype as a separate add would leave it, in *sum; without an addend (undefined), LN(x) and *sum untouched.
 /// Undefined (and *sum untouched) where the kernel does not take these operands. (How a layer normalises its input
