@@ -3,8 +3,9 @@
 // (D / div_value^i: 128, 32, 8) and their word count large (160,000 for WikiText-103's second tail), so the product
 // is bound by writing its output: here each block keeps a running log-sum-exp of its columns in registers and only
 // (n, splits) partial results reach memory. fp32 arithmetic, like the path it replaces: bf16 rows go through the
-// tensor cores with fp32 accumulation (against the words laid out in bf16, as autocast would round fp32 weights for
-// the product), fp32 rows through fp32 multiply-adds. Training's forward is the same launch. Plain C++ interface.
+// tensor cores with fp32 accumulation (up to 128 wide against the words laid out in bf16, as autocast would round
+// fp32 weights for the product; wider, against bf16 weights only), other operands through fp32 multiply-adds.
+// Training's forward is the same launch. Plain C++ interface.
 #pragma once
 
 #include <cstdint>
