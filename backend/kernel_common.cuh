@@ -63,6 +63,9 @@ template <typename T> __device__ inline void store8(T * p, const float (&v)[8]) 
     for (int e = 0; e < 8; e += lanes) Vec<T>::store(p + e, *reinterpret_cast<const float (*)[lanes]>(v + e));
 }
 
+/// log2(e): softmaxes in log2 units take exp(x) as exp2(x log2(e)).
+constexpr float kLog2e = 1.4426950408889634f;
+
 /// 2^x by the special-function unit alone (ex2.approx.ftz: relative error about 2^-22, subnormal results flushed to 0),
 /// where exp2f adds range handling around it: for the inner loops of softmaxes whose arguments are <= 0 or nearly.
 __device__ inline float fast_exp2(float x) {

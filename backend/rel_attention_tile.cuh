@@ -26,7 +26,7 @@ constexpr int kQueryRows = 16 * kWarps;          // query rows of a block
 constexpr int kKeys = 64;                        // keys of a tile
 constexpr int kBand = kQueryRows + kKeys;        // position rows a block's tile spans (127, rounded to 128)
 constexpr int kWarpBand = 16 + kKeys;            // position rows a warp's tile spans (79, rounded to 80)
-constexpr float kLog2e = 1.4426950408889634f;
+using kernels::kLog2e;
 
 /// bf16 rows in shared memory are padded by 16 bytes, so that the 8 rows an ldmatrix reads fall in distinct banks and
 /// stay 16-byte aligned; a warp's fp32 position band likewise by 16 bytes.

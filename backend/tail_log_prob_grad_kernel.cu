@@ -30,7 +30,6 @@ using namespace kernels;
 constexpr int kTile = 64;                 // items of a tile, either side
 constexpr int kThreads = 128;             // 4 warps x 16 owned items
 constexpr int64_t kTargetBlocks = 2048;
-constexpr float kLog2e = 1.4426950408889634f;
 
 int64_t splits_for(int64_t owned_tiles, int64_t walked_tiles) {
     const int64_t wanted = (kTargetBlocks + owned_tiles - 1) / owned_tiles;

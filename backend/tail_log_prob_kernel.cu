@@ -139,7 +139,6 @@ __global__ void __launch_bounds__(kThreads) partial_kernel(const TailLogProbKern
 // them out (tail_laid_out_columns), the next tile arriving by cp.async while this one is used; wider rows are laid out
 // here, a tile at a time.
 constexpr int kTensorRows = 64, kTensorCols = 64, kTensorThreads = 128;
-constexpr float kLog2e = 1.4426950408889634f;
 
 /// The general kernel's inner dimension: dim and the bias's column, rounded up to the mma's 16.
 int tensor_inner(int64_t dim) { return int((dim + 1 + 15) / 16 * 16); }
@@ -227,7 +226,7 @@ struct TensorSplit {
 /// Widths up to 128 (kDim 16, 32, 64, 128): the words laid out by the host, tiles by cp.async, double-buffered.
 template <int kDim>
 __global__ void __launch_bounds__(kTensorThreads) laid_out_partial_kernel(const TailLogProbKernelArgs args, int64_t splits, bool vector_loads) {
-    constexpr int kColumns = kDim + 16, kPitch = kColumns + 8;                    // bf16 elements, 16-byte multiple
+    constexpr int kColumns = int(tail_laid_out_columns(kDim)), kPitch = kColumns + 8;   // bf16 elements, 16-byte multiple
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 * hidden_tile = reinterpret_cast<bf16 *>(smem);                          // (64, kPitch)
     bf16 * word_tiles = hidden_tile + kTensorRows * kPitch;                       // [2] (64, kPitch)
@@ -344,7 +343,7 @@ __global__ void combine_kernel(const TailLogProbKernelArgs args, int64_t splits,
 
 template <int kDim>
 cudaError_t launch_laid_out(const TailLogProbKernelArgs & args, int64_t splits, bool vector_loads, cudaStream_t stream) {
-    constexpr int smem = 3 * kTensorRows * (kDim + 16 + 8) * int(sizeof(bf16));
+    constexpr int smem = 3 * kTensorRows * (int(tail_laid_out_columns(kDim)) + 8) * int(sizeof(bf16));
     const cudaError_t status = cudaFuncSetAttribute(laid_out_partial_kernel<kDim>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (status != cudaSuccess) return status;
     laid_out_partial_kernel<kDim><<<dim3(unsigned((args.rows + kTensorRows - 1) / kTensorRows), unsigned(splits)), kTensorThreads, smem, stream>>>(
