@@ -17,26 +17,45 @@ namespace studio {
 
 namespace {
 
-/// x + bias, by our kernel where x (H,B,T,dh) is laid out batch-major with (B*T, H*dh) rows (the projections' own
-/// layout), else by LibTorch's add. The sum keeps x's layout either way.
+/// Whether our head-bias kernel takes x (H,B,T,dh): batch-major rows of H*dh (a head's dh columns after the previous
+/// head's, a batch row's T rows one after another; the projections' own layout), 16-byte aligned, the bias in x's
+/// dtype on its device.
+bool head_bias_kernel_takes(const torch::Tensor & x, const torch::Tensor & bias) {
+#ifdef STUDIO_CUDA_KERNELS
+    const int64_t H = x.size(0), T = x.size(2), dh = x.size(3);
+    const bool batch_major = x.stride(3) == 1 && x.stride(0) == dh && x.stride(2) >= H * dh && x.stride(1) == T * x.stride(2);
+    return x.is_cuda() && own_kernels_enabled() && batch_major && rows_16_byte_aligned(x) && rows_16_byte_aligned(bias)
+           && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat) && bias.scalar_type() == x.scalar_type()
+           && bias.device() == x.device() && bias.is_contiguous() && (H * dh) % 8 == 0;
+#else
+    (void) x, (void) bias;
+    return false;
+#endif
+}
+
+#ifdef STUDIO_CUDA_KERNELS
+/// The kernel's arguments for x (H,B,T,dh) (head_bias_kernel_takes) plus bias into out; the caller sets out's layout.
+HeadBiasKernelArgs head_bias_args(const torch::Tensor & x, const torch::Tensor & bias, const torch::Tensor & out) {
+    HeadBiasKernelArgs args;
+    args.x = x.data_ptr();
+    args.bias = bias.data_ptr();
+    args.out = out.data_ptr();
+    args.bf16 = x.scalar_type() == torch::kBFloat16;
+    args.rows = x.size(1) * x.size(2);
+    args.width = x.size(0) * x.size(3);
+    args.x_row_stride = x.stride(2);
+    return args;
+}
+#endif
+
+/// x + bias, by our kernel where it takes x, else by LibTorch's add. The sum keeps x's layout either way.
 torch::Tensor add_head_bias(const torch::Tensor & x, const torch::Tensor & bias) {
 #ifdef STUDIO_CUDA_KERNELS
-    const int64_t H = x.size(0), B = x.size(1), T = x.size(2), dh = x.size(3);
-    // Rows of H*dh: a head's dh columns after the previous head's, a batch row's T rows one after another.
-    const bool batch_major = x.stride(3) == 1 && x.stride(0) == dh && x.stride(2) >= H * dh && x.stride(1) == T * x.stride(2);
-    const bool aligned = rows_16_byte_aligned(x) && rows_16_byte_aligned(bias);
-    if (x.is_cuda() && own_kernels_enabled() && batch_major && aligned && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat)
-        && bias.scalar_type() == x.scalar_type() && bias.device() == x.device() && bias.is_contiguous() && (H * dh) % 8 == 0) {
+    if (head_bias_kernel_takes(x, bias)) {
         c10::cuda::CUDAGuard device_guard(x.device());
+        const int64_t H = x.size(0), B = x.size(1), T = x.size(2), dh = x.size(3);
         auto out = torch::empty({B, T, H, dh}, x.options());                                               // (B,T,H,dh)
-        HeadBiasKernelArgs args;
-        args.x = x.data_ptr();
-        args.bias = bias.data_ptr();
-        args.out = out.data_ptr();
-        args.bf16 = x.scalar_type() == torch::kBFloat16;
-        args.rows = B * T;
-        args.width = H * dh;
-        args.x_row_stride = x.stride(2);
+        auto args = head_bias_args(x, bias, out);
         args.out_row_stride = H * dh;
         check_kernel_launch(launch_plus_head_bias(args, current_cuda_stream(x.device())), "plus_head_bias");
         return out.permute({2, 0, 1, 3});                                                                // (H,B,T,dh)
@@ -109,6 +128,28 @@ torch::Tensor plus_head_bias(const torch::Tensor & x, const torch::Tensor & bias
     if (!by_product_wanted) return x + bias;                                                            // (H,B,T,dh)
     if (!torch::GradMode::is_enabled()) return add_head_bias(x, bias);                                  // (H,B,T,dh)
     return PlusHeadBias::apply(x, bias);                                                                // (H,B,T,dh)
+}
+
+std::pair<torch::Tensor, torch::Tensor> head_major_plus_biases(const torch::Tensor & x, const torch::Tensor & biases) {
+    const int64_t H = x.size(0), dh = x.size(3);
+    TORCH_CHECK(x.dim() == 4 && biases.dim() == 3 && biases.size(0) == 2 && biases.size(1) == H && biases.size(2) == dh,
+                "head_major_plus_biases: x (H,B,T,dh) and biases (2,H,dh), got ", x.sizes(), " and ", biases.sizes());
+    const auto u = biases[0].to(x.scalar_type()).contiguous(), v = biases[1].to(x.scalar_type()).contiguous();   // (H,dh)
+#ifdef STUDIO_CUDA_KERNELS
+    if (head_bias_kernel_takes(x, u) && dh % 8 == 0) {
+        c10::cuda::CUDAGuard device_guard(x.device());
+        auto plus_u = torch::empty(x.sizes(), x.options()), plus_v = torch::empty(x.sizes(), x.options());   // (H,B,T,dh)
+        auto args = head_bias_args(x, u, plus_u);
+        args.bias2 = v.data_ptr();
+        args.out2 = plus_v.data_ptr();
+        args.head_dim = dh;
+        args.out_row_stride = dh;
+        args.out_head_stride = plus_u.stride(0);
+        check_kernel_launch(launch_plus_head_bias(args, current_cuda_stream(x.device())), "plus_head_bias (head-major)");
+        return {plus_u, plus_v};
+    }
+#endif
+    return {(x + u.view({H, 1, 1, dh})).contiguous(), (x + v.view({H, 1, 1, dh})).contiguous()};       // (H,B,T,dh)
 }
 
 torch::Tensor biased_product(const torch::Tensor & rows, const torch::Tensor & weight, const torch::Tensor & bias, BiasGradient how) {

@@ -4,6 +4,8 @@
 // softmax's logits there, whose gradients are (rows x words) wide.
 #pragma once
 
+#include <utility>
+
 #include <torch/types.h>
 
 namespace studio {
@@ -26,5 +28,11 @@ torch::Tensor biased_product(const torch::Tensor & rows, const torch::Tensor & w
 /// out (B,T,H,dh) or (H,B,T,dh): LibTorch's sum over those dims ran at a quarter of the bandwidth (~48 us a layer at
 /// batch 192 on an H200).
 torch::Tensor plus_head_bias(const torch::Tensor & x, const torch::Tensor & bias);
+
+/// x + u and x + v for x (H,B,T,dh) and biases (2,H,dh) = (u, v), both laid out head-major, contiguous (H,B,T,dh):
+/// one read of x by our kernel where x is laid out (B,T,H,dh), else LibTorch's adds. No gradient: for autograd
+/// functions that form the gradients themselves (apart_attention.h's query join). Head-major, the rows of one head
+/// are one matrix, which the position keys' gradient splits into parts.
+std::pair<torch::Tensor, torch::Tensor> head_major_plus_biases(const torch::Tensor & x, const torch::Tensor & biases);
 
 } // namespace studio
