@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include "biased_product.h"   // head_major_plus_biases
 #include "content_attention.h"
 #include "device.h"          // environment_is, rows_16_byte_aligned, current_cuda_stream, check_kernel_launch
 #include "rel_attention.h"   // own_kernels_enabled
@@ -146,6 +147,18 @@ PartGradients math_backward(const torch::Tensor & grad, const torch::Tensor & q,
     return grads;
 }
 
+/// grad' . queries over the rows: the position keys' gradient (H,P,dh) from (q+v).r's, grad (H,R,P), and q + v, queries
+/// (H,R,dh), R = B*T rows. As one product its reduction is long (98,304 at batch 512) and its output a few tiles, too
+/// few for the GPU: cuBLAS's took 200 us on an H200. Where the queries are head-major (the query join's), the rows
+/// go in 8 parts as one batch, summed in fp32 (scripts/gpu-probe-position-keys-grad.py: 119 us, sum included).
+torch::Tensor position_keys_gradient(const torch::Tensor & grad, const torch::Tensor & queries) {
+    const int64_t H = grad.size(0), R = grad.size(1), P = grad.size(2), dh = queries.size(2), parts = 8;
+    if (!grad.is_cuda() || !grad.is_contiguous() || !queries.is_contiguous() || R % parts != 0 || R / parts < 4096)
+        return torch::matmul(grad.transpose(1, 2), queries);                                              // (H,P,dh)
+    auto partial = torch::bmm(grad.view({H * parts, R / parts, P}).transpose(1, 2), queries.view({H * parts, R / parts, dh}));  // (H*parts,P,dh)
+    return partial.view({H, parts, P, dh}).sum({1}, false, torch::kFloat).to(grad.scalar_type());         // (H,P,dh)
+}
+
 // Training's persistent part (LibTorch 2): STUDIO_PERSISTENT_ATTENTION=flash keeps it on the flash kernels even where
 // cuDNN's run; cuDNN refusing a call once keeps it there from then on. From cudnn_min_rows query rows (B*T) on,
 // cuDNN's kernels: on an H200, training steps at batch 64, 128 and 192 of 192 tokens were 1.4%, 3.8% and 4.0% shorter
@@ -249,12 +262,26 @@ Part persistent_training_forward(const torch::Tensor & rows, const torch::Tensor
 /// gradient come and go as views, where a head-major call made the kernels lay them out (H,L,B,dh) and cost four
 /// copies a layer.
 struct TrainableApartAttention : public torch::autograd::Function<TrainableApartAttention> {
-    static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & q, const torch::Tensor & content_q,
-                                 const torch::Tensor & k, const torch::Tensor & val, const torch::Tensor & content_bias,
-                                 const torch::Tensor & position_q, const torch::Tensor & position_keys, const torch::Tensor & persistent_keys,
-                                 const torch::Tensor & persistent_values, double scale, double dropout, bool kernels, bool own,
-                                 int64_t first_position) {
-        const int64_t B = q.size(0), T = q.size(2);
+    static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & q, const torch::Tensor & content_q_in,
+                                 const torch::Tensor & k_in, const torch::Tensor & val_in, const torch::Tensor & key_values,
+                                 const torch::Tensor & content_bias,
+                                 const torch::Tensor & position_q_in, const torch::Tensor & position_keys, const torch::Tensor & persistent_keys,
+                                 const torch::Tensor & persistent_values, const torch::Tensor & query_biases, double scale, double dropout,
+                                 bool kernels, bool own, int64_t first_position) {
+        const int64_t B = q.size(0), H = q.size(1), T = q.size(2), dh = q.size(3);
+        // With the query join, q + u and q + v are formed here from the head biases (2,H,dh), and the backward sums
+        // their gradients into q's in one pass.
+        const bool query_join = query_biases.numel() > 0;
+        TORCH_CHECK(!query_join || own, "apart attention: head biases in place of the biased queries need our content kernels");
+        // Head-major (H,B,T,dh) storage, so that the backward's product for the position keys can split its rows.
+        const auto biased = query_join ? head_major_plus_biases(q.transpose(0, 1), query_biases) : std::pair<torch::Tensor, torch::Tensor>();
+        const auto content_q = query_join ? biased.first.transpose(0, 1) : content_q_in;                // (B,H,T,dh)
+        const auto position_q = query_join ? biased.second.transpose(0, 1) : position_q_in;
+        // One product's keys and values (B,S,2,H,dh), whose gradient the backward gives back whole.
+        const bool key_values_join = key_values.numel() > 0;
+        TORCH_CHECK(!key_values_join || own, "apart attention: keys and values as one tensor need our content kernels");
+        const auto k = key_values_join ? key_values.select(2, 0).permute({0, 2, 1, 3}) : k_in;       // (B,H,S,dh)
+        const auto val = key_values_join ? key_values.select(2, 1).permute({0, 2, 1, 3}) : val_in;
         auto rows = batch_major_as_rows(q);                                                            // (1,H,B*T,dh)
         auto keys = persistent_keys.unsqueeze(0), values = persistent_values.unsqueeze(0);            // (1,H,N,dh)
         TORCH_CHECK(!own || kernels, "apart attention: the position term without a bias needs our kernels");
@@ -294,6 +321,8 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
                                 persistent.cum_q, persistent.cum_k, content_q, position_q, position_keys});
         ctx->saved_data["first_position"] = first_position;
         ctx->saved_data["own"] = own;
+        ctx->saved_data["query_join"] = query_join;
+        ctx->saved_data["key_values_join"] = key_values_join;
         ctx->saved_data["persistent_cudnn"] = persistent.cudnn;
         ctx->saved_data["scale"] = scale;
         ctx->saved_data["dropout"] = dropout;
@@ -315,24 +344,11 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
         auto rows_lse = joined_lse.narrow(-1, 0, T).transpose(0, 1).contiguous().view({1, H, B * T});           // (1,H,B*T)
         auto keys = persistent_keys.unsqueeze(0), values = persistent_values.unsqueeze(0);            // (1,H,N,dh)
         PartGradients content, persistent;
-        torch::Tensor grad_position_q, grad_position_keys;
-        const bool own = ctx->saved_data["own"].toBool();
-        if (own) {
-            const int64_t dh = q.size(3), P = position_keys.size(1);
-            auto grads = content_attention_backward(grad, content_q, position_q, k, val, position_keys, ctx->saved_data["first_position"].toInt(),
-                                                    ContentAttention{out, joined_lse, saved[8]}, scale, dropout);
-            content.q = grads.q_u;
-            content.k = grads.k;
-            content.v = grads.v;
-            // (q+v).r's gradient, before the shift, to its two operands by two products.
-            auto position_grad = grads.position.view({H, B * T, P});                                  // (H,B*T,P)
-            grad_position_q = torch::matmul(position_grad, position_keys).view({H, B, T, dh}).transpose(0, 1);        // (B,H,T,dh)
-            grad_position_keys = torch::matmul(position_grad.transpose(1, 2), position_q.transpose(0, 1).reshape({H, B * T, dh})); // (H,P,dh)
-        }
+        torch::Tensor grad_position_q, grad_position_keys, grad_query_biases, grad_key_values;
+        const bool own = ctx->saved_data["own"].toBool(), query_join = ctx->saved_data["query_join"].toBool();
 #if TORCH_VERSION_MAJOR >= 2
+        // The persistent part first: with the query join, the content part's pass adds its q gradient.
         if (kernels) {
-            if (!own)
-                content = content_kernel_backward(grad, content_q, k, val, bias, out, joined_lse, saved[8], saved[9], scale, dropout, bias_grad);
             if (ctx->saved_data["persistent_cudnn"].toBool())
                 std::tie(persistent.q, persistent.k, persistent.v) = at::_scaled_dot_product_cudnn_attention_backward(
                     batch_major_as_rows(grad), batch_major_as_rows(q), keys, values, batch_major_as_rows(out), rows_lse.unsqueeze(-1),
@@ -341,17 +357,39 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
                 std::tie(persistent.q, persistent.k, persistent.v) = at::_scaled_dot_product_flash_attention_backward(
                     batch_major_as_rows(grad), batch_major_as_rows(q), keys, values, batch_major_as_rows(out), rows_lse, /*cum_seq_q=*/{},
                     /*cum_seq_k=*/{}, B * T, N, dropout, /*is_causal=*/false, saved[10], saved[11], 1.0);
+            if (!own)
+                content = content_kernel_backward(grad, content_q, k, val, bias, out, joined_lse, saved[8], saved[9], scale, dropout, bias_grad);
         }
 #endif
+        if (own) {
+            const int64_t dh = q.size(3), P = position_keys.size(1);
+            GradientJoins joins;
+            if (query_join) joins.persistent_q = rows_as_batch_major(persistent.q, B, T);             // (B,H,T,dh)
+            joins.key_values = ctx->saved_data["key_values_join"].toBool();
+            auto grads = content_attention_backward(grad, content_q, position_q, k, val, position_keys, ctx->saved_data["first_position"].toInt(),
+                                                    ContentAttention{out, joined_lse, saved[8]}, scale, dropout, joins);
+            content.q = grads.q_u;
+            content.k = grads.k;
+            content.v = grads.v;
+            grad_key_values = grads.key_values;                                                       // (B,S,2,H,dh) or undefined
+            // (q+v).r's gradient, before the shift, to its two operands by two products (with the query join, the
+            // first inside the content part's backward).
+            auto position_grad = grads.position.view({H, B * T, P});                                  // (H,B*T,P)
+            if (query_join) grad_query_biases = grads.head_biases.transpose(0, 1);                        // (2,H,dh)
+            else grad_position_q = torch::matmul(position_grad, position_keys).view({H, B, T, dh}).transpose(0, 1); // (B,H,T,dh)
+            grad_position_keys = position_keys_gradient(position_grad, position_q.transpose(0, 1).reshape({H, B * T, dh}));   // (H,P,dh)
+        }
         if (!kernels) {
             content = math_backward(grad, content_q, k, val, bias, out, joined_lse, saved[12], scale, bias_grad);
             persistent = math_backward(batch_major_as_rows(grad), batch_major_as_rows(q), keys, values, {}, batch_major_as_rows(out),
                                        rows_lse, saved[13], 1.0, false);
         }
-        // Where content_q is q itself, autograd adds the two query gradients.
-        return {rows_as_batch_major(persistent.q, B, T), content.q, content.k, content.v, bias_grad ? content.bias : torch::Tensor(),
-                grad_position_q, grad_position_keys, persistent.k.squeeze(0), persistent.v.squeeze(0), torch::Tensor(), torch::Tensor(),
-                torch::Tensor(), torch::Tensor(), torch::Tensor()};
+        // Where content_q is q itself, autograd adds the two query gradients; with the query join, content.q is q's whole.
+        const bool key_values_join = grad_key_values.defined();
+        return {query_join ? content.q : rows_as_batch_major(persistent.q, B, T), query_join ? torch::Tensor() : content.q,
+                key_values_join ? torch::Tensor() : content.k, key_values_join ? torch::Tensor() : content.v, grad_key_values,
+                bias_grad ? content.bias : torch::Tensor(), grad_position_q, grad_position_keys, persistent.k.squeeze(0),
+                persistent.v.squeeze(0), grad_query_biases, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
     }
 };
 
@@ -436,17 +474,25 @@ torch::Tensor trainable_apart_attention(const torch::Tensor & q, const torch::Te
                                         const torch::Tensor & val, const torch::Tensor & content_bias, const torch::Tensor & persistent_keys,
                                         const torch::Tensor & persistent_values, double scale, double dropout, AttentionParts parts,
                                         const PositionTerm & position) {
-    TORCH_CHECK(parts == AttentionParts::math || apart_attention_kernels_take(q, k),
+    const bool query_join = position.query_biases.defined(), key_values_join = position.key_values.defined();
+    TORCH_CHECK(!key_values_join || (!k.defined() && !val.defined() && position.key_values.dim() == 5 && position.key_values.size(2) == 2),
+                "apart attention: keys and values (B,S,2,H,dh) come in place of k and val");
+    const auto keys = key_values_join ? position.key_values.select(2, 0).permute({2, 0, 1, 3}) : k;   // (H,B,S,dh)
+    TORCH_CHECK(parts == AttentionParts::math || apart_attention_kernels_take(q, keys),
                 "apart attention: the kernels do not take these operands (", q.scalar_type(), " on ", q.device(), ")");
-    TORCH_CHECK(content_bias.defined() != position.queries.defined(), "apart attention: give the content columns a bias or a position term");
+    TORCH_CHECK(content_bias.defined() != (position.queries.defined() || query_join), "apart attention: give the content columns a bias or a position term");
+    TORCH_CHECK(!query_join || (!content_q.defined() && !position.queries.defined() && position.query_biases.dim() == 3
+                            && position.query_biases.size(0) == 2 && position.query_biases.size(1) == q.size(0)
+                            && position.query_biases.size(2) == q.size(3)),
+                "apart attention: head biases (2,H,dh) come in place of content_q and the position term's queries");
     // Autograd's functions take no undefined inputs (LibTorch 2): an empty tensor holds the place of the one not given.
     auto batch_major = [&](const torch::Tensor & t) { return t.defined() ? t.transpose(0, 1) : torch::empty({0}, q.options()); };
+    auto or_empty = [&](const torch::Tensor & t) { return t.defined() ? t : torch::empty({0}, q.options()); };
     // Views both ways: (H,B,...) in, batch-major through the kernels, (H,B,T,dh) out.
-    return TrainableApartAttention::apply(q.transpose(0, 1), content_q.transpose(0, 1), k.transpose(0, 1), val.transpose(0, 1),
-                                          batch_major(content_bias), batch_major(position.queries),
-                                          position.keys.defined() ? position.keys : torch::empty({0}, q.options()), persistent_keys,
-                                          persistent_values, scale, dropout, parts == AttentionParts::kernels, !content_bias.defined(),
-                                          position.first)
+    return TrainableApartAttention::apply(q.transpose(0, 1), batch_major(content_q), batch_major(k), batch_major(val),
+                                          or_empty(position.key_values), batch_major(content_bias), batch_major(position.queries),
+                                          or_empty(position.keys), persistent_keys, persistent_values, or_empty(position.query_biases), scale,
+                                          dropout, parts == AttentionParts::kernels, !content_bias.defined(), position.first)
         .transpose(0, 1);                                                    // (H,B,T,dh)
 }
 

@@ -71,6 +71,12 @@ bool apart_attention_kernels_take(const torch::Tensor & q, const torch::Tensor &
 struct PositionTerm {
     torch::Tensor queries, keys;
     int64_t first = 0;
+    /// (2,H,dh): the head biases u and v. Given in place of content_q and `queries` (both undefined), q + u and q + v
+    /// are formed inside, and the backward sums q's three gradient terms and forms u's and v's in one pass.
+    torch::Tensor query_biases;
+    /// (B,S,2,H,dh): one product's keys and values, given in place of k and val (both undefined); their gradient comes
+    /// back as one tensor, so that the product's backward is one product with no add.
+    torch::Tensor key_values;
 };
 
 /// Attention with gradients and attention dropout (training). q (H,B,T,dh) the persistent columns' query, content_q

@@ -143,9 +143,10 @@ ContentAttention content_attention_forward(const torch::Tensor & q_u, const torc
 
 ContentAttentionGradients content_attention_backward(const torch::Tensor & grad, const torch::Tensor & q_u, const torch::Tensor & q_v,
                                                      const torch::Tensor & k, const torch::Tensor & val, const torch::Tensor & position_keys,
-                                                     int64_t first_position, const ContentAttention & forward, double scale, double dropout) {
+                                                     int64_t first_position, const ContentAttention & forward, double scale, double dropout,
+                                                     const GradientJoins & joins) {
     c10::cuda::CUDAGuard device_guard(q_u.device());
-    const int64_t B = q_u.size(0), H = q_u.size(1), T = q_u.size(2), S = k.size(2), dh = q_u.size(3);
+    const int64_t B = q_u.size(0), H = q_u.size(1), T = q_u.size(2), S = k.size(2), dh = q_u.size(3), P = S - first_position;
     TORCH_CHECK(rows_16_byte_aligned(grad) && grad.stride(-1) == 1, "content attention backward: the gradient's rows must be 16-byte aligned");
     RelativeAttentionGradKernelArgs args;
     args.forward = forward_args(q_u, q_v, k, val, position_keys, first_position, scale);
@@ -161,17 +162,46 @@ ContentAttentionGradients content_attention_backward(const torch::Tensor & grad,
     ContentAttentionGradients grads;
     // Laid out as the model's projections are, (B,L,H,dh).
     grads.q_u = torch::empty({B, T, H, dh}, q_u.options()).permute({0, 2, 1, 3});                 // (B,H,T,dh)
-    grads.k = torch::empty({B, S, H, dh}, k.options()).permute({0, 2, 1, 3});                     // (B,H,S,dh)
-    grads.v = torch::empty({B, S, H, dh}, k.options()).permute({0, 2, 1, 3});
-    grads.position = torch::empty({H, B, T, S - first_position}, q_u.options());                   // (H,B,T,P)
+    if (joins.key_values) {
+        grads.key_values = torch::empty({B, S, 2, H, dh}, k.options());                             // (B,S,2,H,dh)
+        grads.k = grads.key_values.select(2, 0).permute({0, 2, 1, 3});                             // (B,H,S,dh)
+        grads.v = grads.key_values.select(2, 1).permute({0, 2, 1, 3});
+    } else {
+        grads.k = torch::empty({B, S, H, dh}, k.options()).permute({0, 2, 1, 3});                 // (B,H,S,dh)
+        grads.v = torch::empty({B, S, H, dh}, k.options()).permute({0, 2, 1, 3});
+    }
+    grads.position = torch::empty({H, B, T, P}, q_u.options());                                   // (H,B,T,P)
     args.grad_q = grads.q_u.data_ptr();
     head_batch_position(args.grad_q_stride, grads.q_u);
     args.grad_k = grads.k.data_ptr();
     args.grad_v = grads.v.data_ptr();
-    head_batch_position(args.grad_kv_stride, grads.k);
+    head_batch_position(args.grad_kv_stride, grads.k);   // v's strides are the same
     args.grad_position = grads.position.data_ptr();
     for (int d = 0; d < 3; ++d) args.grad_position_stride[d] = grads.position.stride(d);
-    check_kernel_launch(launch_relative_attention_backward(args, current_cuda_stream(q_u.device())), "training relative attention backward");
+    const auto stream = current_cuda_stream(q_u.device());
+    if (!joins.persistent_q.defined()) {
+        check_kernel_launch(launch_relative_attention_backward(args, stream), "training relative attention backward");
+        return grads;
+    }
+    const auto & persistent = joins.persistent_q;
+    TORCH_CHECK(persistent.sizes() == q_u.sizes() && persistent.scalar_type() == torch::kBFloat16 && persistent.stride(-1) == 1
+                    && persistent.device() == q_u.device(),
+                "content attention backward: the persistent part's q gradient must be (B,H,T,dh) bf16 on q's device, got ",
+                persistent.sizes(), " ", persistent.scalar_type());
+    check_kernel_launch(launch_relative_attention_backward(args, stream, RelativeAttentionBackwardLaunches::rows_and_keys),
+                        "training relative attention backward (keys)");
+    // (q+v).r's gradient to q + v, before the query launch, which adds it.
+    auto position_term = torch::matmul(grads.position.view({H, B * T, P}), position_keys).view({H, B, T, dh}).transpose(0, 1); // (B,H,T,dh)
+    const torch::Tensor * terms[2] = {&position_term, &persistent};
+    for (int t = 0; t < 2; ++t) {
+        args.grad_q_terms[t] = terms[t]->data_ptr();
+        head_batch_position(args.grad_q_term_stride[t], *terms[t]);
+    }
+    auto column_sums = torch::empty({relative_attention_query_tiles(T) * B, H, 2, dh}, q_u.options().dtype(torch::kFloat));
+    args.grad_q_column_sums = column_sums.data_ptr<float>();
+    check_kernel_launch(launch_relative_attention_backward(args, stream, RelativeAttentionBackwardLaunches::queries),
+                        "training relative attention backward (queries)");
+    grads.head_biases = column_sums.sum(0);                                                        // (H,2,dh)
     return grads;
 }
 
@@ -191,7 +221,7 @@ ContentAttention content_attention_forward(const torch::Tensor &, const torch::T
 }
 ContentAttentionGradients content_attention_backward(const torch::Tensor &, const torch::Tensor &, const torch::Tensor &, const torch::Tensor &,
                                                      const torch::Tensor &, const torch::Tensor &, int64_t, const ContentAttention &, double,
-                                                     double) {
+                                                     double, const GradientJoins &) {
     throw std::runtime_error("content attention: our training kernels are not built (a CUDA build on LibTorch 2)");
 }
 torch::Tensor content_attention_keep_mask(const torch::Tensor &, int64_t, int64_t, int64_t, int64_t, double) {

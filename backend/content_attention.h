@@ -34,14 +34,29 @@ ContentAttention content_attention_forward(const torch::Tensor & q_u, const torc
                                            double dropout);
 
 struct ContentAttentionGradients {
-    torch::Tensor q_u, k, v;   ///< in the operands' shapes (B,H,L,dh)
+    torch::Tensor q_u, k, v;   ///< in the operands' shapes (B,H,L,dh); q_u is q's whole gradient with joins.persistent_q
     torch::Tensor position;    ///< (H,B,T,P), P = S - first_position: the gradient of (q+v).r before the relative shift
+    torch::Tensor head_biases; ///< with joins.persistent_q: (H,2,dh) fp32, the gradients of u and of v
+    torch::Tensor key_values;  ///< with joins.key_values: (B,S,2,H,dh), of which k and v are views
+};
+
+/// Gradients that training's layer (TrainableApartAttention) takes joined, each saving passes over (B,H,L,dh):
+struct GradientJoins {
+    /// Where defined, (B,H,T,dh) bf16 with unit stride along dh: the persistent columns' gradient of q, where q_u =
+    /// q + u and q_v = q + v come from one q and two head biases. q's three gradient terms are then summed in the
+    /// query launch's one pass instead of by two adds: q + u's own, the position term's (q+v).r gradient (by a
+    /// product between the key and query launches) and this one. The head biases' gradients come from the same pass.
+    torch::Tensor persistent_q;
+    /// k's and v's gradients as the halves of one (B,S,2,H,dh) tensor, the layout of one product's output: the keys'
+    /// and values' projection then has one product in its backward and no add.
+    bool key_values = false;
 };
 
 /// The backward of content_attention_forward given the joined output's gradient `grad` (B,H,T,dh).
 ContentAttentionGradients content_attention_backward(const torch::Tensor & grad, const torch::Tensor & q_u, const torch::Tensor & q_v,
                                                      const torch::Tensor & k, const torch::Tensor & val, const torch::Tensor & position_keys,
-                                                     int64_t first_position, const ContentAttention & forward, double scale, double dropout);
+                                                     int64_t first_position, const ContentAttention & forward, double scale, double dropout,
+                                                     const GradientJoins & joins = {});
 
 /// The keep mask (B,H,T,S) bool that the forward with this rng drew at this dropout: the tests' reference.
 torch::Tensor content_attention_keep_mask(const torch::Tensor & rng, int64_t B, int64_t H, int64_t T, int64_t S, double dropout);

@@ -51,6 +51,11 @@ bool kernel_takes(const torch::Tensor & q, const torch::Tensor & k, const torch:
 const bool bias_by_product_wanted = !environment_is("STUDIO_OUTPUT_BIAS", "ops");
 // STUDIO_U_IN_BIAS=1: u . k_j in the content columns' bias even where their kernel could take q + u (side-by-side timing).
 const bool u_in_query_wanted = !environment_is("STUDIO_U_IN_BIAS", "1");
+// STUDIO_QUERY_JOIN=0: training's q + u and q + v by autograd nodes of their own, whose gradients autograd adds to
+// q's in two passes, instead of inside the attention's function with one pass (side-by-side timing).
+const bool query_join_wanted = !environment_is("STUDIO_QUERY_JOIN", "0");
+// STUDIO_KEY_VALUE_JOIN=0: training's keys and values by a product each, whose two gradients autograd adds (timing).
+const bool key_values_join_wanted = !environment_is("STUDIO_KEY_VALUE_JOIN", "0");
 // STUDIO_POSITION_COLUMNS=all: the position scores over all S columns even where the kept ones start at T-1 (timing).
 const bool position_columns_trimmed = !environment_is("STUDIO_POSITION_COLUMNS", "all");
 // STUDIO_KEY_VALUE_CACHE=0: inference carries hidden states and projects the memory's again (side-by-side timing).
@@ -356,6 +361,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
     // are projected, half the key and value products at M = T.
     torch::Tensor k, val, k_memory, v_memory, memory_kv, segment_kv;          // (H,B,S|T|M,dh); (B,M|T,2,H*dh)
     torch::Tensor all_kv;                                                     // (B,S,2,H*dh), joined only where needed
+    torch::Tensor projected_kv;                                               // (B,S,2,H,dh): training's keys and values by one product
     if (cached) {
         memory_kv = memory_key_values.defined() ? memory_key_values : key_value_rows(keys_n.defined() ? keys_n.narrow(1, 0, M) : mem_n);
         segment_kv = key_value_rows(x_n, M == T ? key_values_into : torch::Tensor());
@@ -371,8 +377,16 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         }
     } else {
         auto kv_in = keys_n.defined() ? keys_n : M > 0 ? torch::cat({mem_n, x_n}, 1) : x_n;             // (B,S,D)
-        k = F::linear(kv_in, k_weight).view({B, S, H, dh}).permute({2, 0, 1, 3});   // (H,B,S,dh)
-        val = F::linear(kv_in, v_weight).view({B, S, H, dh}).permute({2, 0, 1, 3}); // (H,B,S,dh)
+        if (x_n.is_cuda() && torch::GradMode::is_enabled() && key_values_join_wanted) {
+            // One product for both, which our training kernels take whole and give one gradient back: its backward is
+            // then one product, without autograd's add of two. (Elsewhere the views' gradients are right, but slower.)
+            projected_kv = F::linear(kv_in, torch::cat({k_weight, v_weight}, 0)).view({B, S, 2, H, dh});  // (B,S,2,H,dh)
+            k = projected_kv.select(2, 0).permute({2, 0, 1, 3});                 // (H,B,S,dh)
+            val = projected_kv.select(2, 1).permute({2, 0, 1, 3});
+        } else {
+            k = F::linear(kv_in, k_weight).view({B, S, H, dh}).permute({2, 0, 1, 3});   // (H,B,S,dh)
+            val = F::linear(kv_in, v_weight).view({B, S, H, dh}).permute({2, 0, 1, 3}); // (H,B,S,dh)
+        }
     }
     auto r = (position_keys.defined() ? position_keys : F::linear(pos, r_weight)).view({S, H, dh}).transpose(0, 1); // (H,S,dh)
     torch::Tensor heads;                                                     // (H,B,T,dh)
@@ -413,7 +427,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         const bool u_in_bias = (N > 0 && !apart && !trainable_apart) || !u_in_query_wanted;
         torch::Tensor u_k;
         if (u_in_bias) u_k = torch::matmul(k, ub.view({H, 1, dh, 1}).to(k.dtype())).view({H, B, S});  // (H,B,S)
-        auto content_q = u_in_bias ? q : plus_head_bias(q, ub.view({H, 1, 1, dh}).to(q.dtype()));       // (H,B,T,dh)
+        auto content_queries = [&] { return u_in_bias ? q : plus_head_bias(q, ub.view({H, 1, 1, dh}).to(q.dtype())); };   // (H,B,T,dh)
         // With same_length, row i keeps keys i .. i+M, which read shifted columns T-1 .. S-1 only: the position
         // scores are formed from column T-1 on (rounded down to a multiple of 8 for aligned rows), about half of them.
         const int64_t first_column = options.same_length() && position_columns_trimmed ? (T - 1) / 8 * 8 : 0;
@@ -424,11 +438,20 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
         if (!own_content) content_bias = studio::content_bias(unshifted_position_scores(first_column), u_k, keep, scale);  // (H,B,T,S)
         auto bias = content_bias, keys = k, values = val;
         if (apart) {
-            heads = persistent_apart_attention(q, content_q, k, val, content_bias, mem_k, mem_v, scale);
+            heads = persistent_apart_attention(q, content_queries(), k, val, content_bias, mem_k, mem_v, scale);
         } else if (trainable_apart) {
             PositionTerm position;   // our kernels' operands, in place of the bias
-            if (own_content) position = {position_queries(), r.narrow(1, first_column, S - first_column), first_column};
-            heads = trainable_apart_attention(q, content_q, k, val, own_content ? content_bias : content_bias.to(q.dtype()), mem_k.to(q.dtype()),
+            torch::Tensor content_q;
+            if (own_content) {
+                position = {{}, r.narrow(1, first_column, S - first_column), first_column};
+                // q + u and q + v formed inside, so that q's three gradient terms are summed in one pass.
+                if (query_join_wanted) position.query_biases = torch::stack({ub.view({H, dh}), vb.view({H, dh})});   // (2,H,dh)
+                else position.queries = position_queries();
+            }
+            if (!position.query_biases.defined()) content_q = content_queries();
+            if (own_content && projected_kv.defined()) position.key_values = projected_kv;
+            heads = trainable_apart_attention(q, content_q, position.key_values.defined() ? torch::Tensor() : k,
+                                              position.key_values.defined() ? torch::Tensor() : val, own_content ? content_bias : content_bias.to(q.dtype()), mem_k.to(q.dtype()),
                                               (mem_v * std::sqrt((double) N)).to(q.dtype()), scale,
                                               is_training() ? options.attn_drop() : 0.0, AttentionParts::kernels, position);
         } else if (N > 0) {
@@ -440,7 +463,7 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
             bias = torch::cat({content_bias, torch::zeros({H, B, T, N}, content_bias.options())}, -1);                          // (H,B,T,S+N)
         }
         if (!heads.defined())
-            heads = at::scaled_dot_product_attention(content_q, keys, values, bias.to(q.dtype()), is_training() ? options.attn_drop() : 0.0,
+            heads = at::scaled_dot_product_attention(content_queries(), keys, values, bias.to(q.dtype()), is_training() ? options.attn_drop() : 0.0,
                                                      /*is_causal=*/false, scale);
     }
 #endif

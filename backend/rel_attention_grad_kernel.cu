@@ -8,7 +8,8 @@
 //    memory, where each warp reads its 16 keys' columns as a transposed operand: p' . grad_out (the values' gradient)
 //    and ds' . (q + u) (the keys'), and from where the block writes it, shifted back, as the position scores' gradient;
 // 3. by query tiles, ds . k (the gradient of q + u), reading ds back from the position gradient: row i's entry for key j
-//    is its column j + T-1-i-first_position, so nothing is formed twice.
+//    is its column j + T-1-i-first_position, so nothing is formed twice. Where asked, q's other gradient terms are
+//    added as it is written, with the column sums that give the head biases' gradients: q's whole gradient in one pass.
 #include "rel_attention_grad_kernel.h"
 
 #include <cuda_bf16.h>
@@ -262,41 +263,95 @@ __global__ void __launch_bounds__(kThreads) query_gradient_kernel(const Relative
                 kernels::mma(grad_q[n], a[step], bfrag);
             }
     }
+    // Column sums of this lane's two rows: q + u's own gradient (0) and the first added term (1).
+    float sums[2][DH / 8][2] = {};
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         if (queries[half] >= T) continue;
-        bf16 * row = static_cast<bf16 *>(args.grad_q) + h * args.grad_q_stride[0] + b * args.grad_q_stride[1]
-                     + int64_t(queries[half]) * args.grad_q_stride[2];
+        const int64_t query = queries[half];
+        bf16 * row = static_cast<bf16 *>(args.grad_q) + h * args.grad_q_stride[0] + b * args.grad_q_stride[1] + query * args.grad_q_stride[2];
+        const bf16 * terms[2];
 #pragma unroll
-        for (int n = 0; n < DH / 8; ++n) *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * c) = pack_bf16(grad_q[n][2 * half], grad_q[n][2 * half + 1]);
+        for (int t = 0; t < 2; ++t) {
+            const auto & stride = args.grad_q_term_stride[t];
+            terms[t] = args.grad_q_terms[t] ? static_cast<const bf16 *>(args.grad_q_terms[t]) + h * stride[0] + b * stride[1] + query * stride[2]
+                                            : nullptr;
+        }
+#pragma unroll
+        for (int n = 0; n < DH / 8; ++n) {
+            float total[2] = {grad_q[n][2 * half], grad_q[n][2 * half + 1]};
+            sums[0][n][0] += total[0];
+            sums[0][n][1] += total[1];
+#pragma unroll
+            for (int t = 0; t < 2; ++t) {
+                if (!terms[t]) continue;
+                const float2 term = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(terms[t] + n * 8 + 2 * c));
+                if (t == 0) {
+                    sums[1][n][0] += term.x;
+                    sums[1][n][1] += term.y;
+                }
+                total[0] += term.x;
+                total[1] += term.y;
+            }
+            *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * c) = pack_bf16(total[0], total[1]);
+        }
+    }
+    if (!args.grad_q_column_sums) return;
+    // Over the warp's 16 rows (lanes of one c hold one column pair), then over the warps in a fixed order.
+    __shared__ float warp_sums[kWarps][2][DH];
+#pragma unroll
+    for (int k = 0; k < 2; ++k)
+#pragma unroll
+        for (int n = 0; n < DH / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                float x = sums[k][n][e];
+                x += __shfl_xor_sync(0xffffffffu, x, 4);
+                x += __shfl_xor_sync(0xffffffffu, x, 8);
+                x += __shfl_xor_sync(0xffffffffu, x, 16);
+                if (g == 0) warp_sums[warp][k][n * 8 + 2 * c + e] = x;
+            }
+    __syncthreads();
+    float * out = args.grad_q_column_sums + ((int64_t(b) * gridDim.x + blockIdx.x) * f.heads + h) * 2 * DH;
+    for (int i = threadIdx.x; i < 2 * DH; i += kThreads) {
+        float x = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) x += warp_sums[w][i / DH][i % DH];
+        out[i] = x;
     }
 }
 
 template <int DH>
-cudaError_t launch(const RelativeAttentionGradKernelArgs & args, cudaStream_t stream) {
+cudaError_t launch(const RelativeAttentionGradKernelArgs & args, cudaStream_t stream, RelativeAttentionBackwardLaunches launches) {
     const auto & f = args.forward;
-    cudaError_t status = cudaFuncSetAttribute(key_gradient_kernel<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(KeyPlan<DH>::total));
-    if (status != cudaSuccess) return status;
-    const int64_t threads = f.heads * f.batch * f.tgt_len * (DH / 8);
-    out_dot_grad_kernel<DH><<<unsigned((threads + 255) / 256), 256, 0, stream>>>(args);
-    const dim3 key_grid(unsigned((f.tgt_len + f.mem_len + kKeys - 1) / kKeys), unsigned(f.batch), unsigned(f.heads));
-    key_gradient_kernel<DH><<<key_grid, kThreads, KeyPlan<DH>::total, stream>>>(args);
-    const dim3 query_grid(unsigned((f.tgt_len + kQueryRows - 1) / kQueryRows), unsigned(f.batch), unsigned(f.heads));
-    query_gradient_kernel<DH><<<query_grid, kThreads, 0, stream>>>(args);
+    if (launches != RelativeAttentionBackwardLaunches::queries) {
+        cudaError_t status = cudaFuncSetAttribute(key_gradient_kernel<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(KeyPlan<DH>::total));
+        if (status != cudaSuccess) return status;
+        const int64_t threads = f.heads * f.batch * f.tgt_len * (DH / 8);
+        out_dot_grad_kernel<DH><<<unsigned((threads + 255) / 256), 256, 0, stream>>>(args);
+        const dim3 key_grid(unsigned((f.tgt_len + f.mem_len + kKeys - 1) / kKeys), unsigned(f.batch), unsigned(f.heads));
+        key_gradient_kernel<DH><<<key_grid, kThreads, KeyPlan<DH>::total, stream>>>(args);
+    }
+    if (launches != RelativeAttentionBackwardLaunches::rows_and_keys) {
+        static_assert(kQueryRows == 64, "relative_attention_query_tiles counts tiles of 64 rows");
+        const dim3 query_grid(unsigned(relative_attention_query_tiles(f.tgt_len)), unsigned(f.batch), unsigned(f.heads));
+        query_gradient_kernel<DH><<<query_grid, kThreads, 0, stream>>>(args);
+    }
     return cudaGetLastError();
 }
 
 } // namespace
 
-const char * launch_relative_attention_backward(const RelativeAttentionGradKernelArgs & args, void * stream_handle) {
+const char * launch_relative_attention_backward(const RelativeAttentionGradKernelArgs & args, void * stream_handle,
+                                                RelativeAttentionBackwardLaunches launches) {
     if (!args.forward.same_length || args.forward.first_position > args.forward.tgt_len - 1)
         return "relative attention backward: needs same_length and first_position <= T-1";
     auto stream = static_cast<cudaStream_t>(stream_handle);
     cudaError_t status = cudaErrorInvalidValue;
     switch (args.forward.head_dim) {
-    case 16: status = launch<16>(args, stream); break;
-    case 32: status = launch<32>(args, stream); break;
-    case 64: status = launch<64>(args, stream); break;
+    case 16: status = launch<16>(args, stream, launches); break;
+    case 32: status = launch<32>(args, stream, launches); break;
+    case 64: status = launch<64>(args, stream, launches); break;
     default: return "relative attention backward: head_dim must be 16, 32 or 64";
     }
     return kernels::error_text(status);

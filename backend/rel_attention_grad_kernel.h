@@ -33,10 +33,27 @@ struct RelativeAttentionGradKernelArgs {
     /// (row i, column j+T-1-i-first_position for key j), zero where no kept entry reads it. Needs same_length.
     void * grad_position = nullptr;
     int64_t grad_position_stride[3] = {0, 0, 0};
+    /// The query launch's epilogue, for training's whole q gradient in one pass (content_attention.h's GradientJoins):
+    /// where given, grad_q_terms[0] (q + v's gradient, by the position product) and grad_q_terms[1] (the persistent
+    /// part's), (H,B,T,dh) bf16 with unit stride along dh, are added to the gradient it writes.
+    const void * grad_q_terms[2] = {nullptr, nullptr};
+    int64_t grad_q_term_stride[2][3] = {{0, 0, 0}, {0, 0, 0}};
+    /// Where given, (query tiles x B, H, 2, dh) fp32: each block's column sums of q + u's own gradient ([..,0,:]) and
+    /// of grad_q_terms[0] ([..,1,:]): the head biases' gradients once summed over the blocks (block (tile x, batch row
+    /// b) at b x tiles + x, tiles = relative_attention_query_tiles(T)).
+    float * grad_q_column_sums = nullptr;
 };
+
+/// Which of the three launches to make: the query launch may wait for a term the caller forms from the position
+/// gradient that the key launch writes.
+enum class RelativeAttentionBackwardLaunches { all, rows_and_keys, queries };
 
 /// Launches the three kernels on the given cudaStream_t; nullptr on success, else CUDA's error text. head_dim 16, 32 or 64;
 /// forward.same_length must hold and forward.first_position must be at most T-1.
-const char * launch_relative_attention_backward(const RelativeAttentionGradKernelArgs & args, void * stream);
+const char * launch_relative_attention_backward(const RelativeAttentionGradKernelArgs & args, void * stream,
+                                                RelativeAttentionBackwardLaunches launches = RelativeAttentionBackwardLaunches::all);
+
+/// Query tiles of the launch's grid (the column sums' first dimension is this x B).
+inline int64_t relative_attention_query_tiles(int64_t tgt_len) { return (tgt_len + 63) / 64; }
 
 } // namespace studio

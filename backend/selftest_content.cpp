@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -143,6 +144,57 @@ bool check_position_term_path(const torch::Device & device) {
     return pass;
 }
 
+/// The joins (PositionTerm::query_biases: q + u and q + v formed inside, q's three gradient terms and the head
+/// biases' gradients from one pass of the query kernel; PositionTerm::key_values: keys and values as one tensor with
+/// one gradient) against the same attention given q + u, q + v, k and val apart, which autograd formed and whose
+/// gradients it adds: the forward and the gradients of q, both biases, the keys, values, position keys and
+/// persistent keys and values, with the persistent part by flash's kernels and by cuDNN's. A partial query tile
+/// (T = 96) and several batch rows: each block's column sums land in their own place; at 352 batch rows (33,792
+/// query rows) the position keys' gradient goes in parts. Tolerance as the others: the unjoined
+/// path rounds two bf16 adds and its biases' sums to bf16; a term left out or counted twice is off by O(1).
+bool check_query_join(const torch::Device & device, int64_t B) {
+    const int64_t H = 4, dh = 64, T = 96, M = 96, S = T + M, N = 128, first = (T - 1) / 8 * 8;
+    const double scale = 1.0 / std::sqrt((double) dh);
+    auto options = torch::TensorOptions().device(device);
+    auto heads = [&](int64_t L) { return torch::randn({B, L, H, dh}, options).to(torch::kBFloat16).permute({2, 0, 1, 3}); };  // (H,B,L,dh)
+    const std::vector<torch::Tensor> inputs = {heads(T), heads(S), heads(S), torch::randn({S, H, dh}, options).to(torch::kBFloat16).transpose(0, 1),
+                                               (torch::randn({H, N, dh}, options) * scale).to(torch::kBFloat16),
+                                               torch::randn({H, N, dh}, options).to(torch::kBFloat16), torch::randn({2, H, dh}, options)};
+    auto upstream = torch::randn({H, B, T, dh}, options);
+    auto run = [&](bool join) {
+        std::vector<torch::Tensor> x;
+        for (const auto & t : inputs) x.push_back(t.detach().requires_grad_(true));
+        PositionTerm position{{}, x[3].narrow(1, first, S - first), first};
+        torch::Tensor content_q, k = x[1], val = x[2];
+        if (join) {
+            position.query_biases = x[6];
+            position.key_values = torch::stack({x[1].permute({1, 2, 0, 3}), x[2].permute({1, 2, 0, 3})}, 2);   // (B,S,2,H,dh)
+            k = val = torch::Tensor();
+        } else {
+            auto bias = [&](int64_t which) { return x[6][which].to(torch::kBFloat16).view({H, 1, 1, dh}); };
+            content_q = x[0] + bias(0);
+            position.queries = x[0] + bias(1);
+        }
+        auto out = trainable_apart_attention(x[0], content_q, k, val, torch::Tensor(), x[4], x[5], scale, 0.0, AttentionParts::kernels, position);
+        (out.to(torch::kFloat) * upstream).sum().backward();
+        Outputs result{{out.detach().to(torch::kFloat)}};
+        for (const auto & t : x) result.values.push_back(t.grad().to(torch::kFloat));
+        return result;
+    };
+    bool pass = true;
+    for (const bool cudnn : {false, true}) {
+        KernelSwitchesGuard restore;
+        set_persistent_cudnn_min_rows(cudnn ? 0 : std::numeric_limits<int64_t>::max());
+        const double error = worst_error(run(true), run(false));
+        const bool ok = error < 2.5e-2;
+        std::printf("selftest: training attention's joins (q + u, q + v and their gradients inside, keys and values as one tensor; persistent "
+                    "part by %s; B %ld) vs autograd's adds: forward and 7 gradients max rel. error %.2e (< 2.5e-2) %s\n",
+                    cudnn ? "cuDNN" : "flash", (long) B, error, ok ? "ok" : "FAIL");
+        pass = pass && ok;
+    }
+    return pass;
+}
+
 } // namespace
 
 bool check_content_attention(const torch::Device & device) {
@@ -156,7 +208,9 @@ bool check_content_attention(const torch::Device & device) {
     for (const ContentCase & c : {ContentCase{2, 3, 64, 80, 56, 0.0}, ContentCase{2, 3, 64, 80, 56, 0.2}, ContentCase{2, 2, 64, 192, 192, 0.2},
                                   ContentCase{3, 2, 32, 64, 0, 0.0}, ContentCase{1, 2, 16, 100, 130, 0.2}, ContentCase{2, 2, 32, 65, 30, 0.2}})
         ok = check_kernels_case(device, c) && ok;
-    return check_position_term_path(device) && ok;
+    ok = check_position_term_path(device) && ok;
+    ok = check_query_join(device, 3) && ok;
+    return check_query_join(device, 352) && ok;
 }
 
 } // namespace studio
