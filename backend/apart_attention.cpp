@@ -260,7 +260,8 @@ Part persistent_training_forward(const torch::Tensor & rows, const torch::Tensor
 /// model's projections are laid out (B,L,H,dh), so in this order the memory-efficient kernel's own layout (B,L,H,dh) is
 /// the projections', and so is the flash kernel's for the persistent rows: both outputs, the joined one and every
 /// gradient come and go as views, where a head-major call made the kernels lay them out (H,L,B,dh) and cost four
-/// copies a layer.
+/// copies a layer. With `own`, the joins (PositionTerm): query_biases (2,H,dh) in place of content_q and position_q,
+/// key_values (B,S,2,H,dh) in place of k and val; empty tensors stand for what is not given.
 struct TrainableApartAttention : public torch::autograd::Function<TrainableApartAttention> {
     static torch::Tensor forward(torch::autograd::AutogradContext * ctx, const torch::Tensor & q, const torch::Tensor & content_q_in,
                                  const torch::Tensor & k_in, const torch::Tensor & val_in, const torch::Tensor & key_values,

@@ -450,8 +450,9 @@ AttentionOutput RelativeAttentionImpl::forward(const torch::Tensor & x_n, const 
             }
             if (!position.query_biases.defined()) content_q = content_queries();
             if (own_content && projected_kv.defined()) position.key_values = projected_kv;
-            heads = trainable_apart_attention(q, content_q, position.key_values.defined() ? torch::Tensor() : k,
-                                              position.key_values.defined() ? torch::Tensor() : val, own_content ? content_bias : content_bias.to(q.dtype()), mem_k.to(q.dtype()),
+            const bool key_values_whole = position.key_values.defined();
+            heads = trainable_apart_attention(q, content_q, key_values_whole ? torch::Tensor() : k, key_values_whole ? torch::Tensor() : val,
+                                              own_content ? content_bias : content_bias.to(q.dtype()), mem_k.to(q.dtype()),
                                               (mem_v * std::sqrt((double) N)).to(q.dtype()), scale,
                                               is_training() ? options.attn_drop() : 0.0, AttentionParts::kernels, position);
         } else if (N > 0) {
