@@ -38,7 +38,10 @@ struct LayerGraph::State {
     // Static buffers: the graphs read and write these addresses on every replay.
     torch::Tensor h_in;                   // (B,T,D) leaf; its .grad() takes the backward's gradient
     torch::Tensor noise_in;               // (total heads,) the gates' noise
-    torch::Tensor memory_in, memory_out;  // (L,B,M,D)
+    torch::Tensor memory_in;              // (L,B,M,D)
+    // (B,M,D) per layer: the captured forward's own tensors (each layer's input rows: in the graphs' pool, or h_in's),
+    // which every replay writes. Held here, so that the backward's capture takes none of their blocks.
+    std::vector<torch::Tensor> memory_out;
     torch::Tensor h_out, grad_out;        // (B,T,D)
     torch::Tensor l0_out, grad_l0, closed_out;   // scalars, when gated
     at::cuda::CUDAGraph forward_graph, backward_graph;
@@ -79,11 +82,10 @@ struct ReplayLayers : public torch::autograd::Function<ReplayLayers> {
 
 void LayerGraph::State::load_memory(const std::vector<torch::Tensor> & memory) {
     torch::NoGradGuard no_grad;
-    if (memory.front().data_ptr() == memory_out.data_ptr() && memory.front().sizes() == memory_out[0].sizes()) {
-        memory_in.copy_(memory_out);   // the last replay's memory: one copy
-    } else {
-        for (size_t l = 0; l < memory.size(); ++l) memory_in[(int64_t) l].copy_(memory[l]);
-    }
+    if (memory_in.size(2) == 0) return;
+    // Every layer's memory in one launch, wherever it lies: the last replay's tensors or the caller's. It must be a
+    // copy: a replay's layer writes its input rows (the next memory) in the kernel that reads its memory.
+    at::stack_out(memory_in, memory, 0);
 }
 
 void LayerGraph::State::capture(LanguageModelImpl & model, const GateSettings & gates) {
@@ -105,7 +107,10 @@ void LayerGraph::State::capture(LanguageModelImpl & model, const GateSettings & 
         std::optional<AutocastCacheOff> cache_off(std::in_place);
         forward_graph.capture_begin();
         auto out = model.run_layers(h_in, memory_in.unbind(0), gates, gated ? noise_in : torch::Tensor());
-        for (size_t l = 0; l < out.memory.size(); ++l) memory_out[(int64_t) l].copy_(out.memory[l]);
+        // No copy into buffers of our own inside the graph (16 passes over (B,M,D) a step): the memory is read from
+        // where the replay leaves it, before the next replay's forward (and h_in's copy) overwrites it.
+        memory_out.clear();
+        for (const auto & layer_memory : out.memory) memory_out.push_back(layer_memory.detach());
         h_out = out.hidden;
         l0_out = out.l0;
         closed_out = out.closed;
@@ -155,7 +160,6 @@ LayerStackOutput LayerGraph::run(LanguageModelImpl & model, const torch::Tensor 
         s.h_in.mutable_grad() = torch::zeros_like(h);
         if (s.gated) s.noise_in = torch::empty_like(noise);
         s.memory_in = torch::empty({L, B, M, D}, memory.front().options());            // (L,B,M,D)
-        s.memory_out = torch::empty_like(s.memory_in);
         s.load_memory(memory);
         {
             torch::NoGradGuard no_grad;
@@ -174,7 +178,7 @@ LayerStackOutput LayerGraph::run(LanguageModelImpl & model, const torch::Tensor 
         out.l0 = outputs[1];
         out.closed = s.closed_out;
     }
-    out.memory = s.memory_out.unbind(0);
+    out.memory = s.memory_out;
     return out;
 }
 
