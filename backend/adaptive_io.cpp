@@ -118,17 +118,23 @@ torch::Tensor AdaptiveIOImpl::embed(const torch::Tensor & ids, double word_drop)
         return out.view({ids.size(0), ids.size(1), D});
     }
     if (flat.is_cuda()) {
-        // On a GPU every cluster embeds every token (clamped ids) and a mask keeps the right one: a few wasted small
-        // products, but no nonzero() that stops the host, so the step can be queued ahead and captured in a graph.
-        torch::Tensor out;
+        // On a GPU every cluster gathers every token, so that no nonzero() stops the host and the step can be queued
+        // ahead and captured in a graph. A token outside a cluster takes the row of its id modulo the cluster's size,
+        // zeroed by its factor: clamped to the cluster's first or last row, those tokens' zero gradients crowded onto
+        // two rows and the backward's atomic adds queued there. The clusters' rows side by side then go through one
+        // product with the projections side by side, each row's own cluster alone nonzero, where four products, four
+        // masks and three adds each passed over (N,D).
+        std::vector<torch::Tensor> rows, projections;
         for (size_t i = 0; i < emb.size(); ++i) {
-            auto in_cluster = (flat >= bounds[i]).logical_and(flat < bounds[i + 1]);                 // (N,)
-            auto local = (flat - bounds[i]).clamp(0, bounds[i + 1] - bounds[i] - 1);
-            auto e = lookup(emb[i], local);                                                          // (N,d_i)
-            if (drop) e = e * row_scale(emb[i].size(0), local).to(e.dtype());
-            auto projected = F::linear(e, in_proj[i]) * in_cluster.unsqueeze(1).to(e.dtype());      // (N,D)
-            out = out.defined() ? out + projected : projected;
+            const int64_t n = bounds[i + 1] - bounds[i];
+            auto local = (flat - bounds[i]).remainder(n);                                              // (N,)
+            auto factor = (flat >= bounds[i]).logical_and(flat < bounds[i + 1]).to(emb[i].scalar_type()).unsqueeze(1);   // (N,1)
+            if (drop) factor = factor * row_scale(n, local).to(factor.dtype());
+            rows.push_back(lookup(emb[i], local) * factor);                                             // (N,d_i)
+            projections.push_back(in_proj[i]);                                                          // (D,d_i)
         }
+        // In the tables' dtype, as the reference's embedding (and so the residual stream) is: fp32 under autocast.
+        auto out = F::linear(torch::cat(rows, 1), torch::cat(projections, 1)).to(emb[0].scalar_type());   // (N,sum d_i) -> (N,D)
         return out.view({ids.size(0), ids.size(1), D});
     }
     auto out = torch::zeros({flat.size(0), D}, emb[0].options());

@@ -405,6 +405,7 @@ int selftest_command(const std::string & device_name) {
     }
     torch::manual_seed(7);
     bool ok = check_loss(device);
+    if (device.is_cuda()) ok = check_adaptive_input(device) && ok;
     if (device.is_cuda()) {
         if (own_kernels_enabled()) {
             ok = check_log_softmax_at(device) && ok;

@@ -43,6 +43,9 @@ ModelConfig small_training_config();
 /// The adaptive softmax's log-probs on the device against the CPU in float64 (our kernels on and off, where built),
 /// and at the reference's 267,735 words our kernels against LibTorch's path.
 bool check_loss(const torch::Device & device);
+/// The adaptive input's training path on a GPU (every cluster gathers every token) against the CPU's in float64:
+/// the embedding and every table's and projection's gradient.
+bool check_adaptive_input(const torch::Device & device);
 /// log_softmax_at through our CUDA kernels against float64: forward and gradient, fp32 and bf16 logits, -inf
 /// padding columns, rows up to 160,000 wide and strided rows. CUDA builds with our kernels on.
 bool check_log_softmax_at(const torch::Device & device);

@@ -98,6 +98,49 @@ bool check_loss(const torch::Device & device) {
     return ok;
 }
 
+/// The adaptive input's training path on the device (every cluster gathers every token, one product over the clusters
+/// side by side) against the CPU's (each cluster's own tokens found by nonzero()) in float64: the embedding, and the
+/// gradients of every table and projection. Words at each cluster's first and last row, and repeated words.
+bool check_adaptive_input(const torch::Device & device) {
+    AdaptiveIO io(AdaptiveIOOptions(3001, 64).cutoffs({1000, 2000}).div_value(4));
+    {
+        torch::NoGradGuard no_grad;
+        for (auto & p : io->parameters()) p.uniform_(-0.3, 0.3);
+    }
+    io->train();
+    auto ids = torch::randint(0, 3001, {8, 40}, torch::kLong);
+    ids[0].narrow(0, 0, 8).copy_(torch::tensor({0, 999, 1000, 1999, 2000, 3000, 3000, 0}, torch::kLong));
+    const auto upstream = torch::randn({8, 40, 64}, torch::kDouble);
+    auto run = [&](const torch::Device & on, torch::ScalarType dtype) {
+        io->to(on, dtype);
+        auto embedded = io->embed(ids.to(on), 0.0);                                      // (B,T,D)
+        (embedded * upstream.to(on, dtype)).sum().backward();
+        std::vector<torch::Tensor> results{embedded.detach().to(torch::kCPU, torch::kDouble)};
+        for (auto & p : io->parameters()) {
+            results.push_back(p.grad().defined() ? p.grad().to(torch::kCPU, torch::kDouble) : torch::zeros_like(p, torch::kDouble).cpu());
+            p.mutable_grad() = torch::Tensor();
+        }
+        return results;
+    };
+    const auto reference = run(torch::kCPU, torch::kDouble), got = run(device, torch::kFloat);
+    double forward_error = (got[0] - reference[0]).abs().max().item<double>(), gradient_error = 0;
+    for (size_t i = 1; i < got.size(); ++i) gradient_error = std::max(gradient_error, (got[i] - reference[i]).abs().max().item<double>());
+    // Under autocast the products run in bf16, but the embedding stays in the tables' fp32, as the residual stream does.
+    torch::ScalarType autocast_dtype;
+    {
+        torch::NoGradGuard no_grad;
+        AutocastGuard autocast(device, true);
+        autocast_dtype = io->embed(ids.to(device), 0.0).scalar_type();
+    }
+    io->to(torch::kCPU, torch::kFloat);
+    const bool pass = std::isfinite(forward_error) && std::isfinite(gradient_error) && forward_error < 1e-4 && gradient_error < 1e-3
+                      && autocast_dtype == torch::kFloat;
+    std::printf("selftest: adaptive input (3001 words in 3 clusters) training path fp32 on %s vs the CPU's in float64: max abs error "
+                "%.2e (< 1e-04), gradients %.2e (< 1e-03); under autocast in %s (fp32) %s\n",
+                device.str().c_str(), forward_error, gradient_error, c10::toString(autocast_dtype), pass ? "ok" : "FAIL");
+    return pass;
+}
+
 /// log_softmax_at by our kernels against log_softmax + gather in float64, forward and gradient (autograd, under a
 /// random upstream gradient), for fp32 and bf16 logits; bf16 against the reference of the same bf16-rounded logits,
 /// so only the kernels' own arithmetic (fp32 sums, the gradient rounded to bf16 once: 2^-9 relative) separates them.
