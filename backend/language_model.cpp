@@ -174,11 +174,13 @@ LMOutput LanguageModelImpl::forward(const torch::Tensor & input, const torch::Te
     out.l0 = layers.l0;
     h = layers.hidden;
     if (all_attention) {
-        h = F::dropout(h, F::DropoutFuncOptions().p(config.proj_drop).training(is_training()));
+        // The last layer's projection dropout and the output's: two independent masks, whose product is one mask that
+        // keeps (1-p1)(1-p2) of the entries, scaled by its inverse. One pass each way, the same distribution.
+        const double keep = (1 - config.proj_drop) * (1 - config.output_drop);
+        h = F::dropout(h, F::DropoutFuncOptions().p(1 - keep).training(is_training()));
     } else {
-        h = out_norm->forward(h);
+        h = F::dropout(out_norm->forward(h), F::DropoutFuncOptions().p(config.output_drop).training(is_training()));
     }
-    h = F::dropout(h, F::DropoutFuncOptions().p(config.output_drop).training(is_training()));
     if (!target.defined()) {
         out.hidden = h;   // no softmax asked for (the benchmark's loss-free workload)
         return out;
