@@ -564,6 +564,31 @@ private Q_SLOTS:
         auto c = model->forward(input, input, {}).target_log_prob, d = model->forward(input, input, {}).target_log_prob;
         QVERIFY(!torch::equal(c, d));
     }
+
+    // All-attention's last layer dropout and the output's are drawn as one mask keeping (1-p1)(1-p2), scaled by its
+    // inverse: the share of exact zeros in the output, and the kept entries against the dropout-free output.
+    void output_dropouts_keep_both_shares() {
+        auto config = tiny(ModelType::AllAttention);
+        config.hidden_dim = 64;
+        config.output_drop = 0.2;
+        LanguageModel model(config);
+        auto input = torch::randint(0, 40, {32, 4}, torch::kLong);
+        torch::NoGradGuard no_grad;
+        model->eval();
+        const auto clean = model->forward(input, {}, {}).hidden;                   // (B,T,D)
+        model->train();
+        auto dropped = model->forward(input, {}, {}).hidden;
+        auto kept = dropped != 0;
+        const double n = (double) kept.numel(), bound = 5 * std::sqrt(0.2 * 0.8 / n);
+        QVERIFY2(std::abs(kept.to(torch::kDouble).mean().item<double>() - 0.8) < bound, "output_drop 0.2: about 0.8 of the entries kept");
+        QVERIFY(torch::allclose(dropped.masked_select(kept), (clean / 0.8).masked_select(kept), 1e-4, 1e-5));
+        // With the last layer's dropout too (and every layer's, which leaves no exact zeros in the residual stream).
+        config.proj_drop = 0.5;
+        LanguageModel both(config);
+        both->train();
+        const double share = (both->forward(input, {}, {}).hidden != 0).to(torch::kDouble).mean().item<double>();
+        QVERIFY2(std::abs(share - 0.5 * 0.8) < 5 * std::sqrt(0.4 * 0.6 / n), "proj_drop 0.5 and output_drop 0.2: 0.4 of the entries kept");
+    }
 };
 
 QTEST_GUILESS_MAIN(TestModel)
