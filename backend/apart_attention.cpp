@@ -269,7 +269,7 @@ struct TrainableApartAttention : public torch::autograd::Function<TrainableApart
                                  const torch::Tensor & position_q_in, const torch::Tensor & position_keys, const torch::Tensor & persistent_keys,
                                  const torch::Tensor & persistent_values, const torch::Tensor & query_biases, double scale, double dropout,
                                  bool kernels, bool own, int64_t first_position) {
-        const int64_t B = q.size(0), H = q.size(1), T = q.size(2), dh = q.size(3);
+        const int64_t B = q.size(0), T = q.size(2);
         // With the query join, q + u and q + v are formed here from the head biases (2,H,dh), and the backward sums
         // their gradients into q's in one pass.
         const bool query_join = query_biases.numel() > 0;
