@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (PyTorch 2.x + CUDA + NCCL, no Qt, no internet) in one call: builds studio headless
 # against the pip LibTorch, then runs the GPU checks and writes every result under $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|kernelprobe|biasbench|switchbench|inferswitch|trainprofile|gate|repro|all]...
+#   scripts/gpu-check.sh [build|smoke|selftest|trainbench|trainlayouts|traingraphs|resume|numerics|multigpu|profile|train|bench|lossbench|layerbench|kernelbench|splitprobe|kernelprobe|biasbench|switchbench|inferswitch|headscan|trainprofile|gate|repro|all]...
 # Needs .gpu/ from scripts/gpu-prepare.sh (carried). NVLink multicast stays off (shared hosts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -153,6 +153,22 @@ kernelbench() {
   done
 }
 layerbench() { inference_rows_and_profiles 0 layers 7 25 "without the loss"; }
+# What a segment costs at each uniform head count ([h]*16, h = 1..8), loss-free, batch ${SCAN_BATCHES:-4,32,128}, bf16:
+# the part that removing heads cannot shrink (the fit's constant) and the steps of the attention kernels' waves. Then
+# kernel sums of three batch-32 segments at ${SCAN_PROFILE_HEADS:-2 4 6} heads a layer (dense: layerbench).
+headscan() {
+  python3 -c "import json; c=json.load(open('configs/wt103_all_16l_train.json')); c['bench']['head_lists']=[[h]*16 for h in range(1,8)]; json.dump(c, open('/tmp/headscan.json','w'))"
+  log "bench uniform head counts 1..8 a layer, bf16, without the loss, batches ${SCAN_BATCHES:-4,32,128}"
+  $STUDIO bench /tmp/headscan.json --devices cuda --batch-sizes "${SCAN_BATCHES:-4,32,128}" --dtypes bf16 --with-loss 0 \
+    --variants dense,pruned --steps 20 --warmup 5 -r 7 --out "$OUT/bench-headscan" 2>>"$OUT/bench.log" | tee -a "$OUT/summary.txt"
+  local h
+  for h in ${SCAN_PROFILE_HEADS:-2 4 6}; do
+    log "profile: inference segment without the loss, batch 32, bf16, $h heads a layer"
+    STUDIO_PROFILE=/tmp/scan-$h.json STUDIO_PROFILE_VARIANT=pruned-$((16 * h)) $STUDIO bench /tmp/headscan.json --devices cuda \
+      --batch-sizes 32 --dtypes bf16 --with-loss 0 --variants pruned --steps 3 --warmup 2 -r 1 --out /tmp/profile-scan > /dev/null 2>&1
+    python3 scripts/trace_summary.py /tmp/scan-$h.json --top 12 | tee -a "$OUT/summary.txt"
+  done
+}
 # Training steps with the content columns' bias formed by LibTorch's operations (STUDIO_CONTENT_BIAS=ops) and by our
 # kernels (the default), ungated, at ${BIAS_BATCHES:-24,64}, same build and machine.
 biasbench() { SWITCH=STUDIO_CONTENT_BIAS switchbench; }
@@ -315,7 +331,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(all)
 for step in "${steps[@]}"; do
   case "$step" in
     all) build && smoke && selftest && trainbench && numerics && multigpu && bench || status=1 ;;
-    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|kernelprobe|biasbench|switchbench|inferswitch|trainprofile|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
+    build|smoke|train|gate|bench|lossbench|layerbench|kernelbench|splitprobe|kernelprobe|biasbench|switchbench|inferswitch|headscan|trainprofile|trainlayouts|traingraphs|resume|selftest|trainbench|numerics|multigpu|profile|repro) $step || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
