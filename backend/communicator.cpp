@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <stdexcept>
+#include <thread>
 
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -67,6 +68,23 @@ public:
     }
 
     void barrier() override { run(group_->barrier()); }
+
+    // NCCL's watchdog thread polls the store until its group stops; rank 0 serves the store and exits as soon as it
+    // is done, so a rank still polling then warns at exit that the store has gone. So every rank stops its group
+    // first, and rank 0 keeps the store open until all have.
+    void finish() override {
+        barrier();
+#if defined(STUDIO_NCCL) && TORCH_VERSION_MAJOR >= 2
+        if (auto * nccl = dynamic_cast<c10d::ProcessGroupNCCL *>(group_.get())) nccl->shutdown();
+#endif
+        const std::string key = "studio/finished";
+        store_->add(key, 1);
+        if (rank_ != 0) return;
+        const auto deadline = std::chrono::steady_clock::now() + store_->getTimeout();
+        while (store_->add(key, 0) < world_ && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+    }
 
     void check_all_ok(bool ok, const std::string & what) override {
         auto flag = torch::full({1}, ok ? 0.0f : 1.0f, torch::TensorOptions().device(device_for_collectives()));

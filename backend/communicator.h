@@ -33,6 +33,9 @@ public:
     /// Sums a small tensor over ranks in place.
     virtual void sum(torch::Tensor & tensor) { (void) tensor; }
     virtual void barrier() {}
+    /// Leaves the group at a run's normal end, in step with the other ranks (collective; not after an error, where a
+    /// rank may be gone).
+    virtual void finish() {}
     /// Raises an error on every rank if any rank reported a failure (collective).
     virtual void check_all_ok(bool ok, const std::string & what) { (void) ok; (void) what; }
 };

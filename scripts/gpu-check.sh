@@ -300,7 +300,9 @@ json.dump(c, open("/tmp/multigpu-%s.json" % name, "w"))
 PY
     rm -rf runs-gpu/multigpu-$name
     log "multigpu $name: $ranks GPU(s), global batch $batch, dropout $dropout, $steps steps"
-    $STUDIO --batch /tmp/multigpu-$name.json --run-dir runs-gpu/multigpu-$name --no-progress 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
+    $STUDIO --batch /tmp/multigpu-$name.json --run-dir runs-gpu/multigpu-$name --no-progress > "$OUT/multigpu-$name.log" 2>&1
+    tail -3 "$OUT/multigpu-$name.log" | tee -a "$OUT/summary.txt"
+    echo "warnings (lines starting [W): $(grep -c '^\[W' "$OUT/multigpu-$name.log")" | tee -a "$OUT/summary.txt"
     cp runs-gpu/multigpu-$name/events.jsonl "$OUT/multigpu-$name-events.jsonl"
   done
   python3 scripts/compare_losses.py runs-gpu/multigpu-agree-1/events.jsonl runs-gpu/multigpu-agree-$gpus/events.jsonl --label "$gpus ranks vs 1 x 48 bf16" | tee -a "$OUT/summary.txt"
