@@ -71,18 +71,21 @@ public:
 
     // NCCL's watchdog thread polls the store until its group stops; rank 0 serves the store and exits as soon as it
     // is done, so a rank still polling then warns at exit that the store has gone. So every rank stops its group
-    // first, and rank 0 keeps the store open until all have.
+    // first, and rank 0 keeps the store open until all have. The run's work is done and saved by now: a rank that
+    // fails here costs at most that warning, never the run's status.
     void finish() override {
-        barrier();
+        try {
 #if defined(STUDIO_NCCL) && TORCH_VERSION_MAJOR >= 2
-        if (auto * nccl = dynamic_cast<c10d::ProcessGroupNCCL *>(group_.get())) nccl->shutdown();
+            if (auto * nccl = dynamic_cast<c10d::ProcessGroupNCCL *>(group_.get())) nccl->shutdown();
 #endif
-        const std::string key = "studio/finished";
-        store_->add(key, 1);
-        if (rank_ != 0) return;
-        const auto deadline = std::chrono::steady_clock::now() + store_->getTimeout();
-        while (store_->add(key, 0) < world_ && std::chrono::steady_clock::now() < deadline) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            const std::string key = "studio/finished";
+            store_->add(key, 1);
+            if (rank_ != 0) return;
+            const auto deadline = std::chrono::steady_clock::now() + store_->getTimeout();
+            while (store_->add(key, 0) < world_ && std::chrono::steady_clock::now() < deadline) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            }
+        } catch (const std::exception &) {
         }
     }
 

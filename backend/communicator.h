@@ -33,8 +33,8 @@ public:
     /// Sums a small tensor over ranks in place.
     virtual void sum(torch::Tensor & tensor) { (void) tensor; }
     virtual void barrier() {}
-    /// Leaves the group at a run's normal end, in step with the other ranks (collective; not after an error, where a
-    /// rank may be gone).
+    /// Leaves the group at a run's normal end, after the ranks' last barrier: each rank stops its backend, and rank 0
+    /// (the store's server) returns once all have. Never throws.
     virtual void finish() {}
     /// Raises an error on every rank if any rank reported a failure (collective).
     virtual void check_all_ok(bool ok, const std::string & what) { (void) ok; (void) what; }

@@ -265,7 +265,8 @@ int run_batch(const BatchOptions & options) {
             std::fprintf(stderr, "\nstopped; continue with: studio --batch %s --run-dir %s --resume\n", options.config_path.c_str(), ctx.run_dir.c_str());
             return 3;
         }
-        // Only here: a stop may reach the ranks between stages at different times, and this is collective.
+        // Only at the normal end, where every rank has passed the last stage's barrier (a stop may reach the ranks
+        // between stages at different times, and rank 0 would then wait for the others).
         if (ctx.comm) ctx.comm->finish();
         ctx.event("run_end", {{"status", "ok"}, {"step", resume_step()}});
         return 0;
