@@ -1,5 +1,6 @@
 // Training machinery against independent computations: LAMB as the reference writes it, Adam against LibTorch's,
-// the ordered batcher and its rank shards, and checkpoints (round trip, corruption, foreign and mismatched files).
+// the ordered batcher and its rank shards, checkpoints (round trip, corruption, foreign and mismatched files), and
+// two Gloo ranks leaving their group in step.
 #include <torch/torch.h>
 
 #include <QDir>
@@ -7,12 +8,18 @@
 #include <QTemporaryDir>
 #include <QTest>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "bench_train.h"
 #include "checkpoint.h"
+#include "communicator.h"
 #include "language_model.h"
 #include "lm_batcher.h"
 #include "optimizer.h"
@@ -320,6 +327,38 @@ private Q_SLOTS:
         QCOMPARE((int) left.size(), 3);
         QCOMPARE(left[0].step, int64_t(100));
         QCOMPARE(left[2].step, int64_t(400));
+    }
+
+    // Rank 0 serves the store that the ranks met through; at a run's end it must not return (and exit, closing the
+    // store) before every other rank has stopped its group, or their watchdogs poll a closed store.
+    void finish_holds_rank_0_until_every_rank_has_stopped() {
+        using clock = std::chrono::steady_clock;
+        RankInfo info;
+        info.world_size = 2;
+        info.master_port = 20000 + getpid() % 20000;
+        std::atomic<int64_t> late_rank_finishing{0};
+        std::string late_rank_error;
+        std::thread late_rank([&] {
+            try {
+                RankInfo mine = info;
+                mine.rank = mine.local_rank = 1;
+                auto comm = communicator_create(mine, torch::kCPU, 20);
+                comm->barrier();
+                std::this_thread::sleep_for(std::chrono::milliseconds(400));
+                late_rank_finishing = clock::now().time_since_epoch().count();
+                comm->finish();
+            } catch (const std::exception & e) {
+                late_rank_error = e.what();
+            }
+        });
+        auto comm = communicator_create(info, torch::kCPU, 20);
+        comm->barrier();
+        comm->finish();
+        const int64_t rank_0_returned = clock::now().time_since_epoch().count();
+        late_rank.join();
+        QCOMPARE(QString::fromStdString(late_rank_error), QString());
+        QVERIFY(late_rank_finishing > 0);
+        QVERIFY2(rank_0_returned >= late_rank_finishing, "rank 0 returned before rank 1 had begun to finish");
     }
 };
 
