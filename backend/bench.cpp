@@ -338,7 +338,8 @@ int bench_command(const BenchCommand & command) {
         if (command.cuda_graphs >= 0) config.bench.cuda_graphs = command.cuda_graphs == 1;
         config = config_from_json(config_to_json(config)); // re-validate the overridden values
         for (const auto & d : config.bench.devices) {
-            if (d == "cuda" && cuda_device_count() == 0) throw ConfigError("bench error: --devices cuda: this build or machine has no CUDA GPU");
+            if (d == "cuda" && cuda_device_count() == 0) throw ConfigError("bench error: devices: \"cuda\" was asked for (--devices or the config's bench.devices) but this "
+                                  "build or machine has no CUDA GPU; use --devices cpu");
         }
     } catch (const std::exception & e) {
         std::fprintf(stderr, "%s\n", e.what());

@@ -248,6 +248,11 @@ private Q_SLOTS:
         auto bad = studio_run({"bench", "--train", path, "--train-variants", "masked"});
         QCOMPARE(bad.code, 2);
         QCOMPARE(bad.err.trimmed(), QString("bench error: --train-variants: \"masked\" is not one of ungated, gated"));
+        // This CPU LibTorch has no CUDA: a GPU asked for stops before any work, naming the fix.
+        auto no_gpu = studio_run({"bench", path, "--devices", "cuda"});
+        QCOMPARE(no_gpu.code, 2);
+        QCOMPARE(no_gpu.err.trimmed(), QString("bench error: devices: \"cuda\" was asked for (--devices or the config's bench.devices) but "
+                                               "this build or machine has no CUDA GPU; use --devices cpu"));
     }
 
     void non_finite_loss_stops_with_the_step() {
