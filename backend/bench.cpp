@@ -322,6 +322,9 @@ int bench_command(const BenchCommand & command) {
     bool from_run = false;
     try {
         if (fs::is_directory(command.source)) {
+            if (!fs::exists(run_config_path(command.source))) {
+                throw ConfigError("bench error: " + command.source + " has no config.json (name a run folder or a config file)");
+            }
             config = config_load(run_config_path(command.source));
             from_run = true;
         } else {

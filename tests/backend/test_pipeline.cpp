@@ -245,9 +245,24 @@ private Q_SLOTS:
         QVERIFY(lines[1].startsWith("ungated,2,8,8,fp32,cpu,"));
         QVERIFY(lines[2].startsWith("gated,2,8,8,fp32,cpu,"));
         for (const char * f : {"/train-bench.md", "/train-bench.csv", "/train-bench.json"}) QVERIFY(QFile::exists(out + f));
+    }
+
+    void bench_refuses_bad_input_before_work() {
+        json config = tiny_config("bench-refusals");
+        config["model"]["vocab_size"] = 200;
+        config["model"]["cutoffs"] = {50, 100};
+        const QString path = write_config(dir.path(), config);
         auto bad = studio_run({"bench", "--train", path, "--train-variants", "masked"});
         QCOMPARE(bad.code, 2);
         QCOMPARE(bad.err.trimmed(), QString("bench error: --train-variants: \"masked\" is not one of ungated, gated"));
+        const QString not_a_run = dir.path() + "/not-a-run";
+        QVERIFY(QDir().mkpath(not_a_run));
+        auto no_run = studio_run({"bench", not_a_run});
+        QCOMPARE(no_run.code, 2);
+        QCOMPARE(no_run.err.trimmed(), "bench error: " + not_a_run + " has no config.json (name a run folder or a config file)");
+        auto zero_batch = studio_run({"bench", path, "--batch-sizes", "4,0"});
+        QCOMPARE(zero_batch.code, 2);
+        QCOMPARE(zero_batch.err.trimmed(), QString("config error: bench.batch_sizes: every batch size must be at least 1"));
         // This CPU LibTorch has no CUDA: a GPU asked for stops before any work, naming the fix.
         auto no_gpu = studio_run({"bench", path, "--devices", "cuda"});
         QCOMPARE(no_gpu.code, 2);
