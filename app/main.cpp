@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <thread>
 #ifdef __GLIBC__
@@ -64,7 +65,16 @@ int main(int argc, char ** argv) {
     app.require_subcommand(0, 1);
     std::string batch_config, run_dir;
     bool resume = false, no_progress = false;
-    app.add_option("--batch", batch_config, "Run the stages of CONFIG headless")->check(CLI::ExistingFile);
+    // A run folder is the likeliest mistake here: say how to continue it.
+    const CLI::Validator config_file(
+        [](std::string & path) -> std::string {
+            if (std::filesystem::is_directory(path)) {
+                return path + " is a folder; give a config file (to continue a run: --batch RUN/config.json --run-dir RUN --resume)";
+            }
+            return std::filesystem::exists(path) ? std::string() : path + ": no such file (check the path)";
+        },
+        "CONFIG");
+    app.add_option("--batch", batch_config, "Run the stages of CONFIG headless")->check(config_file);
     app.add_option("--run-dir", run_dir, "Run directory (default: <runs_dir>/<name>)");
     app.add_flag("--resume", resume, "Continue the run in the run directory from its last complete checkpoint");
     app.add_flag("--no-progress", no_progress, "No live progress line");
@@ -112,7 +122,8 @@ int main(int argc, char ** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError & e) {
-        return app.exit(e);
+        // --help and --version exit 0; every other parse error is bad input, exit 2 as a bad config's.
+        return app.exit(e) == 0 ? 0 : 2;
     }
     if (*info) return studio::info_command(info_source, info_json);
     if (*validate) return studio::validate_command(validate_path);

@@ -93,6 +93,12 @@ private Q_SLOTS:
         QCOMPARE(r.code, 2);
         QVERIFY2(r.err.startsWith("config error: model.vocab_size: 267735 does not match the 33278-word vocabulary of"), qPrintable(r.err));
 
+        // A run folder given as the config: the line says how to continue a run; a parse error is bad input too.
+        r = studio_run({"--batch", dir.path()});
+        QCOMPARE(r.code, 2);
+        QCOMPARE(r.err.split('\n').first(), "--batch: " + dir.path() + " is a folder; give a config file (to continue a run: --batch "
+                                             "RUN/config.json --run-dir RUN --resume)");
+
         r = studio_run({"validate", write_config(dir.path(), bad)});
         QCOMPARE(r.code, 2);
         r = studio_run({"validate", write_config(dir.path(), tiny_config("good"))});
