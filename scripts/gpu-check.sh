@@ -44,8 +44,9 @@ train() {
 import json, sys, statistics
 ev = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 tr = [e for e in ev if e["event"] == "train"]
-tps = [e["tokens_per_s"] for e in tr[2:]] or [0]
-print("train steps", tr[-1]["step"] if tr else 0, "median tokens/s %.0f" % statistics.median(tps))
+tps = [e["tokens_per_s"] for e in tr[2:]]   # the first two logged windows hold the eager steps and the capture
+print("train steps", tr[-1]["step"] if tr else 0,
+      "median tokens/s %.0f" % statistics.median(tps) if tps else "median tokens/s: n/a (fewer than 3 logged windows)")
 for e in ev:
     if e["event"] == "eval": print("eval", e.get("model", ""), e["split"], "ppl %.3f" % e["ppl"])
 PY
