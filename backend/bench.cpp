@@ -321,15 +321,8 @@ int bench_command(const BenchCommand & command) {
     Config config;
     bool from_run = false;
     try {
-        if (fs::is_directory(command.source)) {
-            if (!fs::exists(run_config_path(command.source))) {
-                throw ConfigError("bench error: " + command.source + " has no config.json (name a run folder or a config file)");
-            }
-            config = config_load(run_config_path(command.source));
-            from_run = true;
-        } else {
-            config = config_load(command.source);
-        }
+        config = config_load(source_config_path(command.source, "bench", "a run folder or a config file"));
+        from_run = fs::is_directory(command.source);
         if (!command.batch_sizes.empty()) config.bench.batch_sizes = command.batch_sizes;
         if (!command.devices.empty()) config.bench.devices = command.devices;
         if (!command.dtypes.empty()) config.bench.dtypes = command.dtypes;

@@ -20,11 +20,7 @@ using nlohmann::json;
 
 int info_command(const std::string & source, bool as_json) {
     try {
-        const std::string path = fs::is_directory(source) ? run_config_path(source) : source;
-        if (fs::is_directory(source) && !fs::exists(path)) {
-            throw ConfigError("info error: " + source + " has no config.json (name a config file, a run folder or a pruned/ folder)");
-        }
-        Config config = config_load(path);
+        Config config = config_load(source_config_path(source, "info", "a config file, a run folder or a pruned/ folder"));
         if (config.model.vocab_size == 0) {
             const std::string folder = config_data_folder(config);
             if (!fs::is_directory(folder)) {

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "config.h"   // ConfigError
+
 namespace studio {
 
 namespace fs = std::filesystem;
@@ -14,6 +16,13 @@ std::string run_events_path(const std::string & run_dir) { return (fs::path(run_
 std::string run_config_path(const std::string & run_dir) { return (fs::path(run_dir) / "config.json").string(); }
 std::string run_pruned_dir(const std::string & run_dir) { return (fs::path(run_dir) / "pruned").string(); }
 std::string run_bench_dir(const std::string & run_dir) { return (fs::path(run_dir) / "bench").string(); }
+
+std::string source_config_path(const std::string & source, const std::string & command, const std::string & accepted) {
+    if (!fs::is_directory(source)) return source;
+    const std::string path = run_config_path(source);
+    if (!fs::exists(path)) throw ConfigError(command + " error: " + source + " has no config.json (name " + accepted + ")");
+    return path;
+}
 
 std::string checkpoint_dir_name(const std::string & stage, int64_t step) {
     char buffer[32];

@@ -19,6 +19,9 @@ std::string run_events_path(const std::string & run_dir);
 std::string run_config_path(const std::string & run_dir);
 std::string run_pruned_dir(const std::string & run_dir);
 std::string run_bench_dir(const std::string & run_dir);
+/// The config file a command reads from `source`: the file itself, or a folder's config.json. A folder without one
+/// is refused: ConfigError("<command> error: SOURCE has no config.json (name <accepted>)").
+std::string source_config_path(const std::string & source, const std::string & command, const std::string & accepted);
 /// checkpoints/<stage>-<step, 8 digits>
 std::string checkpoint_dir_name(const std::string & stage, int64_t step);
 /// Complete checkpoints (those renamed into place) of a stage ("" = any), oldest first.

@@ -64,6 +64,9 @@ private Q_SLOTS:
         auto info = json::parse(j.out.toStdString());
         QCOMPARE(info["params_layers"].get<int64_t>(), int64_t(54607872));
         QCOMPARE(info["params_total"].get<int64_t>(), int64_t(73951378));
+        auto no_config = studio_run({"info", dir.path()});
+        QCOMPARE(no_config.code, 2);
+        QCOMPARE(no_config.err.trimmed(), "info error: " + dir.path() + " has no config.json (name a config file, a run folder or a pruned/ folder)");
     }
 
     void bad_input_stops_before_work() {
