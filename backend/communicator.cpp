@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <stdexcept>
-#include <thread>
 
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -78,13 +77,14 @@ public:
 #if defined(STUDIO_NCCL) && TORCH_VERSION_MAJOR >= 2
             if (auto * nccl = dynamic_cast<c10d::ProcessGroupNCCL *>(group_.get())) nccl->shutdown();
 #endif
-            const std::string key = "studio/finished";
-            store_->add(key, 1);
-            if (rank_ != 0) return;
-            const auto deadline = std::chrono::steady_clock::now() + store_->getTimeout();
-            while (store_->add(key, 0) < world_ && std::chrono::steady_clock::now() < deadline) {
-                std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            const auto finished = [](int64_t rank) { return "studio/finished/" + std::to_string(rank); };
+            if (rank_ != 0) {
+                store_->set(finished(rank_), std::vector<uint8_t>{});   // the key alone is the signal
+                return;
             }
+            std::vector<std::string> others;
+            for (int64_t rank = 1; rank < world_; ++rank) others.push_back(finished(rank));
+            store_->wait(others);   // bounded by the store's timeout
         } catch (const std::exception &) {
         }
     }
