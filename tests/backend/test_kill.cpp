@@ -4,8 +4,10 @@
 // Kill moments are drawn from a seeded RNG (printed; STUDIO_KILL_SEED=<seed> replays a run's plan, though the exact
 // instant a kill lands still depends on the machine's timing). Most kills wait for a random training step's
 // progress line and then a random fraction of a step: that line is printed just before the step's checkpoint is
-// written, so those kills land before, inside or just after the write. The rest land at a random moment of
-// start-up (loading the corpus, the checkpoint, the model). STUDIO_KILLS=<n> asks for more than the default 20.
+// written, so those kills land before, inside or just after the write. Some land at a random moment of start-up
+// (loading the corpus, the checkpoint, the model). Every fourth kill is aimed at a write: it watches for that step's
+// staging folder and strikes once the folder holds a chosen number of entries, so the count of kills inside a write
+// does not hang on how long a write takes on the machine. STUDIO_KILLS=<n> asks for more than the default 20.
 //
 // A kill "inside a checkpoint write" is one after which the run left a staging folder (checkpoints/.<name>.staging)
 // that was not there before it started; a kill "inside a rotation" left a hidden .deleting folder.
@@ -18,6 +20,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <random>
 #include <thread>
 
@@ -73,6 +76,7 @@ public:
         process_.kill(); // SIGKILL
         finish();
     }
+    bool running() const { return process_.state() != QProcess::NotRunning; }
     bool killed() const { return process_.exitStatus() == QProcess::CrashExit; }
     int exit_code() const { return process_.exitStatus() == QProcess::NormalExit ? process_.exitCode() : -1; }
     const QString & output() const { return output_; }
@@ -127,6 +131,25 @@ QMap<QString, QString> hidden_entries(const QString & run_dir) {
     return found;
 }
 
+// Follows <run>/checkpoints/.<train-step>.staging from outside: true once it exists and holds at least `entries`
+// entries, false if the process ends or the step's checkpoint is committed first (the write went by unseen).
+bool wait_inside_write(const QString & run_dir, int64_t step, int entries, const Watched & process) {
+    namespace fs = std::filesystem;
+    const fs::path checkpoints = fs::path(run_dir.toStdString()) / "checkpoints";
+    const std::string name = studio::checkpoint_dir_name("train", step);
+    const fs::path staging = checkpoints / ("." + name + ".staging"), committed = checkpoints / name;
+    QElapsedTimer waited;
+    waited.start();
+    while (waited.elapsed() < 60000 && process.running()) {
+        std::error_code ec;
+        if (fs::exists(committed, ec)) return false;
+        int found = 0;
+        for (auto it = fs::directory_iterator(staging, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) ++found;
+        if (!ec && found >= entries) return true;
+    }
+    return false;
+}
+
 QString all_checkpoints_problem(const QString & run_dir) {
     for (const auto & c : studio::run_list_checkpoints(run_dir.toStdString(), "")) {
         const QString problem = checkpoint_problem(QString::fromStdString(c.path));
@@ -171,7 +194,7 @@ private Q_SLOTS:
         std::mt19937_64 rng(seed);
         auto uniform = [&](double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(rng); };
 
-        int kills = 0, in_write = 0, in_rotation = 0, in_startup = 0, resumes_checked = 0;
+        int kills = 0, in_write = 0, in_rotation = 0, in_startup = 0, aimed_in_write = 0, resumes_checked = 0;
         for (int attempt = 0;; ++attempt) {
             QVERIFY2(attempt < 4 * wanted, "the run makes no progress between kills");
             const auto before = studio::run_latest_checkpoint(run.toStdString(), "train");
@@ -179,14 +202,23 @@ private Q_SLOTS:
             Watched w(config, run, attempt > 0);
             // A kill after the final checkpoint would leave nothing to interrupt: the next start just ends.
             if (kills < wanted && !(before && before->step == kSteps)) {
-                if (uniform(0, 1) < 0.2) {
+                bool aimed = false;
+                const int64_t from = before ? before->step : 0;
+                // A write to aim at must come after the resumed run's first commit, which clears what earlier kills
+                // left (a leftover staging folder of the same name would be seen before this run writes it).
+                const int64_t aim_step = from + 2 + (int64_t) uniform(0, 4);
+                if (kills % 4 == 1 && aim_step < kSteps) {
+                    QVERIFY2(w.wait_for_step(aim_step), qPrintable("ended before its kill:\n" + w.output()));
+                    // From the empty folder up to its third entry (the memory, model and optimizer files come in turn).
+                    aimed = true;
+                    wait_inside_write(run, aim_step, (int) uniform(0, 4), w);
+                } else if (uniform(0, 1) < 0.2) {
                     // Somewhere in start-up: reading the config, the corpus cache, the checkpoint.
                     std::this_thread::sleep_for(std::chrono::microseconds((int64_t) (uniform(0, startup_ms) * 1000)));
                     ++in_startup;
                 } else {
                     // A step in the next stretch, sized so that the wanted kills spread over the whole run and the
                     // last one still comes before its end.
-                    const int64_t from = before ? before->step : 0;
                     const int64_t stretch = std::max<int64_t>(1, (kSteps - from) / (wanted - kills + 1));
                     const int64_t target = from + 1 + (int64_t) uniform(0, (double) (2 * stretch - 1));
                     QVERIFY2(w.wait_for_step(std::min(target, kSteps - 1)), qPrintable("ended before its kill:\n" + w.output()));
@@ -198,7 +230,10 @@ private Q_SLOTS:
                 const auto hidden_after = hidden_entries(run);
                 for (auto it = hidden_after.begin(); it != hidden_after.end(); ++it) {
                     if (hidden_before.value(it.key()) == it.value()) continue;
-                    if (it.key().endsWith(".staging")) ++in_write;
+                    if (it.key().endsWith(".staging")) {
+                        ++in_write;
+                        if (aimed) ++aimed_in_write;
+                    }
                     if (it.key().endsWith(".deleting")) ++in_rotation;
                 }
             } else {
@@ -240,8 +275,9 @@ private Q_SLOTS:
         const auto last = studio::run_latest_checkpoint(run.toStdString(), "train");
         QVERIFY(last && last->step == kSteps);
 
-        qInfo("kill test: %d kills (%d inside a checkpoint write, %d inside a rotation, %d in start-up), %d resumes checked, "
-              "largest loss difference %g, %.1f s in all", kills, in_write, in_rotation, in_startup, resumes_checked, worst,
+        qInfo("kill test: %d kills (%d inside a checkpoint write, %d of them aimed there; %d inside a rotation, %d in start-up), "
+              "%d resumes checked, largest loss difference %g, %.1f s in all", kills, in_write, aimed_in_write, in_rotation, in_startup,
+              resumes_checked, worst,
               (double) total.elapsed() / 1000.0);
         QVERIFY(kills >= 20);
         QVERIFY2(in_write >= 3, qPrintable(QString("only %1 kills landed inside a checkpoint write").arg(in_write)));
