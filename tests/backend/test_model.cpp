@@ -340,7 +340,10 @@ private Q_SLOTS:
                              std::to_string((cached.target_log_prob - plain.target_log_prob).abs().max().item<double>()).c_str());
                     QCOMPARE(cached.memory[0].sizes().vec(), (std::vector<int64_t>{2, M, 2, 8}));   // (B,M,2,H*dh)
                     QCOMPARE(cached.memory[1].sizes().vec(), (std::vector<int64_t>{2, M, 8}));      // no heads: hidden states
-                    QVERIFY(torch::equal(cached.memory[1], plain.memory[1]));
+                    // Layer 0's output, not bitwise: its keys of the memory came from a product over other rows, and
+                    // how BLAS blocks a product (so its rounding) depends on the rows and on the CPU's vector width.
+                    QVERIFY2(torch::allclose(cached.memory[1], plain.memory[1], 1e-5, 1e-6),
+                             std::to_string((cached.memory[1] - plain.memory[1]).abs().max().item<double>()).c_str());
                     // The cache holds LN(hidden) W_k^T and LN(hidden) W_v^T of the very positions the hidden memory holds.
                     auto & layer = model->layer_list[0];
                     auto normed = layer->norm->forward(plain.memory[0]);
