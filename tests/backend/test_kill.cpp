@@ -276,9 +276,8 @@ private Q_SLOTS:
         QVERIFY(last && last->step == kSteps);
 
         qInfo("kill test: %d kills (%d inside a checkpoint write, %d of them aimed there; %d inside a rotation, %d in start-up), "
-              "%d resumes checked, largest loss difference %g, %.1f s in all", kills, in_write, aimed_in_write, in_rotation, in_startup,
-              resumes_checked, worst,
-              (double) total.elapsed() / 1000.0);
+              "%d resumes checked, largest loss difference %g, %.1f s in all", kills, in_write, aimed_in_write, in_rotation,
+              in_startup, resumes_checked, worst, (double) total.elapsed() / 1000.0);
         QVERIFY(kills >= 20);
         QVERIFY2(in_write >= 3, qPrintable(QString("only %1 kills landed inside a checkpoint write").arg(in_write)));
         QVERIFY(resumes_checked >= 10);
