@@ -132,17 +132,17 @@ QMap<QString, QString> hidden_entries(const QString & run_dir) {
 }
 
 // Follows <run>/checkpoints/.<train-step>.staging from outside: true once it exists and holds at least `entries`
-// entries, false if the process ends or the step's checkpoint is committed first (the write went by unseen).
+// entries, false if the process ends or that step's checkpoint (or a later one) is committed first: the write went
+// by unseen, and the kill lands wherever the run has got to.
 bool wait_inside_write(const QString & run_dir, int64_t step, int entries, const Watched & process) {
     namespace fs = std::filesystem;
-    const fs::path checkpoints = fs::path(run_dir.toStdString()) / "checkpoints";
-    const std::string name = studio::checkpoint_dir_name("train", step);
-    const fs::path staging = checkpoints / ("." + name + ".staging"), committed = checkpoints / name;
+    const fs::path staging = fs::path(run_dir.toStdString()) / "checkpoints" / ("." + studio::checkpoint_dir_name("train", step) + ".staging");
     QElapsedTimer waited;
     waited.start();
     while (waited.elapsed() < 60000 && process.running()) {
+        const auto latest = studio::run_latest_checkpoint(run_dir.toStdString(), "train");
+        if (latest && latest->step >= step) return false;
         std::error_code ec;
-        if (fs::exists(committed, ec)) return false;
         int found = 0;
         for (auto it = fs::directory_iterator(staging, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) ++found;
         if (!ec && found >= entries) return true;
