@@ -43,10 +43,6 @@ TrainingState training_state_from_json(const json & j, const std::string & sourc
     return s;
 }
 
-std::string checkpoint_staging_dir(const std::string & run_dir, const std::string & stage, int64_t step) {
-    return (fs::path(run_checkpoints_dir(run_dir)) / ("." + checkpoint_dir_name(stage, step) + ".staging")).string();
-}
-
 namespace {
 
 // A staging folder is <run>/checkpoints/.<stage>-<step>.staging.

@@ -41,8 +41,6 @@ struct LoadedCheckpoint {
     TensorMap model, optimizer, memory;
 };
 
-/// Staging folder of a checkpoint being written (every rank writes its memory file there before rank 0 commits).
-std::string checkpoint_staging_dir(const std::string & run_dir, const std::string & stage, int64_t step);
 /// Creates a checkpoint's staging folder empty (rank 0, before the ranks write into it), removing what a killed
 /// attempt at the same step left there; a full disk fails like a failed checkpoint write, naming the checkpoint a
 /// --resume would continue from.

@@ -30,6 +30,10 @@ std::string checkpoint_dir_name(const std::string & stage, int64_t step) {
     return stage + "-" + buffer;
 }
 
+std::string checkpoint_staging_dir(const std::string & run_dir, const std::string & stage, int64_t step) {
+    return (fs::path(run_checkpoints_dir(run_dir)) / ("." + checkpoint_dir_name(stage, step) + ".staging")).string();
+}
+
 std::vector<CheckpointRef> run_list_checkpoints(const std::string & run_dir, const std::string & stage) {
     std::vector<CheckpointRef> found;
     std::error_code ec;

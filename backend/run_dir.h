@@ -24,6 +24,9 @@ std::string run_bench_dir(const std::string & run_dir);
 std::string source_config_path(const std::string & source, const std::string & command, const std::string & accepted);
 /// checkpoints/<stage>-<step, 8 digits>
 std::string checkpoint_dir_name(const std::string & stage, int64_t step);
+/// <run>/checkpoints/.<stage>-<step>.staging: a checkpoint being written (every rank writes its memory file there
+/// before rank 0 commits it under its final name).
+std::string checkpoint_staging_dir(const std::string & run_dir, const std::string & stage, int64_t step);
 /// Complete checkpoints (those renamed into place) of a stage ("" = any), oldest first.
 std::vector<CheckpointRef> run_list_checkpoints(const std::string & run_dir, const std::string & stage = "");
 std::optional<CheckpointRef> run_latest_checkpoint(const std::string & run_dir, const std::string & stage);

@@ -136,7 +136,7 @@ QMap<QString, QString> hidden_entries(const QString & run_dir) {
 // by unseen, and the kill lands wherever the run has got to.
 bool wait_inside_write(const QString & run_dir, int64_t step, int entries, const Watched & process) {
     namespace fs = std::filesystem;
-    const fs::path staging = fs::path(run_dir.toStdString()) / "checkpoints" / ("." + studio::checkpoint_dir_name("train", step) + ".staging");
+    const fs::path staging = studio::checkpoint_staging_dir(run_dir.toStdString(), "train", step);
     QElapsedTimer waited;
     waited.start();
     while (waited.elapsed() < 60000 && process.running()) {
